@@ -1,0 +1,1 @@
+"""Architecture support. Only x86-64 today."""

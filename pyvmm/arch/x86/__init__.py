@@ -1,0 +1,1 @@
+"""x86 details: the guest physical layout, CPU modes at entry, CPUID and MSRs."""

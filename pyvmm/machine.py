@@ -1,0 +1,251 @@
+"""`Machine`: builds a VM from a `MachineConfig` (KVM, memory, platform devices, the
+boot image, vCPUs), runs it until the guest ends, and tears everything down.
+
+Threads: the caller's thread builds the VM and waits; one thread per vCPU runs its
+KVM_RUN loop; an optional console thread feeds host input to the UART. Anything that
+ends the VM (a device, a vCPU exit, a timeout, Ctrl-C, `Machine.stop`) calls `stop`
+with a `GuestExit`: the first one wins, every vCPU is kicked out of KVM_RUN, and
+`run()` returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyvmm import boot
+from pyvmm.arch.x86 import cpu
+from pyvmm.arch.x86.disasm import disassemble
+from pyvmm.arch.x86.layout import (
+    KVM_IDENTITY_MAP_ADDRESS,
+    KVM_TSS_ADDRESS,
+    MMIO_HOLE_END,
+    MMIO_HOLE_START,
+)
+from pyvmm.boot import BootImages
+from pyvmm.bus import MmioBus, PortBus
+from pyvmm.config import MachineConfig
+from pyvmm.devices import DebugExit, FwCfg, PortSink, PowerControl, Serial16550
+from pyvmm.devices.debug_exit import DEBUG_EXIT_LENGTH, DEBUG_EXIT_PORT
+from pyvmm.devices.fw_cfg import FW_CFG_LENGTH, FW_CFG_PORT
+from pyvmm.devices.ports import IO_DELAY_PORT, POST_CODE_PORT
+from pyvmm.devices.power import PM1A_CNT_LENGTH, PM1A_CNT_PORT
+from pyvmm.devices.serial import SERIAL_PORT_LENGTH
+from pyvmm.errors import ConfigError
+from pyvmm.kvm import Cap, Kvm, Vm
+from pyvmm.memory import GuestMemory, split_around_hole
+from pyvmm.outcome import ExitKind, GuestExit
+from pyvmm.stats import ExitStats, collect
+from pyvmm.vcpu import VcpuRunner
+
+log = logging.getLogger(__name__)
+
+COM1_PORT = 0x3F8
+COM1_IRQ = 4
+_JOIN_SECONDS = 5.0
+
+
+class KvmIrqLine:
+    """An input pin of the in-kernel PIC/IOAPIC (KVM_IRQ_LINE)."""
+
+    def __init__(self, vm: Vm, gsi: int) -> None:
+        self.vm = vm
+        self.gsi = gsi
+
+    def set_level(self, high: bool) -> None:
+        self.vm.irq_line(self.gsi, high)
+
+
+class NoIrqLine:
+    """Without an in-kernel irqchip there is nothing to raise."""
+
+    def set_level(self, high: bool) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How a run ended: the outcome, the console output and the exit statistics."""
+
+    exit: GuestExit
+    console: bytes
+    stats: ExitStats
+
+    @property
+    def status(self) -> int:
+        """The exit status `pyvmm run` uses for this outcome."""
+        return self.exit.status
+
+    @property
+    def console_text(self) -> str:
+        return self.console.decode("utf-8", "replace")
+
+
+class Machine:
+    """One VM, built and run from a `MachineConfig`. Runs once."""
+
+    def __init__(self, config: MachineConfig) -> None:
+        config.validate()
+        self.config = config
+        self.ports = PortBus()
+        self.mmio = MmioBus()
+        self.runners: list[VcpuRunner] = []
+        self.serial: Serial16550 | None = None
+        self.memory: GuestMemory | None = None
+        self.entry: boot.EntryPoint | None = None
+        self._kvm: Kvm | None = None
+        self._vm: Vm | None = None
+        self._console = bytearray()
+        self._outcome: GuestExit | None = None
+        self._stopping = False
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._started_at = 0.0
+        self._ended_at = 0.0
+
+    # --- stopping -----------------------------------------------------------------------
+
+    def stop(self, outcome: GuestExit | None = None) -> None:
+        """End the VM (thread-safe). The first outcome recorded is the one `run()` returns."""
+        with self._lock:
+            if self._outcome is None:
+                self._outcome = outcome or GuestExit(ExitKind.STOPPED, "stopped by the host")
+            self._stopping = True
+        self._done.set()
+        for runner in self.runners:
+            runner.kick()
+
+    def is_stopping(self) -> bool:
+        return self._stopping
+
+    # --- console ------------------------------------------------------------------------
+
+    def _console_output(self, data: bytes) -> None:
+        self._console += data
+        if self.config.console is not None:
+            self.config.console(data)
+
+    def send_input(self, data: bytes) -> None:
+        """Type `data` on the guest's serial console."""
+        if self.serial is not None:
+            self.serial.feed(data)
+
+    @property
+    def console_output(self) -> bytes:
+        """Everything the guest has printed on its serial console so far."""
+        return bytes(self._console)
+
+    # --- building -----------------------------------------------------------------------
+
+    def _build(self) -> None:
+        config = self.config
+        kvm = self._kvm = Kvm(config.kvm_device)
+        if config.cpus > kvm.max_vcpus():
+            raise ConfigError(f"{config.cpus} vCPUs requested, but this host's KVM allows at most {kvm.max_vcpus()}")
+        vm = self._vm = kvm.create_vm()
+        if kvm.check_extension(Cap.SET_TSS_ADDR):
+            vm.set_tss_addr(KVM_TSS_ADDRESS)
+        if kvm.check_extension(Cap.SET_IDENTITY_MAP_ADDR):
+            vm.set_identity_map_addr(KVM_IDENTITY_MAP_ADDRESS)
+        has_irqchip = bool(kvm.check_extension(Cap.IRQCHIP))
+        if has_irqchip:
+            vm.create_irqchip()
+            if kvm.check_extension(Cap.PIT2):
+                vm.create_pit2()
+        elif config.cpus > 1:
+            raise ConfigError("more than one vCPU needs an in-kernel irqchip, which this host's KVM lacks")
+        if kvm.check_extension(Cap.EXIT_ON_EMULATION_FAILURE):
+            vm.enable_cap(Cap.EXIT_ON_EMULATION_FAILURE, 1)
+
+        memory = self.memory = GuestMemory(
+            split_around_hole(config.memory_bytes(), MMIO_HOLE_START, MMIO_HOLE_END)
+        )
+        memory.register(vm)
+        self._attach_devices(vm, memory, has_irqchip)
+        images = BootImages(
+            Path(config.kernel),
+            Path(config.initrd) if config.initrd is not None else None,
+            config.cmdline,
+        )
+        self.entry = boot.load(memory, images)
+        log.info("booting %s: %s", images.kernel, self.entry.description or self.entry.mode.value)
+
+        supported_cpuid = kvm.supported_cpuid()
+        supported_msrs = set(kvm.msr_index_list())
+        for vcpu_id in range(config.cpus):
+            vcpu = vm.create_vcpu(vcpu_id)
+            cpu.configure_vcpu(vcpu, supported_cpuid, supported_msrs, config.cpus)
+            if vcpu_id == 0:
+                cpu.enter(vcpu, memory, self.entry)
+            self.runners.append(
+                VcpuRunner(
+                    vcpu, self.ports, self.mmio, self.stop, self.is_stopping,
+                    has_irqchip=has_irqchip, disassemble=disassemble,
+                )
+            )  # fmt: skip
+
+    def _attach_devices(self, vm: Vm, memory: GuestMemory, has_irqchip: bool) -> None:
+        """The PC devices of docs/boot.md, on the port bus."""
+        irq = KvmIrqLine(vm, COM1_IRQ) if has_irqchip else NoIrqLine()
+        self.serial = Serial16550(irq, self._console_output)
+        fw_cfg = FwCfg(memory, memory.size, self.config.cpus, self.config.cpus)
+        ports = self.ports
+        ports.insert(COM1_PORT, SERIAL_PORT_LENGTH, self.serial, "serial (COM1)")
+        ports.insert(DEBUG_EXIT_PORT, DEBUG_EXIT_LENGTH, DebugExit(self.stop), "debug-exit")
+        ports.insert(PM1A_CNT_PORT, PM1A_CNT_LENGTH, PowerControl(self.stop), "pm1a-control")
+        ports.insert(FW_CFG_PORT, FW_CFG_LENGTH, fw_cfg, "fw_cfg")
+        ports.insert(POST_CODE_PORT, 1, PortSink(), "post-code")
+        ports.insert(IO_DELAY_PORT, 1, PortSink(), "io-delay")
+
+    # --- running ------------------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        """Build the VM, run it until the guest ends, tear it down; how it ended."""
+        if self._started_at:
+            raise ConfigError("a Machine runs once; create a new one to boot again")
+        self._started_at = time.monotonic()
+        try:
+            self._build()
+            for runner in self.runners:
+                runner.start()
+            self._wait()
+        except KeyboardInterrupt:
+            self.stop(GuestExit(ExitKind.STOPPED, "interrupted"))
+        finally:
+            self.stop(self._outcome)
+            self._ended_at = time.monotonic()
+            self._teardown()
+        assert self._outcome is not None
+        return RunResult(self._outcome, bytes(self._console), self.stats())
+
+    def _wait(self) -> None:
+        timeout = self.config.timeout
+        if not self._done.wait(timeout):
+            self.stop(GuestExit(ExitKind.STOPPED, f"timed out after {timeout} s"))
+
+    def stats(self) -> ExitStats:
+        """Exit counters so far (per reason, per vCPU, per device range)."""
+        end = self._ended_at or time.monotonic()
+        seconds = end - self._started_at if self._started_at else 0.0
+        return collect(seconds, [r.counters for r in self.runners], [self.ports, self.mmio])
+
+    def _teardown(self) -> None:
+        deadline = time.monotonic() + _JOIN_SECONDS
+        for runner in self.runners:
+            while runner.thread.is_alive() and time.monotonic() < deadline:
+                runner.kick()
+                runner.join(0.05)
+            if runner.thread.is_alive():
+                log.error("vCPU %d did not stop; leaving its resources to the process exit", runner.vcpu.id)
+                return
+        for runner in self.runners:
+            runner.vcpu.close()
+        if self._vm is not None:
+            self._vm.close()
+        if self.memory is not None:
+            self.memory.close()
+        if self._kvm is not None:
+            self._kvm.close()

@@ -1,0 +1,167 @@
+"""Guest physical memory: anonymous host mappings, registered with KVM, and the one
+bounds-checked way device code reads and writes them.
+
+No device indexes a raw mapping: every access goes through `GuestMemory`, which checks
+that ``gpa + length`` lies inside a single RAM region and raises `GuestMemoryError`
+otherwise. That is the only place guest-supplied addresses meet host memory.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from pyvmm.errors import ConfigError, GuestMemoryError
+from pyvmm.kvm import Vm
+
+PAGE_SIZE = 4096
+
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+
+
+@dataclass
+class MemoryRegion:
+    """One contiguous range of guest RAM backed by one host mapping (one KVM slot)."""
+
+    gpa: int
+    size: int
+    slot: int
+    mapping: mmap.mmap
+    host_address: int
+
+    @property
+    def end(self) -> int:
+        return self.gpa + self.size
+
+
+def _anonymous_mapping(size: int) -> tuple[mmap.mmap, int]:
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0)
+    mapping = mmap.mmap(-1, size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    address = ctypes.addressof(ctypes.c_char.from_buffer(mapping))
+    return mapping, address
+
+
+def split_around_hole(size: int, hole_start: int, hole_end: int) -> list[tuple[int, int]]:
+    """Lay out `size` bytes of RAM from address 0, skipping [hole_start, hole_end)."""
+    if size <= hole_start:
+        return [(0, size)]
+    return [(0, hole_start), (hole_end, size - hole_start)]
+
+
+class GuestMemory:
+    """All of a guest's RAM. Reads and writes are checked against the regions."""
+
+    def __init__(self, layout: list[tuple[int, int]]) -> None:
+        if not layout or any(size <= 0 or size % PAGE_SIZE or gpa % PAGE_SIZE for gpa, size in layout):
+            raise ConfigError("guest memory must be a non-empty list of page-aligned ranges")
+        self.regions: list[MemoryRegion] = []
+        for slot, (gpa, size) in enumerate(sorted(layout)):
+            try:
+                mapping, address = _anonymous_mapping(size)
+            except (OSError, OverflowError) as exc:
+                raise ConfigError(f"cannot reserve {size} bytes of guest memory: {exc}") from exc
+            self.regions.append(MemoryRegion(gpa, size, slot, mapping, address))
+        for before, after in zip(self.regions, self.regions[1:]):
+            if before.end > after.gpa:
+                raise ConfigError("guest memory ranges overlap")
+
+    @property
+    def size(self) -> int:
+        """Total bytes of RAM."""
+        return sum(region.size for region in self.regions)
+
+    def ram_ranges(self) -> list[tuple[int, int]]:
+        """(start, end) of each RAM range, in address order."""
+        return [(region.gpa, region.end) for region in self.regions]
+
+    def register(self, vm: Vm, *, log_dirty: bool = False) -> None:
+        """Make the regions the guest's RAM (KVM_SET_USER_MEMORY_REGION)."""
+        for region in self.regions:
+            vm.set_user_memory_region(
+                region.slot, region.gpa, region.size, region.host_address, log_dirty=log_dirty
+            )
+
+    def dirty_pages(self, vm: Vm) -> Iterator[int]:
+        """Guest addresses of pages written since the last call (KVM_GET_DIRTY_LOG).
+
+        The regions must have been registered with ``log_dirty=True``.
+        """
+        for region in self.regions:
+            bitmap = vm.get_dirty_log(region.slot, region.size // PAGE_SIZE)
+            for word_index, word in enumerate(bitmap):
+                while word:
+                    bit = (word & -word).bit_length() - 1
+                    word &= word - 1
+                    yield region.gpa + (word_index * 64 + bit) * PAGE_SIZE
+
+    def _locate(self, gpa: int, length: int) -> tuple[MemoryRegion, int]:
+        if length < 0 or gpa < 0:
+            raise GuestMemoryError(gpa, length, "is not a valid range")
+        for region in self.regions:
+            if region.gpa <= gpa and gpa + length <= region.end:
+                return region, gpa - region.gpa
+        raise GuestMemoryError(gpa, length)
+
+    def contains(self, gpa: int, length: int) -> bool:
+        """True when [gpa, gpa + length) lies inside one RAM region."""
+        try:
+            self._locate(gpa, length)
+        except GuestMemoryError:
+            return False
+        return True
+
+    def view(self, gpa: int, length: int) -> memoryview:
+        """A zero-copy, writable view of guest RAM."""
+        region, offset = self._locate(gpa, length)
+        return memoryview(region.mapping)[offset : offset + length]
+
+    def read(self, gpa: int, length: int) -> bytes:
+        region, offset = self._locate(gpa, length)
+        return region.mapping[offset : offset + length]
+
+    def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
+        length = len(data)
+        region, offset = self._locate(gpa, length)
+        region.mapping[offset : offset + length] = data
+
+    def fill(self, gpa: int, length: int, byte: int = 0) -> None:
+        """Set a range to one byte value (zeroing page tables, boot structures)."""
+        self.write(gpa, bytes([byte]) * length)
+
+    def read_u8(self, gpa: int) -> int:
+        return self.read(gpa, 1)[0]
+
+    def read_u16(self, gpa: int) -> int:
+        return int(_U16.unpack(self.read(gpa, 2))[0])
+
+    def read_u32(self, gpa: int) -> int:
+        return int(_U32.unpack(self.read(gpa, 4))[0])
+
+    def read_u64(self, gpa: int) -> int:
+        return int(_U64.unpack(self.read(gpa, 8))[0])
+
+    def write_u8(self, gpa: int, value: int) -> None:
+        self.write(gpa, bytes([value & 0xFF]))
+
+    def write_u16(self, gpa: int, value: int) -> None:
+        self.write(gpa, _U16.pack(value & 0xFFFF))
+
+    def write_u32(self, gpa: int, value: int) -> None:
+        self.write(gpa, _U32.pack(value & 0xFFFF_FFFF))
+
+    def write_u64(self, gpa: int, value: int) -> None:
+        self.write(gpa, _U64.pack(value & 0xFFFF_FFFF_FFFF_FFFF))
+
+    def close(self) -> None:
+        """Unmap all regions. The VM that used them must be closed first."""
+        for region in self.regions:
+            try:
+                region.mapping.close()
+            except BufferError:
+                pass  # a view is still exported; the mapping goes with the last reference
+        self.regions = []

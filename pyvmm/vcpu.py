@@ -1,0 +1,231 @@
+"""One thread per vCPU: KVM_RUN in a loop, each exit dispatched by its reason.
+
+The hot path (port I/O and MMIO) reads the `kvm_run` fields it needs with
+precompiled `struct` formats straight from the shared page, looks the address up in
+the bus, and re-enters the guest; it allocates nothing it does not hand to a device
+and takes no lock. Everything that ends the VM goes through `stop`, which records
+the first outcome and kicks every vCPU out of KVM_RUN (immediate_exit + a signal).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import struct
+import threading
+from collections.abc import Callable
+
+from pyvmm.bus import MmioBus, PortBus
+from pyvmm.kvm import ExitReason, InternalErrorSuberror, KvmError, SystemEvent, Vcpu
+from pyvmm.kvm.uapi import KVM_EXIT_IO_OUT, KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES
+from pyvmm.kvm.vcpu import RUN_EXIT_DATA
+from pyvmm.outcome import ExitKind, GuestExit, StopRequest
+from pyvmm.stats import VcpuCounters
+
+log = logging.getLogger(__name__)
+
+# The signal that kicks a vCPU thread out of KVM_RUN. It stays blocked in the vCPU
+# thread and is unblocked only inside KVM_RUN (KVM_SET_SIGNAL_MASK), so it never runs
+# a handler: it only makes KVM_RUN return EINTR, and is then consumed.
+KICK_SIGNAL = signal.SIGUSR1
+
+_IO = struct.Struct("<BBHIQ")  # kvm_run.io: direction, size, port, count, data_offset
+_MMIO = struct.Struct("<Q8sIB")  # kvm_run.mmio: phys_addr, data, len, is_write
+_FAIL_ENTRY = struct.Struct("<QI")  # hardware_entry_failure_reason, cpu
+_INTERNAL = struct.Struct("<II16Q")  # suberror, ndata, data[16]
+_EMULATION_FAILURE = struct.Struct("<IIQB15s")  # suberror, ndata, flags, insn_size, insn_bytes
+_SYSTEM_EVENT = struct.Struct("<II")  # type, ndata
+
+_REASON_IO = ExitReason.IO.value
+_REASON_MMIO = ExitReason.MMIO.value
+_REASON_INTR = ExitReason.INTR.value
+
+Disassembler = Callable[[bytes, int, int], str]
+
+
+class VcpuRunner:
+    """Owns one vCPU's thread and its exit loop."""
+
+    def __init__(
+        self,
+        vcpu: Vcpu,
+        ports: PortBus,
+        mmio: MmioBus,
+        stop: StopRequest,
+        is_stopping: Callable[[], bool],
+        *,
+        has_irqchip: bool,
+        disassemble: Disassembler | None = None,
+    ) -> None:
+        self.vcpu = vcpu
+        self.ports = ports
+        self.mmio = mmio
+        self.stop = stop
+        self.is_stopping = is_stopping
+        self.has_irqchip = has_irqchip
+        self.disassemble = disassemble
+        self.counters = VcpuCounters()
+        self.thread = threading.Thread(target=self._thread_main, name=f"vcpu{vcpu.id}", daemon=True)
+        self._started = threading.Event()
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.thread.start()
+        self._started.wait()
+
+    def kick(self) -> None:
+        """Make the vCPU leave KVM_RUN soon, wherever it is in its loop."""
+        try:
+            self.vcpu.set_immediate_exit(True)
+        except ValueError:
+            return  # already closed
+        ident = self.thread.ident
+        if ident is not None and self.thread.is_alive():
+            try:
+                signal.pthread_kill(ident, KICK_SIGNAL)
+            except ProcessLookupError:
+                pass
+
+    def join(self, timeout: float | None = None) -> None:
+        self.thread.join(timeout)
+
+    def _thread_main(self) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {KICK_SIGNAL})
+        try:
+            self.vcpu.set_signal_mask(set())
+        finally:
+            self._started.set()
+        try:
+            self._loop()
+        except KvmError as exc:
+            self.stop(GuestExit(ExitKind.ERROR, f"vCPU {self.vcpu.id}: {exc}"))
+        except Exception as exc:  # a device bug must stop the VM, not hang it
+            log.exception("vCPU %d: unexpected error", self.vcpu.id)
+            self.stop(GuestExit(ExitKind.ERROR, f"vCPU {self.vcpu.id}: internal error: {exc!r}"))
+
+    # --- the exit loop --------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        vcpu = self.vcpu
+        run = vcpu.run
+        page = vcpu.run_mapping
+        exits = self.counters.exits
+        port_find = self.ports.find
+        mmio_find = self.mmio.find
+        io_fields = _IO.unpack_from
+        mmio_fields = _MMIO.unpack_from
+        is_stopping = self.is_stopping
+        while not is_stopping():
+            reason = run()
+            exits[reason] += 1
+            if reason == _REASON_IO:
+                direction, size, port, count, offset = io_fields(page, RUN_EXIT_DATA)
+                target = port_find(port, size)
+                if count == 1:
+                    if direction == KVM_EXIT_IO_OUT:
+                        target.write(port, size, int.from_bytes(page[offset : offset + size], "little"))
+                    else:
+                        page[offset : offset + size] = target.read(port, size).to_bytes(size, "little")
+                else:
+                    self._string_io(direction, size, port, count, offset)
+            elif reason == _REASON_MMIO:
+                address, data, length, is_write = mmio_fields(page, RUN_EXIT_DATA)
+                length = min(length, 8)
+                target = mmio_find(address, length)
+                if is_write:
+                    target.write(address, length, int.from_bytes(data[:length], "little"))
+                else:
+                    value = target.read(address, length).to_bytes(length, "little")
+                    page[RUN_EXIT_DATA + 8 : RUN_EXIT_DATA + 8 + length] = value
+            elif reason == _REASON_INTR:
+                self._consume_kick()
+            else:
+                outcome = self._other_exit(reason)
+                if outcome is not None:
+                    self.stop(outcome)
+                    return
+
+    def _string_io(self, direction: int, size: int, port: int, count: int, offset: int) -> None:
+        """`rep ins/outs`: KVM hands over up to a page of `count` items at `offset`."""
+        page = self.vcpu.run_mapping
+        if offset + size * count > len(page):
+            raise KvmError(f"KVM reported string I/O beyond the kvm_run mapping ({offset}+{size}x{count})")
+        target = self.ports.find(port, size)
+        for item in range(offset, offset + size * count, size):
+            if direction == KVM_EXIT_IO_OUT:
+                target.write(port, size, int.from_bytes(page[item : item + size], "little"))
+            else:
+                page[item : item + size] = target.read(port, size).to_bytes(size, "little")
+
+    def _consume_kick(self) -> None:
+        self.vcpu.set_immediate_exit(False)
+        signal.sigtimedwait({KICK_SIGNAL}, 0)
+
+    def _other_exit(self, reason: int) -> GuestExit | None:
+        """Exits off the hot path; returns an outcome when the VM must stop."""
+        page = self.vcpu.run_mapping
+        cpu = f"vCPU {self.vcpu.id}"
+        if reason == ExitReason.HLT:
+            if self.has_irqchip:
+                return None
+            return GuestExit(ExitKind.STOPPED, f"{cpu} halted and nothing can wake it (no in-kernel irqchip)")
+        if reason == ExitReason.IRQ_WINDOW_OPEN:
+            return None
+        if reason == ExitReason.SHUTDOWN:
+            return GuestExit(ExitKind.TRIPLE_FAULT, f"{cpu} triple-faulted at {self._where()}")
+        if reason == ExitReason.SYSTEM_EVENT:
+            kind, _ = _SYSTEM_EVENT.unpack_from(page, RUN_EXIT_DATA)
+            if kind == SystemEvent.SHUTDOWN:
+                return GuestExit(ExitKind.POWEROFF, f"{cpu} requested shutdown")
+            if kind == SystemEvent.RESET:
+                return GuestExit(ExitKind.REBOOT, f"{cpu} requested reset")
+            return GuestExit(ExitKind.ERROR, f"{cpu} system event {kind} (crash or unsupported)")
+        if reason == ExitReason.FAIL_ENTRY:
+            hardware_reason, host_cpu = _FAIL_ENTRY.unpack_from(page, RUN_EXIT_DATA)
+            return GuestExit(
+                ExitKind.ERROR,
+                f"{cpu}: KVM could not enter the guest (hardware entry failure reason "
+                f"{hardware_reason:#x} on host CPU {host_cpu}) at {self._where()}",
+            )
+        if reason == ExitReason.INTERNAL_ERROR:
+            return GuestExit(ExitKind.ERROR, f"{cpu}: {self._internal_error()}")
+        try:
+            name = ExitReason(reason).name
+        except ValueError:
+            name = str(reason)
+        return GuestExit(ExitKind.ERROR, f"{cpu}: unhandled KVM exit {name} at {self._where()}")
+
+    def _where(self) -> str:
+        try:
+            regs = self.vcpu.get_regs()
+            sregs = self.vcpu.get_sregs()
+        except KvmError:
+            return "an unknown address"
+        return f"RIP {regs.rip:#x} (CS base {sregs.cs.base:#x}, CR0 {sregs.cr0:#x})"
+
+    def _internal_error(self) -> str:
+        """Describe KVM_EXIT_INTERNAL_ERROR: suberror, RIP, instruction bytes if given."""
+        page = self.vcpu.run_mapping
+        suberror, ndata, *data = _INTERNAL.unpack_from(page, RUN_EXIT_DATA)
+        try:
+            name = InternalErrorSuberror(suberror).name
+        except ValueError:
+            name = f"suberror {suberror}"
+        text = f"KVM internal error ({name}) at {self._where()}"
+        if suberror == InternalErrorSuberror.EMULATION:
+            _, _, flags, size, insn = _EMULATION_FAILURE.unpack_from(page, RUN_EXIT_DATA)
+            if flags & KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES and size:
+                code = bytes(insn[: min(size, 15)])
+                text += f"; instruction bytes {code.hex(' ')}"
+                if self.disassemble is not None:
+                    text += f" ({self.disassemble(code, self.vcpu.get_regs().rip, self._bitness())})"
+        elif ndata:
+            text += "; data " + " ".join(f"{word:#x}" for word in data[: min(ndata, 16)])
+        return text
+
+    def _bitness(self) -> int:
+        sregs = self.vcpu.get_sregs()
+        if sregs.cs.l:
+            return 64
+        return 32 if sregs.cs.db else 16
