@@ -54,7 +54,10 @@ class Vcpu(FileDescriptor):
     def close(self) -> None:
         if self.fd >= 0:
             del self.run_state
-            self.run_mapping.close()
+            try:
+                self.run_mapping.close()
+            except BufferError:
+                pass  # a caller still holds a view; the mapping goes with it
         super().close()
 
     # --- state, one pair of accessors per structure -----------------------------------

@@ -1,0 +1,110 @@
+"""`pyvmm` on the command line. Every error becomes one line on stderr and a non-zero
+exit status; the guest's own end becomes the exit status (see `pyvmm.outcome`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import NoReturn
+
+from pyvmm import __version__
+from pyvmm.config import DEFAULT_MEMORY, MachineConfig
+from pyvmm.console import TerminalConsole, write_all
+from pyvmm.errors import VmmError
+from pyvmm.kvm import KvmError
+from pyvmm.machine import Machine
+from pyvmm.outcome import ExitKind, GuestExit
+
+STATUS_USAGE = 2
+STATUS_FAILURE = 1
+_QUIET_ENDINGS = (ExitKind.POWEROFF, ExitKind.DEBUG_EXIT)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(STATUS_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, not {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pyvmm", description="A virtual machine monitor for Linux KVM.")
+    parser.add_argument("--version", action="version", version=f"pyvmm {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what the VMM does")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = commands.add_parser("run", help="boot a guest with its serial console on this terminal")
+    run.add_argument("--kernel", required=True, help="Multiboot kernel, 64-bit ELF, or flat real-mode binary")
+    run.add_argument("--initrd", help="initial ramdisk (Multiboot module 0)")
+    run.add_argument("--cmdline", default="", help="kernel command line")
+    run.add_argument("--cpus", type=_positive_int, default=1, help="number of vCPUs (default 1)")
+    run.add_argument(
+        "--memory", default=f"{DEFAULT_MEMORY >> 20}M", help="guest RAM, e.g. 256M or 1G (default 256M)"
+    )
+    run.add_argument("--timeout", type=_seconds, help="stop the guest after this many seconds")
+    run.add_argument("--stats", action="store_true", help="print exit statistics when the guest ends")
+    run.set_defaults(handler=_run)
+    return parser
+
+
+def _stdout(data: bytes) -> None:
+    write_all(sys.stdout.fileno(), data)
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = MachineConfig(
+        kernel=args.kernel,
+        initrd=args.initrd,
+        cmdline=args.cmdline,
+        cpus=args.cpus,
+        memory=args.memory,
+        console=_stdout,
+        timeout=args.timeout,
+    )
+    machine = Machine(config)
+    if sys.stdin.isatty():
+        def quit_from_console() -> None:
+            machine.stop(GuestExit(ExitKind.STOPPED, "quit from the console (C-a x)"))
+
+        with TerminalConsole(machine.send_input, quit_from_console):
+            result = machine.run()
+    else:
+        result = machine.run()
+    if args.stats:
+        print(result.stats.table(), file=sys.stderr)
+    if result.exit.kind not in _QUIET_ENDINGS:
+        print(f"pyvmm: guest ended: {result.exit.describe()}", file=sys.stderr)
+    return result.status
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="pyvmm: %(name)s: %(message)s",
+    )
+    try:
+        return int(args.handler(args))
+    except (VmmError, KvmError) as exc:
+        print(f"pyvmm: error: {exc}", file=sys.stderr)
+        return STATUS_FAILURE
+    except KeyboardInterrupt:
+        print("pyvmm: interrupted", file=sys.stderr)
+        return STATUS_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Install everything pyvmm and its tests need, idempotently:
+#   Debian packages (compiler for the test guests), a virtualenv in .venv with
+#   pyvmm and its pinned dependencies, and the test guests in build/guests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf 'setup: %s\n' "$*" >&2; }
+
+need_apt=()
+for tool in gcc ld make objcopy; do
+    command -v "$tool" >/dev/null 2>&1 || need_apt+=(gcc binutils make)
+done
+[ -f /usr/include/linux/kvm.h ] || need_apt+=(linux-libc-dev)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    say "installing Debian packages: ${need_apt[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+stamp=.venv/.pyvmm-installed
+if [ ! -x .venv/bin/python ]; then
+    say "creating the virtualenv .venv"
+    python3 -m venv .venv
+fi
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    say "installing pyvmm and its dependencies into .venv"
+    .venv/bin/python -m pip install --disable-pip-version-check -q -e '.[dev]'
+    touch "$stamp"
+fi
+
+say "building the test guests (build/guests)"
+bash tests/guests/build.sh build/guests

@@ -1,0 +1,95 @@
+"""GuestMemory: layout, bounds checks, and the dirty log on a real VM."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pyvmm.errors import ConfigError, GuestMemoryError
+from pyvmm.kvm import ExitReason, Kvm
+from pyvmm.memory import PAGE_SIZE, GuestMemory, split_around_hole
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+def test_layout_skips_the_mmio_hole() -> None:
+    assert split_around_hole(256 * MiB, 3 * GiB, 4 * GiB) == [(0, 256 * MiB)]
+    assert split_around_hole(5 * GiB, 3 * GiB, 4 * GiB) == [(0, 3 * GiB), (4 * GiB, 2 * GiB)]
+
+
+def test_large_sparse_guest_has_two_regions() -> None:
+    memory = GuestMemory(split_around_hole(5 * GiB, 3 * GiB, 4 * GiB))
+    assert memory.ram_ranges() == [(0, 3 * GiB), (4 * GiB, 6 * GiB)]
+    assert memory.size == 5 * GiB
+    memory.write_u64(4 * GiB + 8, 0xDEADBEEF)
+    assert memory.read_u64(4 * GiB + 8) == 0xDEADBEEF
+    with pytest.raises(GuestMemoryError):
+        memory.read(3 * GiB, 1)  # the hole
+    memory.close()
+
+
+def test_reads_writes_and_views() -> None:
+    memory = GuestMemory([(0, MiB)])
+    memory.write(0x1000, b"hello")
+    assert memory.read(0x1000, 5) == b"hello"
+    view = memory.view(0x1000, 5)
+    view[0:1] = b"j"
+    assert memory.read(0x1000, 5) == b"jello"
+    memory.write_u32(0x2000, 0x11223344)
+    assert memory.read_u8(0x2000) == 0x44
+    assert memory.read_u16(0x2000) == 0x3344
+    assert memory.contains(MiB - 4, 4) and not memory.contains(MiB - 4, 5)
+
+
+@given(st.integers(min_value=-(1 << 64), max_value=1 << 64), st.integers(min_value=-16, max_value=1 << 21))
+def test_every_access_is_checked(gpa: int, length: int) -> None:
+    size = 64 * PAGE_SIZE
+    memory = GuestMemory([(0, size)])
+    if 0 <= gpa and 0 <= length and gpa + length <= size:
+        assert len(memory.read(gpa, length)) == length
+    else:
+        with pytest.raises(GuestMemoryError):
+            memory.read(gpa, length)
+    data = b"\xaa" * max(min(length, 2 * size), 0)
+    if 0 <= gpa and gpa + len(data) <= size:
+        memory.write(gpa, data)
+        assert memory.read(gpa, len(data)) == data
+    else:
+        with pytest.raises(GuestMemoryError):
+            memory.write(gpa, data)
+    memory.close()
+
+
+def test_bad_layouts_are_refused() -> None:
+    with pytest.raises(ConfigError):
+        GuestMemory([])
+    with pytest.raises(ConfigError):
+        GuestMemory([(0, 1000)])
+    with pytest.raises(ConfigError):
+        GuestMemory([(0, 2 * PAGE_SIZE), (PAGE_SIZE, PAGE_SIZE)])
+
+
+@pytest.mark.kvm
+def test_dirty_log_reports_pages_the_guest_wrote() -> None:
+    """Real-mode code stores to 0x5000 and 0x9000; the dirty log names those pages."""
+    with Kvm() as kvm, kvm.create_vm() as vm:
+        memory = GuestMemory([(0, MiB)])
+        # mov byte [0x5000], 1 ; mov byte [0x9000], 2 ; hlt
+        memory.write(0x1000, bytes.fromhex("c606005001c606009002f4"))
+        memory.register(vm, log_dirty=True)
+        list(memory.dirty_pages(vm))  # clear whatever the loader write dirtied
+        vcpu = vm.create_vcpu(0)
+        sregs = vcpu.get_sregs()
+        for segment in (sregs.cs, sregs.ds):
+            segment.base, segment.selector = 0, 0
+        vcpu.set_sregs(sregs)
+        regs = vcpu.get_regs()
+        regs.rip, regs.rflags = 0x1000, 2
+        vcpu.set_regs(regs)
+        assert vcpu.run() == ExitReason.HLT
+        dirty = set(memory.dirty_pages(vm))
+        assert {0x5000, 0x9000} <= dirty
+        assert memory.read_u8(0x5000) == 1 and memory.read_u8(0x9000) == 2
+        vcpu.close()
