@@ -1,0 +1,119 @@
+"""`pyvmm run` as a user runs it: exit statuses, the console, one-line errors."""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from guest_code import SPIN, multiboot_image, write
+
+PYVMM = [sys.executable, "-m", "pyvmm"]
+
+
+def pyvmm(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*PYVMM, *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+@pytest.mark.kvm
+def test_demo_guest_on_the_command_line(guests: Path) -> None:
+    result = pyvmm("run", "--kernel", str(guests / "hello.elf"), "--stats")
+    assert "Hello from the pyvmm demo guest!" in result.stdout
+    assert result.returncode == 0
+    assert "exits:" in result.stderr and "serial (COM1)" in result.stderr
+
+
+@pytest.mark.kvm
+def test_debug_exit_status(guests: Path) -> None:
+    result = pyvmm("run", "--kernel", str(guests / "mbinfo.elf"), "--cmdline", "exit=4")
+    assert result.returncode == 9
+
+
+def test_missing_kernel(tmp_path: Path) -> None:
+    assert_one_line_error(pyvmm("run", "--kernel", str(tmp_path / "nope")), "nope")
+
+
+@pytest.mark.parametrize("size", ["0", "-5", "lots", "1.5G", "1Q", "99999999T"])
+def test_bad_memory_sizes(guests: Path, size: str) -> None:
+    assert_one_line_error(pyvmm("run", "--kernel", str(guests / "hello.elf"), "--memory", size), "memory")
+
+
+@pytest.mark.parametrize("cpus", ["0", "-1", "two"])
+def test_bad_cpu_counts(guests: Path, cpus: str) -> None:
+    assert_one_line_error(pyvmm("run", "--kernel", str(guests / "hello.elf"), "--cpus", cpus))
+
+
+@pytest.mark.kvm
+def test_more_cpus_than_kvm_allows(guests: Path) -> None:
+    assert_one_line_error(pyvmm("run", "--kernel", str(guests / "hello.elf"), "--cpus", "100000"), "at most")
+
+
+def test_malformed_image(tmp_path: Path) -> None:
+    truncated = b"\x7fELF\x02\x01\x01" + bytes(20)
+    assert_one_line_error(pyvmm("run", "--kernel", str(write(tmp_path, "bad.elf", truncated))), "bad.elf")
+
+
+def test_unknown_flag() -> None:
+    assert_one_line_error(pyvmm("run", "--kernel", "x", "--bogus"), "--bogus")
+    assert_one_line_error(pyvmm("run"), "--kernel")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare")
+def test_a_device_that_is_not_kvm(guests: Path) -> None:
+    """/dev/kvm replaced by /dev/null in a private mount namespace."""
+    script = f"mount --bind /dev/null /dev/kvm && exec {' '.join(PYVMM)} run --kernel {guests / 'hello.elf'}"
+    result = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=60)
+    assert_one_line_error(result, "KVM_GET_API_VERSION")
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None or not Path("/usr/bin/python3").exists(),
+    reason="needs root, setpriv and a system python3 an unprivileged user can run",
+)
+def test_no_permission_on_dev_kvm() -> None:
+    """An unprivileged user without access to /dev/kvm gets a hint, not a traceback."""
+    root = Path(__file__).resolve().parent.parent
+    probe = f"import sys; sys.path.insert(0, {str(root)!r}); from pyvmm.kvm import Kvm; Kvm()"
+    command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", probe]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "KvmUnavailableError: no permission to open /dev/kvm" in result.stderr
+
+
+@pytest.mark.kvm
+def test_terminal_console_escape_key_quits(tmp_path: Path) -> None:
+    """Through a real pseudo-terminal: the guest spins, the user types Ctrl-A x."""
+    kernel = write(tmp_path, "spin.img", multiboot_image(SPIN))
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execv(sys.executable, [*PYVMM, "run", "--kernel", str(kernel)])
+    time.sleep(2.0)
+    os.write(fd, b"\x01x")
+    deadline = time.monotonic() + 30
+    status = None
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        select.select([fd], [], [], 0.2)
+        try:
+            os.read(fd, 4096)
+        except OSError:
+            pass
+    assert status is not None and os.waitstatus_to_exitcode(status) == 72
