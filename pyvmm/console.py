@@ -15,11 +15,15 @@ import termios
 import threading
 import tty
 from collections.abc import Callable
+from typing import Any
 
 ESCAPE_KEY = 0x01  # Ctrl-A
 QUIT_KEY = ord("x")
 HELP_KEY = ord("h")
-HELP_TEXT = b"\r\nC-a x    quit pyvmm (the guest is stopped)\r\nC-a C-a  send C-a to the guest\r\nC-a h    this help\r\n"
+HELP_TEXT = (
+    b"\r\nC-a x    quit pyvmm (the guest is stopped)"
+    b"\r\nC-a C-a  send C-a to the guest\r\nC-a h    this help\r\n"
+)
 _POLL_SECONDS = 0.2
 
 
@@ -62,11 +66,13 @@ class EscapeDecoder:
 class TerminalConsole:
     """Connects a terminal to a running machine's UART for the duration of a `with`."""
 
-    def __init__(self, send: Callable[[bytes], None], quit: Callable[[], None], fd: int | None = None) -> None:
+    def __init__(
+        self, send: Callable[[bytes], None], quit: Callable[[], None], fd: int | None = None
+    ) -> None:
         self.send = send
         self.quit = quit
         self.fd = sys.stdin.fileno() if fd is None else fd
-        self._saved: list[object] | None = None
+        self._saved: list[Any] | None = None
         self._running = False
         self._thread = threading.Thread(target=self._read_loop, name="console", daemon=True)
         self._decoder = EscapeDecoder()

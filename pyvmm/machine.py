@@ -144,7 +144,9 @@ class Machine:
         config = self.config
         kvm = self._kvm = Kvm(config.kvm_device)
         if config.cpus > kvm.max_vcpus():
-            raise ConfigError(f"{config.cpus} vCPUs requested, but this host's KVM allows at most {kvm.max_vcpus()}")
+            raise ConfigError(
+                f"{config.cpus} vCPUs requested, but this host's KVM allows at most {kvm.max_vcpus()}"
+            )
         vm = self._vm = kvm.create_vm()
         if kvm.check_extension(Cap.SET_TSS_ADDR):
             vm.set_tss_addr(KVM_TSS_ADDRESS)

@@ -66,7 +66,7 @@ class GuestMemory:
             except (OSError, OverflowError) as exc:
                 raise ConfigError(f"cannot reserve {size} bytes of guest memory: {exc}") from exc
             self.regions.append(MemoryRegion(gpa, size, slot, mapping, address))
-        for before, after in zip(self.regions, self.regions[1:]):
+        for before, after in zip(self.regions, self.regions[1:], strict=False):
             if before.end > after.gpa:
                 raise ConfigError("guest memory ranges overlap")
 

@@ -83,7 +83,7 @@ def collect(run_seconds: float, vcpus: list[VcpuCounters], buses: list[Bus]) -> 
     ]
     totals: Counter[str] = Counter()
     emulated: Counter[str] = Counter()
-    for counts, counters in zip(per_vcpu, vcpus):
+    for counts, counters in zip(per_vcpu, vcpus, strict=True):
         totals.update(counts)
         emulated.update(counters.emulated)
     ranges = [

@@ -12,14 +12,15 @@ import time
 from pathlib import Path
 
 import pytest
-
 from guest_code import SPIN, multiboot_image, write
 
 PYVMM = [sys.executable, "-m", "pyvmm"]
 
 
 def pyvmm(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*PYVMM, *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [*PYVMM, *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> None:

@@ -47,13 +47,13 @@ def test_reads_writes_and_views() -> None:
 def test_every_access_is_checked(gpa: int, length: int) -> None:
     size = 64 * PAGE_SIZE
     memory = GuestMemory([(0, size)])
-    if 0 <= gpa and 0 <= length and gpa + length <= size:
+    if gpa >= 0 and length >= 0 and gpa + length <= size:
         assert len(memory.read(gpa, length)) == length
     else:
         with pytest.raises(GuestMemoryError):
             memory.read(gpa, length)
     data = b"\xaa" * max(min(length, 2 * size), 0)
-    if 0 <= gpa and gpa + len(data) <= size:
+    if gpa >= 0 and gpa + len(data) <= size:
         memory.write(gpa, data)
         assert memory.read(gpa, len(data)) == data
     else:

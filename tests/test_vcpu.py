@@ -9,16 +9,16 @@ import time
 from pathlib import Path
 
 import pytest
-
 from guest_code import HLT_LOOP, SPIN, multiboot_image, out_debug_exit32, write
+
 from pyvmm import ExitKind, Machine, MachineConfig
+from pyvmm.machine import RunResult
 
 pytestmark = pytest.mark.kvm
 
 
-def run(path: Path, **options: object) -> tuple[Machine, object]:
-    machine = Machine(MachineConfig(kernel=path, timeout=60, **options))  # type: ignore[arg-type]
-    return machine, machine.run()
+def run(path: Path) -> RunResult:
+    return Machine(MachineConfig(kernel=path, timeout=60)).run()
 
 
 def test_string_port_io_in_both_directions(tmp_path: Path) -> None:
@@ -41,7 +41,7 @@ def test_string_port_io_in_both_directions(tmp_path: Path) -> None:
         "66ef"  # out dx, eax
         "f4"  # hlt
     )
-    machine, result = run(write(tmp_path, "strio.bin", code))
+    result = run(write(tmp_path, "strio.bin", code))
     assert result.console == b"QEMU"
     assert result.exit.kind is ExitKind.DEBUG_EXIT and result.exit.code == 0x11
     assert result.status == 0x23
@@ -87,10 +87,10 @@ def test_mmio_reaches_devices_and_unclaimed_reads_all_ones(tmp_path: Path) -> No
 
 def test_triple_fault_is_reported(tmp_path: Path) -> None:
     # The boot IDT is empty: ud2 -> #UD -> #GP -> #DF -> shutdown.
-    machine, result = run(write(tmp_path, "ud2.img", multiboot_image(b"\x0f\x0b")))
-    assert result.exit.kind is ExitKind.TRIPLE_FAULT  # type: ignore[attr-defined]
-    assert "0x100020" in result.exit.detail  # type: ignore[attr-defined]
-    assert result.status == 71  # type: ignore[attr-defined]
+    result = run(write(tmp_path, "ud2.img", multiboot_image(b"\x0f\x0b")))
+    assert result.exit.kind is ExitKind.TRIPLE_FAULT
+    assert "0x100020" in result.exit.detail
+    assert result.status == 71
 
 
 @pytest.mark.parametrize("code", [SPIN, b"\xfa\xf4"], ids=["spinning", "cli-hlt"])
@@ -126,15 +126,15 @@ def test_a_failing_device_stops_the_vm_with_an_error(tmp_path: Path) -> None:
 
 
 def test_debug_exit_value_becomes_the_status(tmp_path: Path) -> None:
-    machine, result = run(write(tmp_path, "exit.img", multiboot_image(out_debug_exit32(0x20) + HLT_LOOP)))
-    assert result.status == (0x20 << 1) | 1  # type: ignore[attr-defined]
+    result = run(write(tmp_path, "exit.img", multiboot_image(out_debug_exit32(0x20) + HLT_LOOP)))
+    assert result.status == (0x20 << 1) | 1
 
 
 def test_emulation_failure_is_reported_with_rip(tmp_path: Path) -> None:
     # Jump into MMIO space: KVM cannot fetch an instruction there and gives up.
     code = b"\xb8\x00\x00\x00\xd0\xff\xe0"  # mov eax, 0xd0000000; jmp eax
-    machine, result = run(write(tmp_path, "mmio-jump.img", multiboot_image(code)))
-    assert result.exit.kind is ExitKind.ERROR  # type: ignore[attr-defined]
-    assert "internal error (EMULATION)" in result.exit.detail  # type: ignore[attr-defined]
-    assert "RIP 0xd0000000" in result.exit.detail  # type: ignore[attr-defined]
-    assert result.status == 70  # type: ignore[attr-defined]
+    result = run(write(tmp_path, "mmio-jump.img", multiboot_image(code)))
+    assert result.exit.kind is ExitKind.ERROR
+    assert "internal error (EMULATION)" in result.exit.detail
+    assert "RIP 0xd0000000" in result.exit.detail
+    assert result.status == 70

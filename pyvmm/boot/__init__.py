@@ -3,5 +3,6 @@ the bootstrap CPU must start (`EntryPoint`). They never touch vCPUs: the arch co
 turns an `EntryPoint` into register state."""
 
 from pyvmm.boot.entry import BootImages, CpuMode, EntryPoint
+from pyvmm.boot.loader import load
 
-__all__ = ["BootImages", "CpuMode", "EntryPoint"]
+__all__ = ["BootImages", "CpuMode", "EntryPoint", "load"]

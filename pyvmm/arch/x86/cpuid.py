@@ -8,7 +8,6 @@ processors, ECX[31] hypervisor), leaf 04H (EAX[31:26] cores per package - 1), le
 
 from __future__ import annotations
 
-
 from pyvmm.kvm.x86 import KVM_CPUID_FLAG_SIGNIFCANT_INDEX, kvm_cpuid_entry2
 
 LEAF_FEATURES = 0x1
@@ -31,7 +30,7 @@ def _bits_for(count: int) -> int:
 
 
 def _copy(entry: kvm_cpuid_entry2) -> kvm_cpuid_entry2:
-    return kvm_cpuid_entry2.from_buffer_copy(bytes(memoryview(entry)))  # type: ignore[arg-type]
+    return kvm_cpuid_entry2.from_buffer_copy(bytes(memoryview(entry)))
 
 
 def _topology_entry(function: int, index: int, cpus: int, apic_id: int) -> kvm_cpuid_entry2:

@@ -85,7 +85,7 @@ def boot_tss() -> Segment:
 
 
 def real_mode(selector: int = 0) -> Segment:
-    """A real-mode segment: base = selector × 16, 64 KiB limit."""
+    """A real-mode segment: base = selector * 16, 64 KiB limit."""
     code = TYPE_CODE_EXEC_READ_ACCESSED
     return Segment(selector << 4, 0xFFFF, code, selector)
 
