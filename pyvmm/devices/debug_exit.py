@@ -1,0 +1,33 @@
+"""QEMU's `isa-debug-exit` device: a port a test guest writes to end the VM with a status.
+
+A write of value `v` ends the VM; `pyvmm run` then exits with status ``(v << 1) | 1``
+(see `GuestExit.status`), so a guest can report success or failure to a test harness
+without any other device. The odd status keeps a guest's exit apart from pyvmm's own
+statuses, as QEMU does. Reads return all ones, as from an empty port.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pyvmm.outcome import ExitKind, GuestExit, StopRequest
+
+logger = logging.getLogger(__name__)
+
+DEBUG_EXIT_PORT = 0xF4
+DEBUG_EXIT_LENGTH = 4  # QEMU's default iosize
+
+
+class DebugExit:
+    """Ends the VM with the value the guest writes (any width, at any offset of the port)."""
+
+    def __init__(self, stop: StopRequest) -> None:
+        self._stop = stop
+
+    def read(self, offset: int, size: int) -> int:
+        return (1 << (8 * size)) - 1
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        code = value & ((1 << (8 * size)) - 1)
+        logger.debug("guest wrote %#x to the debug-exit port", code)
+        self._stop(GuestExit(ExitKind.DEBUG_EXIT, "guest wrote to the debug-exit port", code=code))

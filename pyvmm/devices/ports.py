@@ -1,0 +1,33 @@
+"""Ports a guest pokes harmlessly: the POST code port 0x80, the 0xED delay port, ...
+
+Firmware and kernels write progress codes to port 0x80 and use it (or 0xED) for short
+I/O delays. Claiming such ports with a `PortSink` keeps them out of the bus's
+"unclaimed" counters and gives them a read value of their own.
+"""
+
+from __future__ import annotations
+
+from pyvmm.errors import ConfigError
+
+POST_CODE_PORT = 0x80
+IO_DELAY_PORT = 0xED
+
+
+class PortSink:
+    """Accepts and ignores writes; every byte reads as `fill` (all ones by default).
+
+    `last_value` keeps the last value written, which for port 0x80 is the guest's
+    latest POST code.
+    """
+
+    def __init__(self, fill: int = 0xFF) -> None:
+        if not 0 <= fill <= 0xFF:
+            raise ConfigError(f"port fill value must be a byte value, not {fill:#x}")
+        self._fill = fill
+        self.last_value = 0
+
+    def read(self, offset: int, size: int) -> int:
+        return int.from_bytes(bytes((self._fill,)) * size, "little")
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        self.last_value = value & ((1 << (8 * size)) - 1)
