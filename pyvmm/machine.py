@@ -126,7 +126,11 @@ class Machine:
     def _console_output(self, data: bytes) -> None:
         self._console += data
         if self.config.console is not None:
-            self.config.console(data)
+            try:
+                self.config.console(data)
+            except OSError as exc:  # e.g. a closed pipe: keep the guest running, stop streaming
+                log.warning("console output failed (%s); output is still captured", exc)
+                self.config.console = None
 
     def send_input(self, data: bytes) -> None:
         """Type `data` on the guest's serial console."""

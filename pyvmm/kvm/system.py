@@ -42,6 +42,8 @@ def checked_ioctl(fd: int, name: str, request: int, arg: int | ctypes._CData = 0
 class FileDescriptor:
     """Owns one fd; closing twice is harmless."""
 
+    fd = -1  # until __init__ has an fd: __del__ of a half-built object is a no-op
+
     def __init__(self, fd: int) -> None:
         self.fd = fd
 
