@@ -43,10 +43,10 @@ class BusRange:
     name: str
     reads: int = 0
     writes: int = 0
+    end: int = field(init=False)  # base + length, kept as a field for the exit path
 
-    @property
-    def end(self) -> int:
-        return self.base + self.length
+    def __post_init__(self) -> None:
+        self.end = self.base + self.length
 
     def read(self, address: int, size: int) -> int:
         self.reads += 1
@@ -127,15 +127,15 @@ class PortBus(Bus):
 
     def __init__(self) -> None:
         super().__init__("port", PORT_SPACE)
-        self._table: list[BusRange] = [self.unclaimed] * PORT_SPACE
+        self.table: list[BusRange] = [self.unclaimed] * PORT_SPACE  # port -> range, read by vCPUs
 
     def insert(self, base: int, length: int, device: BusDevice, name: str) -> BusRange:
         entry = super().insert(base, length, device, name)
-        self._table[base : base + length] = [entry] * length
+        self.table[base : base + length] = [entry] * length
         return entry
 
     def find(self, address: int, size: int) -> BusRange:
-        entry = self._table[address & 0xFFFF]
+        entry = self.table[address & 0xFFFF]
         if address + size <= entry.end:
             return entry
         return self.unclaimed

@@ -9,6 +9,8 @@ the first outcome and kicks every vCPU out of KVM_RUN (immediate_exit + a signal
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import logging
 import signal
 import struct
@@ -16,7 +18,8 @@ import threading
 from collections.abc import Callable
 
 from pyvmm.bus import MmioBus, PortBus
-from pyvmm.kvm import ExitReason, InternalErrorSuberror, KvmError, SystemEvent, Vcpu
+from pyvmm.kvm import ExitReason, InternalErrorSuberror, KvmError, KvmIoctlError, SystemEvent, Vcpu
+from pyvmm.kvm.ioctls import KVM_RUN as _KVM_RUN
 from pyvmm.kvm.uapi import KVM_EXIT_IO_OUT, KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES
 from pyvmm.kvm.vcpu import RUN_EXIT_DATA
 from pyvmm.outcome import ExitKind, GuestExit, StopRequest
@@ -39,6 +42,7 @@ _SYSTEM_EVENT = struct.Struct("<II")  # type, ndata
 _REASON_IO = ExitReason.IO.value
 _REASON_MMIO = ExitReason.MMIO.value
 _REASON_INTR = ExitReason.INTR.value
+_INTERRUPTED = (errno.EINTR, errno.EAGAIN)
 
 Disassembler = Callable[[bytes, int, int], str]
 
@@ -107,26 +111,53 @@ class VcpuRunner:
     # --- the exit loop --------------------------------------------------------------------
 
     def _loop(self) -> None:
+        """KVM_RUN until the machine stops.
+
+        `is_stopping` is checked only when KVM_RUN was interrupted: `Machine.stop` sets
+        the flag before it kicks, and a kick always makes the next KVM_RUN return EINTR.
+        """
         vcpu = self.vcpu
-        run = vcpu.run
+        fd = vcpu.fd
+        run_state = vcpu.run_state
         page = vcpu.run_mapping
         exits = self.counters.exits
+        port_table = self.ports.table
         port_find = self.ports.find
         mmio_find = self.mmio.find
         io_fields = _IO.unpack_from
         mmio_fields = _MMIO.unpack_from
-        is_stopping = self.is_stopping
-        while not is_stopping():
-            reason = run()
+        ioctl = fcntl.ioctl
+        while True:
+            try:
+                ioctl(fd, _KVM_RUN)
+            except OSError as exc:
+                if exc.errno not in _INTERRUPTED:
+                    raise KvmIoctlError("KVM_RUN", exc.errno or errno.EIO, f"vCPU {vcpu.id}") from None
+                exits[_REASON_INTR] += 1
+                self._consume_kick()
+                if self.is_stopping():
+                    return
+                continue
+            reason = run_state.exit_reason
             exits[reason] += 1
             if reason == _REASON_IO:
                 direction, size, port, count, offset = io_fields(page, RUN_EXIT_DATA)
-                target = port_find(port, size)
+                target = port_table[port]
+                if port + size > target.end:
+                    target = port_find(port, size)
                 if count == 1:
+                    # BusRange.read/write inlined: one Python call less on every exit.
                     if direction == KVM_EXIT_IO_OUT:
-                        target.write(port, size, int.from_bytes(page[offset : offset + size], "little"))
+                        target.writes += 1
+                        if size == 1:
+                            value = page[offset]
+                        else:
+                            value = int.from_bytes(page[offset : offset + size], "little")
+                        target.device.write(port - target.base, size, value)
                     else:
-                        page[offset : offset + size] = target.read(port, size).to_bytes(size, "little")
+                        target.reads += 1
+                        value = target.device.read(port - target.base, size)
+                        page[offset : offset + size] = value.to_bytes(size, "little")
                 else:
                     self._string_io(direction, size, port, count, offset)
             elif reason == _REASON_MMIO:
@@ -138,8 +169,6 @@ class VcpuRunner:
                 else:
                     value = target.read(address, length).to_bytes(length, "little")
                     page[RUN_EXIT_DATA + 8 : RUN_EXIT_DATA + 8 + length] = value
-            elif reason == _REASON_INTR:
-                self._consume_kick()
             else:
                 outcome = self._other_exit(reason)
                 if outcome is not None:
@@ -170,7 +199,7 @@ class VcpuRunner:
             if self.has_irqchip:
                 return None
             return GuestExit(ExitKind.STOPPED, f"{cpu} halted and nothing can wake it (no in-kernel irqchip)")
-        if reason == ExitReason.IRQ_WINDOW_OPEN:
+        if reason in (ExitReason.IRQ_WINDOW_OPEN, ExitReason.INTR):
             return None
         if reason == ExitReason.SHUTDOWN:
             return GuestExit(ExitKind.TRIPLE_FAULT, f"{cpu} triple-faulted at {self._where()}")
