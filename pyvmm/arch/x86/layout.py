@@ -10,7 +10,7 @@ MiB = 1024 * KiB
 GiB = 1024 * MiB
 
 GDT_ADDRESS = 0x500  # boot GDT used for protected and long mode entry
-IDT_ADDRESS = 0x520  # an empty IDT (limit 0) for entry in protected/long mode
+IDT_ADDRESS = 0x540  # an empty IDT (limit 0), after the 5-entry GDT (0x500-0x527)
 ZERO_PAGE_ADDRESS = 0x7000  # Linux boot_params ("zero page")
 FLAT_LOAD_ADDRESS = 0x7C00  # flat binaries, as a BIOS loads a boot sector
 PML4_ADDRESS = 0x9000  # long-mode identity page tables: PML4, PDPT, then 4 PDs

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from guest_code import HLT_LOOP, multiboot_image, write
+
 from pyvmm import Machine, MachineConfig
 from pyvmm.arch.x86 import cpuid
 from pyvmm.kvm import Kvm
