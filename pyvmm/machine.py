@@ -99,6 +99,8 @@ class Machine:
         self._kvm: Kvm | None = None
         self._vm: Vm | None = None
         self._console = bytearray()
+        self._pending_input = bytearray()
+        self._torn_down = False
         self._outcome: GuestExit | None = None
         self._stopping = False
         self._done = threading.Event()
@@ -133,8 +135,17 @@ class Machine:
                 self.config.console = None
 
     def send_input(self, data: bytes) -> None:
-        """Type `data` on the guest's serial console."""
-        if self.serial is not None:
+        """Type `data` on the guest's serial console.
+
+        Input sent before `run()` has built the UART waits for it; input sent after the
+        VM has ended is dropped.
+        """
+        with self._lock:
+            if self._torn_down:
+                return
+            if self.serial is None:
+                self._pending_input += data
+                return
             self.serial.feed(data)
 
     @property
@@ -205,6 +216,10 @@ class Machine:
         ports.insert(FW_CFG_PORT, FW_CFG_LENGTH, fw_cfg, "fw_cfg")
         ports.insert(POST_CODE_PORT, 1, PortSink(), "post-code")
         ports.insert(IO_DELAY_PORT, 1, PortSink(), "io-delay")
+        with self._lock:
+            if self._pending_input:
+                self.serial.feed(bytes(self._pending_input))
+                self._pending_input.clear()
 
     # --- running ------------------------------------------------------------------------
 
@@ -239,6 +254,8 @@ class Machine:
         return collect(seconds, [r.counters for r in self.runners], [self.ports, self.mmio])
 
     def _teardown(self) -> None:
+        with self._lock:
+            self._torn_down = True  # no more input: the UART's interrupt line goes away
         deadline = time.monotonic() + _JOIN_SECONDS
         for runner in self.runners:
             while runner.thread.is_alive() and time.monotonic() < deadline:

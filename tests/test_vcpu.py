@@ -138,3 +138,24 @@ def test_emulation_failure_is_reported_with_rip(tmp_path: Path) -> None:
     assert "internal error (EMULATION)" in result.exit.detail
     assert "RIP 0xd0000000" in result.exit.detail
     assert result.status == 70
+
+
+def test_console_input_before_and_after_the_run(tmp_path: Path) -> None:
+    """Input typed before the UART exists is kept; input after the end is dropped."""
+    # Real mode: poll LSR.DR, read one byte, exit with it as the debug-exit value.
+    code = bytes.fromhex(
+        "bafd03"  # mov dx, 0x3fd
+        "ec"  # in al, dx
+        "a801"  # test al, 1
+        "74fb"  # jz back to `in`
+        "baf803"  # mov dx, 0x3f8
+        "ec"  # in al, dx
+        "baf400"  # mov dx, 0xf4
+        "ee"  # out dx, al
+        "f4"  # hlt
+    )
+    machine = Machine(MachineConfig(kernel=write(tmp_path, "read.bin", code), timeout=60))
+    machine.send_input(b"Z")
+    result = machine.run()
+    assert result.exit.code == ord("Z")
+    machine.send_input(b"late")  # no error, nothing to deliver to

@@ -1,0 +1,154 @@
+"""The serial console in both directions: bytes typed to the echo guest (tests/guests/echo/)
+come back in upper case, through the Python API with a polling and with an interrupt-driven
+guest, and through `pyvmm run` on a real pseudo-terminal."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import select
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from pyvmm import ExitKind, Machine, MachineConfig
+from pyvmm.machine import RunResult
+
+pytestmark = pytest.mark.kvm
+
+ROOT = Path(__file__).resolve().parent.parent
+READY = b"echo ready"
+WAIT_SECONDS = 60.0  # a boot takes about a second here; software KVM can be much slower
+GUEST_TIMEOUT = 120.0
+
+
+def wait_until(condition: Callable[[], bool], seconds: float = WAIT_SECONDS) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def type_to_guest(kernel: Path, cmdline: str, typed: bytes) -> RunResult:
+    """Boot `kernel`, wait for its ready line, type `typed` and return how the run ended."""
+    machine = Machine(MachineConfig(kernel=kernel, cmdline=cmdline, timeout=GUEST_TIMEOUT))
+    results: list[RunResult] = []
+    runner = threading.Thread(target=lambda: results.append(machine.run()), name="machine", daemon=True)
+    runner.start()
+    try:
+        ready = wait_until(lambda: READY in machine.console_output or not runner.is_alive())
+        ended = f", guest ended: {results[0].exit.describe()}" if results else ""
+        assert ready and runner.is_alive(), f"no ready line in {machine.console_output!r}{ended}"
+        machine.send_input(typed)
+        runner.join(GUEST_TIMEOUT + 10)
+        assert not runner.is_alive(), f"the guest did not end: {machine.console_output!r}"
+    finally:
+        if runner.is_alive():
+            machine.stop()
+            runner.join(10)
+    assert results, "Machine.run() raised (see the thread's traceback above)"
+    return results[0]
+
+
+def serial_accesses(result: RunResult) -> tuple[int, int]:
+    (serial,) = [entry for entry in result.stats.ranges if entry.bus == "port" and entry.base == 0x3F8]
+    return serial.reads, serial.writes
+
+
+@pytest.mark.parametrize("mode", ["poll", "irq"])
+def test_typed_bytes_come_back_in_upper_case(guests: Path, mode: str) -> None:
+    result = type_to_guest(guests / "echo.elf", f"mode={mode}", b"hello world q")
+    text = result.console_text
+    assert "HELLO WORLD" in text, text
+    if mode == "poll":
+        assert text == "echo ready (poll)\nHELLO WORLD Q\nbye count=13\n"
+    else:
+        match = re.fullmatch(r"echo ready \(irq\)\nHELLO WORLD Q\nirqs=(\d+)\nbye count=13\n", text)
+        assert match and int(match[1]) > 0, text
+    assert result.exit.kind is ExitKind.DEBUG_EXIT, result.exit
+    assert result.exit.code == 13 and result.status == 27
+    reads, writes = serial_accesses(result)
+    assert reads > 0 and writes >= len(text)
+    assert result.stats.exits["IO"] >= reads + writes
+
+
+def test_a_long_burst_arrives_whole_and_in_order(guests: Path) -> None:
+    """More than the UART's FIFO and the guest's rings hold at once: the guest must stop
+    and restart reception and wait for room to send, without losing or reordering a byte."""
+    alphabet = b"abcdefghijklmnoprstuvwxyz0123456789 .\n"  # no q before the end
+    burst = bytes(alphabet[i * 7 % len(alphabet)] for i in range(3000)) + b"q"
+    result = type_to_guest(guests / "echo.elf", "mode=irq", burst)
+    expected = b"echo ready (irq)\n" + burst.upper() + b"\nirqs="
+    assert result.console.startswith(expected), result.console[-200:]
+    assert result.console.endswith(f"\nbye count={len(burst)}\n".encode())
+    assert result.exit.code == len(burst)
+
+
+def read_until(fd: int, wanted: bytes, seen: bytearray, seconds: float = WAIT_SECONDS) -> bool:
+    """Read the pty into `seen` until `wanted` shows up; False on timeout or end of output."""
+    deadline = time.monotonic() + seconds
+    while wanted not in seen:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        ready, _, _ = select.select([fd], [], [], min(left, 0.2))
+        if ready:
+            try:
+                data = os.read(fd, 4096)
+            except OSError:  # EIO: the child has closed its end
+                return False
+            if not data:
+                return False
+            seen += data
+    return True
+
+
+def wait_for_exit(pid: int, fd: int, seconds: float = WAIT_SECONDS) -> int | None:
+    """The child's wait status, reading (and dropping) its output meanwhile; None on timeout."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                os.read(fd, 4096)
+            except OSError:  # EIO once the child has closed its end: it is about to exit
+                time.sleep(0.05)
+    return None
+
+
+def test_typing_on_a_terminal(guests: Path) -> None:
+    """`pyvmm run` on a real pseudo-terminal, with the interrupt-driven guest."""
+    command = [sys.executable, "-m", "pyvmm", "run", "--kernel", str(guests / "echo.elf")]
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: stdin, stdout and stderr are the pty
+        try:
+            os.chdir(ROOT)
+            os.execv(sys.executable, [*command, "--cmdline", "mode=irq"])
+        finally:
+            os._exit(127)
+    seen = bytearray()
+    status = None
+    try:
+        assert read_until(fd, READY, seen), bytes(seen)
+        os.write(fd, b"abc")
+        assert read_until(fd, b"ABC", seen), bytes(seen)
+        os.write(fd, b"q")
+        status = wait_for_exit(pid, fd)
+    finally:
+        if status is None:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(fd)
+    assert status is not None, "pyvmm did not exit after q"
+    assert os.waitstatus_to_exitcode(status) == (4 << 1) | 1
