@@ -19,6 +19,7 @@ from pathlib import Path
 from pyvmm import boot
 from pyvmm.arch.x86 import cpu
 from pyvmm.arch.x86.disasm import disassemble
+from pyvmm.arch.x86.emulator import Emulator
 from pyvmm.arch.x86.layout import (
     KVM_IDENTITY_MAP_ADDRESS,
     KVM_TSS_ADDRESS,
@@ -28,16 +29,18 @@ from pyvmm.arch.x86.layout import (
 from pyvmm.boot import BootImages
 from pyvmm.bus import MmioBus, PortBus
 from pyvmm.config import MachineConfig
-from pyvmm.devices import DebugExit, FwCfg, PortSink, PowerControl, Serial16550
+from pyvmm.devices import I8042, CmosRtc, DebugExit, FwCfg, PortSink, PowerControl, Serial16550
 from pyvmm.devices.debug_exit import DEBUG_EXIT_LENGTH, DEBUG_EXIT_PORT
 from pyvmm.devices.fw_cfg import FW_CFG_LENGTH, FW_CFG_PORT
+from pyvmm.devices.i8042 import AUX_IRQ, I8042_COMMAND_PORT, I8042_DATA_PORT, I8042_PORT_LENGTH, KEYBOARD_IRQ
 from pyvmm.devices.ports import IO_DELAY_PORT, POST_CODE_PORT
 from pyvmm.devices.power import PM1A_CNT_LENGTH, PM1A_CNT_PORT
+from pyvmm.devices.rtc import RTC_IRQ, RTC_PORT, RTC_PORT_LENGTH
 from pyvmm.devices.serial import SERIAL_PORT_LENGTH
 from pyvmm.errors import ConfigError
 from pyvmm.kvm import Cap, Kvm, Vm
 from pyvmm.memory import GuestMemory, split_around_hole
-from pyvmm.outcome import ExitKind, GuestExit
+from pyvmm.outcome import ExitKind, GuestExit, InterruptLine
 from pyvmm.stats import ExitStats, collect
 from pyvmm.vcpu import VcpuRunner
 
@@ -94,6 +97,7 @@ class Machine:
         self.mmio = MmioBus()
         self.runners: list[VcpuRunner] = []
         self.serial: Serial16550 | None = None
+        self.rtc: CmosRtc | None = None
         self.memory: GuestMemory | None = None
         self.entry: boot.EntryPoint | None = None
         self._kvm: Kvm | None = None
@@ -201,13 +205,16 @@ class Machine:
                 VcpuRunner(
                     vcpu, self.ports, self.mmio, self.stop, self.is_stopping,
                     has_irqchip=has_irqchip, disassemble=disassemble,
+                    emulator=Emulator(vcpu, memory, mmio=self.mmio),
                 )
             )  # fmt: skip
 
     def _attach_devices(self, vm: Vm, memory: GuestMemory, has_irqchip: bool) -> None:
         """The PC devices of docs/boot.md, on the port bus."""
-        irq = KvmIrqLine(vm, COM1_IRQ) if has_irqchip else NoIrqLine()
-        self.serial = Serial16550(irq, self._console_output)
+        def line(gsi: int) -> InterruptLine:
+            return KvmIrqLine(vm, gsi) if has_irqchip else NoIrqLine()
+
+        self.serial = Serial16550(line(COM1_IRQ), self._console_output)
         fw_cfg = FwCfg(memory, memory.size, self.config.cpus, self.config.cpus)
         ports = self.ports
         ports.insert(COM1_PORT, SERIAL_PORT_LENGTH, self.serial, "serial (COM1)")
@@ -216,6 +223,13 @@ class Machine:
         ports.insert(FW_CFG_PORT, FW_CFG_LENGTH, fw_cfg, "fw_cfg")
         ports.insert(POST_CODE_PORT, 1, PortSink(), "post-code")
         ports.insert(IO_DELAY_PORT, 1, PortSink(), "io-delay")
+        keyboard = I8042(self.stop, line(KEYBOARD_IRQ), line(AUX_IRQ))
+        ports.insert(I8042_DATA_PORT, I8042_PORT_LENGTH, keyboard.data_port(), "i8042 data")
+        ports.insert(I8042_COMMAND_PORT, I8042_PORT_LENGTH, keyboard.command_port(), "i8042 command")
+        self.rtc = CmosRtc(line(RTC_IRQ))
+        below_4g = sum(end - start for start, end in memory.ram_ranges() if end <= MMIO_HOLE_START)
+        self.rtc.set_memory_size(below_4g, memory.size - below_4g)
+        ports.insert(RTC_PORT, RTC_PORT_LENGTH, self.rtc, "cmos-rtc")
         with self._lock:
             if self._pending_input:
                 self.serial.feed(bytes(self._pending_input))
@@ -264,6 +278,8 @@ class Machine:
             if runner.thread.is_alive():
                 log.error("vCPU %d did not stop; leaving its resources to the process exit", runner.vcpu.id)
                 return
+        if self.rtc is not None:
+            self.rtc.close()  # its interrupt thread must not outlive the VM
         for runner in self.runners:
             runner.vcpu.close()
         if self._vm is not None:

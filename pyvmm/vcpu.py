@@ -16,8 +16,10 @@ import signal
 import struct
 import threading
 from collections.abc import Callable
+from typing import Protocol
 
 from pyvmm.bus import MmioBus, PortBus
+from pyvmm.errors import VmmError
 from pyvmm.kvm import ExitReason, InternalErrorSuberror, KvmError, KvmIoctlError, SystemEvent, Vcpu
 from pyvmm.kvm.ioctls import KVM_RUN as _KVM_RUN
 from pyvmm.kvm.uapi import KVM_EXIT_IO_OUT, KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES
@@ -47,6 +49,12 @@ _INTERRUPTED = (errno.EINTR, errno.EAGAIN)
 Disassembler = Callable[[bytes, int, int], str]
 
 
+class InstructionEmulator(Protocol):
+    """Emulates the instruction at RIP that KVM could not (pyvmm.arch.x86.emulator)."""
+
+    def emulate(self, insn_bytes: bytes | None = None) -> str: ...
+
+
 class VcpuRunner:
     """Owns one vCPU's thread and its exit loop."""
 
@@ -60,6 +68,7 @@ class VcpuRunner:
         *,
         has_irqchip: bool,
         disassemble: Disassembler | None = None,
+        emulator: InstructionEmulator | None = None,
     ) -> None:
         self.vcpu = vcpu
         self.ports = ports
@@ -68,6 +77,8 @@ class VcpuRunner:
         self.is_stopping = is_stopping
         self.has_irqchip = has_irqchip
         self.disassemble = disassemble
+        self.emulator = emulator
+        self.emulation_failure = ""
         self.counters = VcpuCounters()
         self.thread = threading.Thread(target=self._thread_main, name=f"vcpu{vcpu.id}", daemon=True)
         self._started = threading.Event()
@@ -218,12 +229,37 @@ class VcpuRunner:
                 f"{hardware_reason:#x} on host CPU {host_cpu}) at {self._where()}",
             )
         if reason == ExitReason.INTERNAL_ERROR:
+            if self.emulator is not None and self._emulate():
+                return None
             return GuestExit(ExitKind.ERROR, f"{cpu}: {self._internal_error()}")
         try:
             name = ExitReason(reason).name
         except ValueError:
             name = str(reason)
         return GuestExit(ExitKind.ERROR, f"{cpu}: unhandled KVM exit {name} at {self._where()}")
+
+    def _emulate(self) -> bool:
+        """Emulate the instruction behind an emulation failure; False if not possible.
+
+        Instruction bytes come from the exit when KVM gives them
+        (KVM_CAP_EXIT_ON_EMULATION_FAILURE), else the emulator fetches them through
+        the guest's page tables. Faults the instruction raises go to the guest.
+        """
+        assert self.emulator is not None
+        page = self.vcpu.run_mapping
+        suberror, _, flags, size, insn = _EMULATION_FAILURE.unpack_from(page, RUN_EXIT_DATA)
+        if suberror != InternalErrorSuberror.EMULATION:
+            return False
+        code = None
+        if flags & KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES and 0 < size <= 15:
+            code = bytes(insn[:size])
+        try:
+            mnemonic = self.emulator.emulate(code)
+        except VmmError as exc:
+            self.emulation_failure = str(exc)
+            return False
+        self.counters.emulated[mnemonic] += 1
+        return True
 
     def _where(self) -> str:
         try:
@@ -242,6 +278,8 @@ class VcpuRunner:
         except ValueError:
             name = f"suberror {suberror}"
         text = f"KVM internal error ({name}) at {self._where()}"
+        if self.emulation_failure:
+            return f"{text}; not emulated: {self.emulation_failure}"
         if suberror == InternalErrorSuberror.EMULATION:
             _, _, flags, size, insn = _EMULATION_FAILURE.unpack_from(page, RUN_EXIT_DATA)
             if flags & KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES and size:

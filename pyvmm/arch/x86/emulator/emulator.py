@@ -1,0 +1,176 @@
+"""`Emulator`: emulate one guest instruction that KVM could not (KVM_EXIT_INTERNAL_ERROR
+with suberror KVM_INTERNAL_ERROR_EMULATION), then let the guest go on.
+
+One call: snapshot the vCPU state, get the instruction (KVM's bytes or a fetch through
+the guest page tables), decode it with iced-x86, run its handler, advance RIP, write
+back what changed, and deliver the exception the instruction raised if any. A fault
+leaves the instruction without effect (RIP unchanged; the handlers check every access
+before they write). Instructions not covered raise `UnsupportedInstruction`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from iced_x86 import Formatter, FormatterSyntax, Instruction, Mnemonic
+
+from pyvmm.arch.x86.emulator import atomics, bitops, fxsave, interrupts, moves, sse_moves, system, xsave
+from pyvmm.arch.x86.emulator.context import Context
+from pyvmm.arch.x86.emulator.cpu_state import CpuMode, CpuState, VcpuAccess
+from pyvmm.arch.x86.emulator.errors import NotCovered, UnsupportedInstruction
+from pyvmm.arch.x86.emulator.faults import InjectFault, Vector, deliver, gp
+from pyvmm.arch.x86.emulator.fetch import fetch_and_decode
+from pyvmm.arch.x86.emulator.handlers import Handler
+from pyvmm.arch.x86.emulator.mmu import MmioAccess, Mmu
+from pyvmm.arch.x86.emulator.registers import Rflags
+from pyvmm.arch.x86.emulator.xsave_area import XsaveLayout
+from pyvmm.kvm import Kvm
+from pyvmm.kvm.x86 import kvm_cpuid_entry2
+from pyvmm.memory import GuestMemory
+
+log = logging.getLogger(__name__)
+
+HANDLERS: dict[int, Handler] = {
+    **atomics.HANDLERS,
+    **bitops.HANDLERS,
+    **fxsave.HANDLERS,
+    **interrupts.HANDLERS,
+    **moves.HANDLERS,
+    **sse_moves.HANDLERS,
+    **system.HANDLERS,
+    **xsave.HANDLERS,
+}
+
+# Instructions iced marks as "CPL 0 only" that raise #UD rather than #GP(0) at CPL > 0.
+_UD_AT_CPL3 = {Mnemonic.CLAC, Mnemonic.STAC}
+DR6_BS = 1 << 14  # single-step (SDM Vol. 3A §18.2.3)
+
+_formatter = Formatter(FormatterSyntax.INTEL)
+
+
+def mnemonic_name(mnemonic: int) -> str:
+    for name in dir(Mnemonic):
+        if not name.startswith("_") and getattr(Mnemonic, name) == mnemonic:
+            return name.lower()
+    return str(mnemonic)
+
+
+class Emulator:
+    """Emulates instructions for one vCPU.
+
+    `xsave_layout` (where the XSAVE components are) and `maxphyaddr` default to what
+    the vCPU's KVM reports (KVM_GET_SUPPORTED_CPUID, leaves 0DH and 80000008H).
+    `mmio` receives data accesses to guest-physical addresses outside RAM.
+    `exception_payload` says whether KVM_CAP_EXCEPTION_PAYLOAD is enabled.
+    """
+
+    def __init__(
+        self,
+        vcpu: VcpuAccess,
+        memory: GuestMemory,
+        *,
+        xsave_layout: XsaveLayout | None = None,
+        maxphyaddr: int | None = None,
+        mmio: MmioAccess | None = None,
+        exception_payload: bool = False,
+    ) -> None:
+        self.vcpu = vcpu
+        self.memory = memory
+        self.mmio = mmio
+        self.exception_payload = exception_payload
+        self._layout = xsave_layout
+        self._maxphyaddr = maxphyaddr
+        self.last_fault: InjectFault | None = None
+
+    # --- what the CPU is like ------------------------------------------------------------------
+
+    def _cpuid(self) -> list[kvm_cpuid_entry2]:
+        """KVM_GET_SUPPORTED_CPUID of the vCPU's KVM (a `pyvmm.kvm.Vcpu` knows it)."""
+        kvm = getattr(getattr(self.vcpu, "vm", None), "kvm", None)
+        if not isinstance(kvm, Kvm):
+            return []
+        return kvm.supported_cpuid()
+
+    def xsave_layout(self) -> XsaveLayout:
+        if self._layout is None:
+            entries = self._cpuid()
+            self._layout = XsaveLayout.from_cpuid(entries) if entries else XsaveLayout.typical()
+        return self._layout
+
+    def maxphyaddr(self) -> int:
+        """CPUID.80000008H:EAX[7:0], 52 when unknown (SDM Vol. 3A §4.1.4)."""
+        if self._maxphyaddr is None:
+            self._maxphyaddr = 52
+            for entry in self._cpuid():
+                if entry.function == 0x8000_0008 and entry.eax & 0xFF:
+                    self._maxphyaddr = int(entry.eax) & 0xFF
+        return self._maxphyaddr
+
+    # --- one instruction -----------------------------------------------------------------------
+
+    def emulate(self, insn_bytes: bytes | None = None) -> str:
+        """Emulate the instruction at the vCPU's RIP; returns its mnemonic.
+
+        `insn_bytes` are the bytes KVM reported with the exit (kvm_run.emulation_failure,
+        when flag KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES is set); without
+        them the instruction is fetched from guest memory. Raises
+        `UnsupportedInstruction` for anything not covered; guest exceptions are
+        delivered to the guest (and kept in `last_fault`).
+        """
+        state = CpuState(self.vcpu)
+        mmu = Mmu(state, self.memory, maxphyaddr=self.maxphyaddr(), mmio=self.mmio)
+        self.last_fault = None
+        code, instruction = b"", None
+        try:
+            if state.mode is CpuMode.VM86:
+                raise NotCovered("virtual-8086 mode")
+            code, instruction = fetch_and_decode(state, mmu, insn_bytes)
+            ctx = Context(state, mmu, instruction, self.xsave_layout)
+            self._execute(ctx)
+        except NotCovered as exc:
+            raise self._unsupported(state, code or insn_bytes or b"", instruction, str(exc)) from None
+        except InjectFault as fault:
+            self._deliver(fault)
+            return self._name(instruction)
+        trap = ctx.pending
+        tf = state.rflags & Rflags.TF
+        state.rip = instruction.next_ip & ((1 << state.bitness) - 1)
+        state.rflags &= ~Rflags.RF  # cleared once an instruction completes (SDM Vol. 3A §18.3.1.1)
+        state.write_back()
+        if trap is not None:
+            self._deliver(trap)
+        elif tf:
+            self._single_step()
+        return self._name(instruction)
+
+    def _execute(self, ctx: Context) -> None:
+        insn = ctx.insn
+        handler = HANDLERS.get(insn.mnemonic)
+        if handler is None:
+            if ctx.cpl > 0 and insn.op_code().must_be_cpl0 and insn.mnemonic not in _UD_AT_CPL3:
+                raise gp(0)
+            raise NotCovered("no handler for this instruction")
+        handler(ctx)
+
+    def _deliver(self, fault: InjectFault) -> None:
+        log.debug("vCPU emulation: delivering %s", fault)
+        self.last_fault = fault
+        deliver(self.vcpu, fault, exception_payload=self.exception_payload)
+
+    def _single_step(self) -> None:
+        """RFLAGS.TF was set: a single-step #DB trap after the instruction, DR6.BS set."""
+        debug = self.vcpu.get_debugregs()
+        debug.dr6 |= DR6_BS
+        self.vcpu.set_debugregs(debug)
+        self._deliver(InjectFault(Vector.DB, trap=True))
+
+    @staticmethod
+    def _name(instruction: Instruction | None) -> str:
+        return mnemonic_name(instruction.mnemonic) if instruction is not None else "(fetch)"
+
+    @staticmethod
+    def _unsupported(
+        state: CpuState, code: bytes, instruction: Instruction | None, reason: str
+    ) -> UnsupportedInstruction:
+        text = _formatter.format(instruction) if instruction is not None else ""
+        return UnsupportedInstruction(code, str(text), state.rip, state.mode.value, reason)

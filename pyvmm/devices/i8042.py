@@ -1,0 +1,477 @@
+"""The PC keyboard controller (Intel 8042 as in the IBM PC AT / PS/2 Technical Reference).
+
+Modelled for Linux's i8042 driver, atkbd and the reboot path: the status register,
+the controller's command set, a keyboard that answers the PS/2 keyboard commands, and
+an auxiliary (mouse) port with nothing plugged in. No keys are ever pressed: there is
+no host keyboard input, so the device only produces replies to what the guest sends.
+
+Ports. The controller owns I/O 0x60 (data) and 0x64 (status / command) but not 0x61-0x63
+in between: 0x61 is the chipset's NMI status / speaker port, which KVM's in-kernel PIT
+serves. So the controller is not itself a bus device; it hands out two one-byte
+adapters, `data_port()` and `command_port()`, that the machine inserts at
+`I8042_DATA_PORT` and `I8042_COMMAND_PORT`.
+
+Output buffer. The controller has one output byte (status OBF). Bytes queue behind it
+from three sources: the controller's own replies (command results, the D2/D3 loopback
+writes, the "no mouse" reply) first, then the keyboard's replies. Keyboard bytes wait
+while the keyboard interface is disabled (configuration byte bit 4), as a keyboard
+cannot clock data out while the controller holds its clock line low. A byte from the
+keyboard side raises IRQ 1 and one marked as auxiliary data (status bit 5) raises IRQ 12,
+each only while the configuration byte enables that interrupt. The lines are levels
+that follow "output buffer full": a read of the data port lowers the line, and the next
+queued byte raises it again, so an edge-triggered PIC sees one edge per byte.
+
+The auxiliary port has no device. A byte sent to it (command D4) is answered, as a PS/2
+controller does when the mouse does not respond, by 0xFE with the timeout (bit 6) and
+auxiliary (bit 5) status bits. Linux's psmouse then aborts its probe at the first
+command instead of waiting out a timeout per command, and registers no mouse.
+Answering ACKs instead would make psmouse believe in a mouse and walk its long list of
+protocol probes, each ending in a timeout.
+
+Reset. Command 0xFE (and any pulse command F0-FE with bit 0 clear) pulses the CPU reset
+line, as does an output-port write (D1) with bit 0 clear; both end the VM with
+`ExitKind.REBOOT`. The A20 gate bit of the output port is stored only: KVM has no A20
+masking.
+
+Locking: one lock guards all state. The interrupt lines are driven with it held (they
+must not call back into the device); `stop` is called after it is released.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+from collections import deque
+from typing import NamedTuple
+
+from pyvmm.outcome import ExitKind, GuestExit, InterruptLine, StopRequest
+
+logger = logging.getLogger(__name__)
+
+I8042_DATA_PORT = 0x60
+I8042_COMMAND_PORT = 0x64  # status register on reads
+I8042_PORT_LENGTH = 1
+KEYBOARD_IRQ = 1
+AUX_IRQ = 12
+
+CONTROLLER_RAM_SIZE = 32  # byte 0 is the configuration byte
+OUTPUT_QUEUE_LIMIT = 16  # bytes queued per source; a PS/2 keyboard buffers 16
+
+
+class Status(enum.IntFlag):
+    """Status register (read from port 0x64)."""
+
+    OBF = 0x01  # output buffer full: a byte waits at port 0x60
+    IBF = 0x02  # input buffer full: never, writes are taken at once
+    SYS = 0x04  # system flag, a copy of configuration bit 2
+    CMD = 0x08  # the last write went to port 0x64 (a command), not 0x60
+    UNLOCKED = 0x10  # keyboard inhibit switch off
+    AUX_DATA = 0x20  # the output byte comes from the auxiliary port
+    TIMEOUT = 0x40
+    PARITY = 0x80
+
+
+class Config(enum.IntFlag):
+    """The controller configuration ("command") byte, controller RAM byte 0."""
+
+    KBD_INT = 0x01  # IRQ 1 when a keyboard byte is in the output buffer
+    AUX_INT = 0x02  # IRQ 12 when an auxiliary byte is in the output buffer
+    SYS = 0x04
+    IGNORE_LOCK = 0x08
+    KBD_DISABLE = 0x10  # keyboard clock held low
+    AUX_DISABLE = 0x20  # auxiliary clock held low
+    TRANSLATE = 0x40  # translate keyboard bytes from scan code set 2 to set 1
+
+
+# What a BIOS leaves: keyboard enabled with its interrupt and translation, POST passed,
+# auxiliary port disabled until a driver wants it.
+INITIAL_CONFIG = Config.KBD_INT | Config.SYS | Config.AUX_DISABLE | Config.TRANSLATE
+
+
+class OutputPort(enum.IntFlag):
+    """The controller's output port (commands D0 / D1)."""
+
+    RESET = 0x01  # CPU reset line, active low
+    A20 = 0x02  # A20 gate; stored only
+    KBD_OBF = 0x10  # the keyboard interrupt output (read back only)
+    AUX_OBF = 0x20  # the auxiliary interrupt output (read back only)
+
+
+INITIAL_OUTPUT_PORT = OutputPort.RESET | OutputPort.A20
+
+
+class Command(enum.IntEnum):
+    """Controller commands, written to port 0x64."""
+
+    READ_RAM = 0x20  # 0x20-0x3F read controller RAM byte (0x20: configuration byte)
+    WRITE_RAM = 0x60  # 0x60-0x7F write it, with the next byte on port 0x60
+    DISABLE_AUX = 0xA7
+    ENABLE_AUX = 0xA8
+    TEST_AUX = 0xA9
+    SELF_TEST = 0xAA
+    TEST_KBD = 0xAB
+    DISABLE_KBD = 0xAD
+    ENABLE_KBD = 0xAE
+    READ_OUTPUT_PORT = 0xD0
+    WRITE_OUTPUT_PORT = 0xD1
+    WRITE_KBD_BUFFER = 0xD2  # next byte appears as if the keyboard sent it
+    WRITE_AUX_BUFFER = 0xD3  # next byte appears as if the auxiliary device sent it
+    WRITE_AUX = 0xD4  # next byte goes to the auxiliary device
+    PULSE_OUTPUT = 0xF0  # 0xF0-0xFF pulse output port bits 0-3 where the command bit is 0
+    RESET = 0xFE  # pulse bit 0 only: reset the CPU
+
+
+RAM_COMMANDS = CONTROLLER_RAM_SIZE  # READ_RAM / WRITE_RAM each cover 32 commands
+SELF_TEST_PASSED = 0x55
+INTERFACE_OK = 0x00
+NO_DEVICE_REPLY = 0xFE  # with Status.TIMEOUT: nothing answered on the auxiliary port
+
+_COMMANDS_WITH_DATA = frozenset(
+    {Command.WRITE_OUTPUT_PORT, Command.WRITE_KBD_BUFFER, Command.WRITE_AUX_BUFFER, Command.WRITE_AUX}
+)
+
+
+class KeyboardCommand(enum.IntEnum):
+    """PS/2 keyboard commands (IBM PS/2 Technical Reference, "Keyboard and Auxiliary Device")."""
+
+    SET_LEDS = 0xED  # + argument
+    ECHO = 0xEE
+    SCAN_CODE_SET = 0xF0  # + argument: 0 reads the current set, 1-3 select one
+    IDENTIFY = 0xF2
+    SET_TYPEMATIC = 0xF3  # + argument
+    ENABLE = 0xF4
+    DISABLE = 0xF5  # default disable
+    SET_DEFAULTS = 0xF6
+    ALL_TYPEMATIC = 0xF7  # F7-FA: set-3 key types for all keys
+    ALL_MAKE_BREAK = 0xF8
+    ALL_MAKE = 0xF9
+    ALL_TYPEMATIC_MAKE_BREAK = 0xFA
+    KEY_TYPEMATIC = 0xFB  # FB-FD: set-3 key types, followed by a list of keys
+    KEY_MAKE_BREAK = 0xFC
+    KEY_MAKE = 0xFD
+    RESEND = 0xFE
+    RESET = 0xFF
+
+
+class KeyboardReply(enum.IntEnum):
+    ACK = 0xFA
+    SELF_TEST_PASSED = 0xAA  # after a reset (basic assurance test)
+    ECHO = 0xEE
+    RESEND = 0xFE
+
+
+KEYBOARD_ID = (0xAB, 0x83)  # MF2 keyboard
+DEFAULT_SCAN_CODE_SET = 2
+DEFAULT_TYPEMATIC = 0x2B  # 10.9 characters a second after 500 ms
+
+# The controller's set 2 → set 1 translation for the bytes this keyboard can send:
+# the second ID byte and the scan code set numbers (translated replies 0x41, 0x43, 0x3F).
+# ACK, resend, echo, the test results and 0xAB pass through unchanged.
+_TRANSLATED = {0x01: 0x43, 0x02: 0x41, 0x03: 0x3F, 0x83: 0x41}
+
+_KEYBOARD_COMMANDS = frozenset(int(command) for command in KeyboardCommand)
+_WITH_ARGUMENT = frozenset(
+    {KeyboardCommand.SET_LEDS, KeyboardCommand.SCAN_CODE_SET, KeyboardCommand.SET_TYPEMATIC}
+)
+_SET3_KEY_LISTS = frozenset(
+    {KeyboardCommand.KEY_TYPEMATIC, KeyboardCommand.KEY_MAKE_BREAK, KeyboardCommand.KEY_MAKE}
+)
+
+
+class _Byte(NamedTuple):
+    """A byte for the output buffer, with the status bits that go with it."""
+
+    value: int
+    aux: bool = False
+    timeout: bool = False
+
+
+class PS2Keyboard:
+    """A PS/2 MF2 keyboard that answers commands and has no keys pressed.
+
+    `receive()` takes a byte from the controller; replies queue in `output` for the
+    controller to collect.
+    """
+
+    def __init__(self) -> None:
+        self.output: deque[int] = deque()
+        self.scanning = True
+        self.scan_code_set = DEFAULT_SCAN_CODE_SET
+        self.leds = 0
+        self.typematic = DEFAULT_TYPEMATIC
+        self._awaiting: KeyboardCommand | None = None  # a command waiting for its argument
+        self._key_list = False  # after FB-FD, key bytes are acknowledged until a new command
+        self._last_sent = KeyboardReply.ACK.value
+
+    def receive(self, byte: int) -> None:
+        if self._awaiting is not None:
+            command, self._awaiting = self._awaiting, None
+            self._argument(command, byte)
+        elif byte in _KEYBOARD_COMMANDS:
+            self._key_list = False
+            self._command(KeyboardCommand(byte))
+        elif self._key_list:
+            self._send(KeyboardReply.ACK)
+        else:
+            self._send(KeyboardReply.RESEND)  # not a command
+
+    def _command(self, command: KeyboardCommand) -> None:
+        if command is KeyboardCommand.RESEND:
+            self._send(self._last_sent)
+            return
+        if command is KeyboardCommand.ECHO:
+            self._send(KeyboardReply.ECHO)
+            return
+        if command in (
+            KeyboardCommand.ENABLE,
+            KeyboardCommand.DISABLE,
+            KeyboardCommand.SET_DEFAULTS,
+            KeyboardCommand.RESET,
+        ):
+            self.output.clear()  # these discard what the keyboard had not sent yet
+        self._send(KeyboardReply.ACK)
+        if command in _WITH_ARGUMENT:
+            self._awaiting = command
+        elif command in _SET3_KEY_LISTS:
+            self._key_list = True
+        elif command is KeyboardCommand.IDENTIFY:
+            for byte in KEYBOARD_ID:
+                self._send(byte)
+        elif command is KeyboardCommand.ENABLE:
+            self.scanning = True
+        elif command is KeyboardCommand.DISABLE:
+            self._defaults()
+            self.scanning = False
+        elif command is KeyboardCommand.SET_DEFAULTS:
+            self._defaults()
+        elif command is KeyboardCommand.RESET:
+            self._defaults()
+            self.leds = 0
+            self._send(KeyboardReply.SELF_TEST_PASSED)
+
+    def _argument(self, command: KeyboardCommand, byte: int) -> None:
+        if command is KeyboardCommand.SET_LEDS:
+            self.leds = byte & 0x07
+        elif command is KeyboardCommand.SET_TYPEMATIC:
+            self.typematic = byte & 0x7F
+        elif command is KeyboardCommand.SCAN_CODE_SET:
+            if byte > 3:
+                self._send(KeyboardReply.RESEND)
+                return
+            if byte == 0:
+                self._send(KeyboardReply.ACK)
+                self._send(self.scan_code_set)
+                return
+            self.scan_code_set = byte
+        self._send(KeyboardReply.ACK)
+
+    def _defaults(self) -> None:
+        self.scanning = True
+        self.scan_code_set = DEFAULT_SCAN_CODE_SET
+        self.typematic = DEFAULT_TYPEMATIC
+
+    def _send(self, byte: int) -> None:
+        self._last_sent = int(byte)
+        if len(self.output) < OUTPUT_QUEUE_LIMIT:
+            self.output.append(int(byte))
+
+
+class I8042Port:
+    """One of the controller's two I/O ports as a one-byte bus device."""
+
+    def __init__(self, controller: I8042, command: bool) -> None:
+        self._controller = controller
+        self._command = command
+
+    def read(self, offset: int, size: int) -> int:
+        byte = self._controller.read_status() if self._command else self._controller.read_data()
+        # Bytes of a wider access past this one-byte port read as an empty bus.
+        return byte | (((1 << (8 * size)) - 1) & ~0xFF)
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        if self._command:
+            self._controller.write_command(value & 0xFF)
+        else:
+            self._controller.write_data(value & 0xFF)
+
+
+class I8042:
+    """The 8042 keyboard controller with a keyboard attached and an empty auxiliary port."""
+
+    def __init__(self, stop: StopRequest, keyboard_irq: InterruptLine, aux_irq: InterruptLine) -> None:
+        self._stop = stop
+        self._keyboard_irq = keyboard_irq
+        self._aux_irq = aux_irq
+        self._lock = threading.Lock()
+        self._keyboard_level = False
+        self._aux_level = False
+
+        self._ram = bytearray(CONTROLLER_RAM_SIZE)
+        self._ram[0] = INITIAL_CONFIG
+        self._output_port = int(INITIAL_OUTPUT_PORT)
+        self._output: _Byte | None = None
+        self._last_output = 0  # what reading an empty output buffer returns again
+        self._replies: deque[_Byte] = deque()  # the controller's own bytes
+        self._pending: int | None = None  # a command waiting for its byte on port 0x60
+        self._last_write_was_command = False
+        self.keyboard = PS2Keyboard()
+
+        self._data_port = I8042Port(self, command=False)
+        self._command_port = I8042Port(self, command=True)
+
+    def data_port(self) -> I8042Port:
+        """The bus device for I/O 0x60."""
+        return self._data_port
+
+    def command_port(self) -> I8042Port:
+        """The bus device for I/O 0x64 (status on reads, commands on writes)."""
+        return self._command_port
+
+    @property
+    def config(self) -> int:
+        """The controller configuration byte."""
+        return self._ram[0]
+
+    # --- guest side ------------------------------------------------------------------
+
+    def read_status(self) -> int:
+        with self._lock:
+            status = Status.UNLOCKED
+            if self._ram[0] & Config.SYS:
+                status |= Status.SYS
+            if self._last_write_was_command:
+                status |= Status.CMD
+            byte = self._output
+            if byte is not None:
+                status |= Status.OBF
+                if byte.aux:
+                    status |= Status.AUX_DATA
+                if byte.timeout:
+                    status |= Status.TIMEOUT
+            return int(status)
+
+    def read_data(self) -> int:
+        with self._lock:
+            byte = self._output
+            if byte is not None:
+                self._last_output = byte.value
+                self._output = None
+                self._update_irq()  # the line drops, so the next byte is a new edge
+                self._refill()
+                self._update_irq()
+            return self._last_output
+
+    def write_command(self, command: int) -> None:
+        with self._lock:
+            self._last_write_was_command = True
+            self._pending = None
+            reset = self._command(command)
+            self._refill()
+            self._update_irq()
+        if reset:
+            self._reset()
+
+    def write_data(self, value: int) -> None:
+        with self._lock:
+            self._last_write_was_command = False
+            command, self._pending = self._pending, None
+            reset = False
+            if command is None:
+                self.keyboard.receive(value)
+            else:
+                reset = self._command_data(command, value)
+            self._refill()
+            self._update_irq()
+        if reset:
+            self._reset()
+
+    # --- commands --------------------------------------------------------------------
+
+    def _command(self, command: int) -> bool:
+        """Run a controller command; True when it resets the CPU."""
+        if Command.READ_RAM <= command < Command.READ_RAM + RAM_COMMANDS:
+            self._reply(self._ram[command - Command.READ_RAM])
+        elif (
+            Command.WRITE_RAM <= command < Command.WRITE_RAM + RAM_COMMANDS or command in _COMMANDS_WITH_DATA
+        ):
+            self._pending = command
+        elif command == Command.DISABLE_AUX:
+            self._ram[0] |= Config.AUX_DISABLE
+        elif command == Command.ENABLE_AUX:
+            self._ram[0] &= ~int(Config.AUX_DISABLE)
+        elif command in (Command.TEST_AUX, Command.TEST_KBD):
+            self._reply(INTERFACE_OK)
+        elif command == Command.SELF_TEST:
+            self._reply(SELF_TEST_PASSED)
+        elif command == Command.DISABLE_KBD:
+            self._ram[0] |= Config.KBD_DISABLE
+        elif command == Command.ENABLE_KBD:
+            self._ram[0] &= ~int(Config.KBD_DISABLE)
+        elif command == Command.READ_OUTPUT_PORT:
+            self._reply(self._read_output_port())
+        elif command >= Command.PULSE_OUTPUT:
+            # Bits 0-3 clear in the command are the output port bits pulsed low.
+            return not command & OutputPort.RESET
+        else:
+            logger.debug("i8042: ignored controller command %#x", command)
+        return False
+
+    def _command_data(self, command: int, value: int) -> bool:
+        """The byte a command waited for; True when it resets the CPU."""
+        if Command.WRITE_RAM <= command < Command.WRITE_RAM + RAM_COMMANDS:
+            self._ram[command - Command.WRITE_RAM] = value
+        elif command == Command.WRITE_OUTPUT_PORT:
+            self._output_port = value & ~int(OutputPort.KBD_OBF | OutputPort.AUX_OBF)
+            if not value & OutputPort.A20:
+                logger.debug("i8042: guest cleared the A20 gate; KVM keeps A20 enabled")
+            return not value & OutputPort.RESET
+        elif command == Command.WRITE_KBD_BUFFER:
+            self._reply(value)
+        elif command == Command.WRITE_AUX_BUFFER:
+            self._reply(value, aux=True)
+        elif command == Command.WRITE_AUX:
+            self._reply(NO_DEVICE_REPLY, aux=True, timeout=True)
+        return False
+
+    def _read_output_port(self) -> int:
+        value = self._output_port
+        if self._keyboard_level:
+            value |= OutputPort.KBD_OBF
+        if self._aux_level:
+            value |= OutputPort.AUX_OBF
+        return value
+
+    def _reset(self) -> None:
+        logger.debug("i8042: guest pulsed the reset line")
+        self._stop(GuestExit(ExitKind.REBOOT, "reset through the i8042"))
+
+    # --- output buffer and interrupts ------------------------------------------------
+
+    def _reply(self, value: int, *, aux: bool = False, timeout: bool = False) -> None:
+        if len(self._replies) < OUTPUT_QUEUE_LIMIT:
+            self._replies.append(_Byte(value, aux, timeout))
+
+    def _refill(self) -> None:
+        """Load the next byte into an empty output buffer."""
+        if self._output is not None:
+            return
+        if self._replies:
+            self._output = self._replies.popleft()
+        elif self.keyboard.output and not self._ram[0] & Config.KBD_DISABLE:
+            value = self.keyboard.output.popleft()
+            if self._ram[0] & Config.TRANSLATE:
+                value = _TRANSLATED.get(value, value)
+            self._output = _Byte(value)
+
+    def _update_irq(self) -> None:
+        byte = self._output
+        config = self._ram[0]
+        keyboard = byte is not None and not byte.aux and bool(config & Config.KBD_INT)
+        aux = byte is not None and byte.aux and bool(config & Config.AUX_INT)
+        if keyboard != self._keyboard_level:
+            self._keyboard_level = keyboard
+            self._keyboard_irq.set_level(keyboard)
+        if aux != self._aux_level:
+            self._aux_level = aux
+            self._aux_irq.set_level(aux)
