@@ -44,6 +44,7 @@ class MachineConfig:
     console: Callable[[bytes], object] | None = None
     timeout: float | None = None
     kvm_device: str = "/dev/kvm"
+    kernel_decompress: str = "host"  # bzImages: "host" (pyvmm unpacks) or "guest"
 
     def memory_bytes(self) -> int:
         size = parse_size(self.memory) if isinstance(self.memory, str) else self.memory

@@ -190,6 +190,7 @@ class Machine:
             Path(config.kernel),
             Path(config.initrd) if config.initrd is not None else None,
             config.cmdline,
+            kernel_decompress=config.kernel_decompress,
         )
         self.entry = boot.load(memory, images)
         log.info("booting %s: %s", images.kernel, self.entry.description or self.entry.mode.value)

@@ -2,7 +2,7 @@
 the bootstrap CPU must start (`EntryPoint`). They never touch vCPUs: the arch code
 turns an `EntryPoint` into register state."""
 
-from pyvmm.boot.entry import BootImages, CpuMode, EntryPoint
+from pyvmm.boot.entry import BootImages, CpuMode, EntryPoint, KernelDecompress
 from pyvmm.boot.loader import load
 
-__all__ = ["BootImages", "CpuMode", "EntryPoint", "load"]
+__all__ = ["BootImages", "CpuMode", "EntryPoint", "KernelDecompress", "load"]

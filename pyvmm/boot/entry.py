@@ -6,6 +6,8 @@ import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pyvmm.errors import ConfigError
+
 
 class CpuMode(enum.Enum):
     REAL16 = "16-bit real mode"
@@ -13,13 +15,42 @@ class CpuMode(enum.Enum):
     LONG64 = "64-bit long mode, identity-mapped"
 
 
+class KernelDecompress(enum.StrEnum):
+    """Who unpacks a compressed Linux bzImage.
+
+    HOST: pyvmm decompresses the payload and boots the vmlinux inside it (PVH when the
+    kernel has the Xen PVH note, else the 64-bit entry with a zero page).
+    GUEST: the bzImage is loaded whole and its own decompressor runs in the guest
+    (Linux boot.rst, "64-bit Boot Protocol").
+    """
+
+    HOST = "host"
+    GUEST = "guest"
+
+
 @dataclass(frozen=True)
 class BootImages:
-    """What the user asked to boot."""
+    """What the user asked to boot.
+
+    `kernel_decompress` matters only for bzImages ("host" or "guest", see
+    `KernelDecompress`). `rsdp_address`, when the machine wrote ACPI tables, is handed
+    to Linux (zero page `acpi_rsdp_addr`, PVH `rsdp_paddr`).
+    """
 
     kernel: Path
     initrd: Path | None = None
     cmdline: str = ""
+    kernel_decompress: str = KernelDecompress.HOST
+    rsdp_address: int | None = None
+
+    def __post_init__(self) -> None:
+        choices = [mode.value for mode in KernelDecompress]
+        if self.kernel_decompress not in choices:
+            raise ConfigError(
+                f"kernel decompression {self.kernel_decompress!r} is not one of {', '.join(choices)}"
+            )
+        if self.rsdp_address is not None and not 0 < self.rsdp_address < 1 << 64:
+            raise ConfigError(f"RSDP address {self.rsdp_address:#x} is not a 64-bit physical address")
 
 
 @dataclass

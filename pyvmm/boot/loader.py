@@ -1,8 +1,9 @@
 """Pick the loader for a kernel file and run it (docs/boot.md, "What pyvmm boots").
 
-Detection order: a Multiboot header in the first 8 KiB, then a 64-bit x86 ELF file;
-a 32-bit ELF file without a Multiboot header is refused; anything else is a flat
-binary, which takes no initrd.
+Detection order: a Linux bzImage (boot sector signature 0xAA55 at 0x1fe and "HdrS"
+at 0x202, Linux boot.rst), a Multiboot header in the first 8 KiB, then a 64-bit x86
+ELF file (a vmlinux); a 32-bit ELF file without a Multiboot header is refused;
+anything else is a flat binary, which takes no initrd.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from pyvmm.boot.bzimage import load_bzimage
 from pyvmm.boot.elf import ElfClass, elf_class, is_elf
 from pyvmm.boot.elf64 import load_elf64
 from pyvmm.boot.entry import BootImages, EntryPoint
 from pyvmm.boot.flat import load_flat
 from pyvmm.boot.multiboot import find_header, load_multiboot
+from pyvmm.boot.setup_header import is_bzimage
 from pyvmm.errors import ImageError
 from pyvmm.memory import GuestMemory
 
@@ -41,8 +44,9 @@ def load(memory: GuestMemory, images: BootImages) -> EntryPoint:
         raise ImageError(f"{name}: kernel file is empty")
     initrd = read_image(images.initrd, "initrd") if images.initrd is not None else None
 
-    header = find_header(kernel, name)
-    if header is not None:
+    if is_bzimage(kernel):
+        entry = load_bzimage(memory, kernel, images, initrd)
+    elif (header := find_header(kernel, name)) is not None:
         entry = load_multiboot(memory, kernel, images, initrd, header)
     elif is_elf(kernel) and elf_class(kernel) == ElfClass.ELF32:
         raise ImageError(f"{name}: 32-bit ELF without a Multiboot header is not bootable")

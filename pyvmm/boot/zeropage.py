@@ -1,11 +1,15 @@
-"""A minimal Linux `boot_params` ("zero page") for kernels entered directly in
-64-bit mode.
+"""The Linux `boot_params` ("zero page") for kernels entered in 64-bit mode.
 
 Layout: Linux Documentation/arch/x86/zero-page.rst (offsets of struct boot_params)
 and Documentation/arch/x86/boot.rst, "The Real-Mode Kernel Header" (the setup
 header at 0x1f1). Only the fields a loader fills are named; the rest is padding
 that keeps every named field at its documented offset. The command line lives at
 `CMDLINE_ADDRESS`, the e820 table comes from `memory_map`.
+
+A loader that booted from a bzImage starts from a copy of the kernel's own setup
+header (boot.rst, "64-bit Boot Protocol": "the setup header at offset 0x01f1 of
+kernel image on should be loaded into struct boot_params"); a bare vmlinux gets
+the header a boot loader would have read from the newest protocol.
 """
 
 from __future__ import annotations
@@ -23,14 +27,28 @@ HEADER_MAGIC = int.from_bytes(b"HdrS", "little")  # boot.rst: "header ... Magic 
 BOOT_PROTOCOL_VERSION = 0x020F  # 2.15, the newest version boot.rst describes
 LOADER_TYPE_UNDEFINED = 0xFF  # boot.rst, type_of_loader: "0xFF if no ID is assigned"
 E820_MAX_ENTRIES = 128  # E820_MAX_ENTRIES_ZEROPAGE
+SETUP_HEADER_OFFSET = 0x1F1  # boot.rst: "examine the following header at offset 0x01f1"
+JUMP_OFFSET = 0x200  # the header's jump instruction; its byte at 0x201 gives the header end
 
 
 class LoadFlags(enum.IntFlag):
     """setup_header.loadflags (boot.rst)."""
 
     LOADED_HIGH = 1 << 0  # the protected-mode code is loaded at 0x100000 or above
+    KASLR_FLAG = 1 << 1  # kernel internal
+    QUIET_FLAG = 1 << 5
     KEEP_SEGMENTS = 1 << 6
     CAN_USE_HEAP = 1 << 7
+
+
+class XLoadFlags(enum.IntFlag):
+    """setup_header.xloadflags (boot.rst, protocol 2.12+)."""
+
+    KERNEL_64 = 1 << 0  # the legacy 64-bit entry point at load address + 0x200
+    CAN_BE_LOADED_ABOVE_4G = 1 << 1
+    EFI_HANDOVER_32 = 1 << 2
+    EFI_HANDOVER_64 = 1 << 3
+    EFI_KEXEC = 1 << 4
 
 
 _u8, _u16, _u32, _u64 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64
@@ -133,13 +151,13 @@ class BootParams(ctypes.LittleEndianStructure):
     ]
 
 
-def c_string(text: str, what: str = "kernel command line") -> bytes:
-    """`text` as a NUL-terminated string of at most `CMDLINE_MAX` bytes."""
+def c_string(text: str, what: str = "kernel command line", limit: int = CMDLINE_MAX - 1) -> bytes:
+    """`text` as a NUL-terminated string of at most `limit` bytes before the NUL."""
     encoded = text.encode()
     if b"\0" in encoded:
         raise ImageError(f"{what} contains a NUL character")
-    if len(encoded) + 1 > CMDLINE_MAX:
-        raise ImageError(f"{what} is {len(encoded)} bytes; at most {CMDLINE_MAX - 1} fit")
+    if len(encoded) > limit:
+        raise ImageError(f"{what} is {len(encoded)} bytes; at most {limit} fit")
     return encoded + b"\0"
 
 
@@ -149,26 +167,40 @@ def write_command_line(memory: GuestMemory, cmdline: str) -> int:
     return CMDLINE_ADDRESS
 
 
-def write_zero_page(memory: GuestMemory, cmdline: str, initrd: tuple[int, int] | None) -> int:
-    """Write boot_params and the command line; `initrd` is (address, size) or None.
+def boot_params(
+    memory: GuestMemory,
+    cmdline_address: int,
+    initrd: tuple[int, int] | None,
+    *,
+    kernel_header: bytes = b"",
+    rsdp_address: int | None = None,
+) -> BootParams:
+    """boot_params as a boot loader fills it; `initrd` is (address, size) or None.
 
-    Returns the zero page's guest address, for RSI at a 64-bit entry.
+    `kernel_header` is the setup header bytes from offset 0x1f1 of a bzImage: copied
+    first, then the loader's fields are written over it. Without it the header
+    claims the newest protocol and the command line size pyvmm has room for.
     """
-    cmdline_address = write_command_line(memory, cmdline)
     params = BootParams()
+    if len(kernel_header) > ctypes.sizeof(SetupHeader):
+        kernel_header = kernel_header[: ctypes.sizeof(SetupHeader)]
+    ctypes.memmove(ctypes.addressof(params.hdr), kernel_header, len(kernel_header))
     hdr = params.hdr
-    hdr.boot_flag = BOOT_FLAG
-    hdr.header = HEADER_MAGIC
-    hdr.version = BOOT_PROTOCOL_VERSION
+    if not kernel_header:
+        hdr.boot_flag = BOOT_FLAG
+        hdr.header = HEADER_MAGIC
+        hdr.version = BOOT_PROTOCOL_VERSION
+        hdr.loadflags = LoadFlags.LOADED_HIGH
+        hdr.cmdline_size = CMDLINE_MAX - 1
     hdr.type_of_loader = LOADER_TYPE_UNDEFINED
-    hdr.loadflags = LoadFlags.LOADED_HIGH
     hdr.cmd_line_ptr = cmdline_address & 0xFFFF_FFFF
     params.ext_cmd_line_ptr = cmdline_address >> 32
-    hdr.cmdline_size = CMDLINE_MAX - 1
     if initrd is not None:
         address, size = initrd
         hdr.ramdisk_image, params.ext_ramdisk_image = address & 0xFFFF_FFFF, address >> 32
         hdr.ramdisk_size, params.ext_ramdisk_size = size & 0xFFFF_FFFF, size >> 32
+    if rsdp_address is not None:
+        params.acpi_rsdp_addr = rsdp_address
 
     entries = memory_map(memory)
     if len(entries) > E820_MAX_ENTRIES:
@@ -176,5 +208,18 @@ def write_zero_page(memory: GuestMemory, cmdline: str, initrd: tuple[int, int] |
     params.e820_entries = len(entries)
     for row, entry in zip(params.e820_table, entries, strict=False):
         row.addr, row.size, row.type = entry.addr, entry.size, entry.kind
+    return params
+
+
+def write_boot_params(memory: GuestMemory, params: BootParams) -> int:
+    """Put `params` at `ZERO_PAGE_ADDRESS`; returns that address, for RSI at entry."""
     memory.write(ZERO_PAGE_ADDRESS, bytes(params))
     return ZERO_PAGE_ADDRESS
+
+
+def write_zero_page(memory: GuestMemory, cmdline: str, initrd: tuple[int, int] | None) -> int:
+    """Write boot_params and the command line; `initrd` is (address, size) or None.
+
+    Returns the zero page's guest address, for RSI at a 64-bit entry.
+    """
+    return write_boot_params(memory, boot_params(memory, write_command_line(memory, cmdline), initrd))
