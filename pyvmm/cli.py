@@ -12,6 +12,7 @@ from pyvmm import __version__
 from pyvmm.config import DEFAULT_MEMORY, MachineConfig
 from pyvmm.console import TerminalConsole, write_all
 from pyvmm.errors import VmmError
+from pyvmm.images.cli import add_images_command
 from pyvmm.kvm import KvmError
 from pyvmm.machine import Machine
 from pyvmm.outcome import ExitKind, GuestExit
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=_seconds, help="stop the guest after this many seconds")
     run.add_argument("--stats", action="store_true", help="print exit statistics when the guest ends")
     run.set_defaults(handler=_run)
+    add_images_command(commands)
     return parser
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pyvmm import boot
 from pyvmm.arch.x86 import cpu
+from pyvmm.arch.x86.acpi import write_acpi_tables
 from pyvmm.arch.x86.disasm import disassemble
 from pyvmm.arch.x86.emulator import Emulator
 from pyvmm.arch.x86.layout import (
@@ -34,7 +35,13 @@ from pyvmm.devices.debug_exit import DEBUG_EXIT_LENGTH, DEBUG_EXIT_PORT
 from pyvmm.devices.fw_cfg import FW_CFG_LENGTH, FW_CFG_PORT
 from pyvmm.devices.i8042 import AUX_IRQ, I8042_COMMAND_PORT, I8042_DATA_PORT, I8042_PORT_LENGTH, KEYBOARD_IRQ
 from pyvmm.devices.ports import IO_DELAY_PORT, POST_CODE_PORT
-from pyvmm.devices.power import PM1A_CNT_LENGTH, PM1A_CNT_PORT
+from pyvmm.devices.power import (
+    PM1A_CNT_LENGTH,
+    PM1A_CNT_PORT,
+    SLEEP_PORTS_BASE,
+    SLEEP_PORTS_LENGTH,
+    SleepControl,
+)
 from pyvmm.devices.rtc import RTC_IRQ, RTC_PORT, RTC_PORT_LENGTH
 from pyvmm.devices.serial import SERIAL_PORT_LENGTH
 from pyvmm.errors import ConfigError
@@ -191,6 +198,7 @@ class Machine:
             Path(config.initrd) if config.initrd is not None else None,
             config.cmdline,
             kernel_decompress=config.kernel_decompress,
+            rsdp_address=write_acpi_tables(memory, config.cpus),
         )
         self.entry = boot.load(memory, images)
         log.info("booting %s: %s", images.kernel, self.entry.description or self.entry.mode.value)
@@ -221,6 +229,7 @@ class Machine:
         ports.insert(COM1_PORT, SERIAL_PORT_LENGTH, self.serial, "serial (COM1)")
         ports.insert(DEBUG_EXIT_PORT, DEBUG_EXIT_LENGTH, DebugExit(self.stop), "debug-exit")
         ports.insert(PM1A_CNT_PORT, PM1A_CNT_LENGTH, PowerControl(self.stop), "pm1a-control")
+        ports.insert(SLEEP_PORTS_BASE, SLEEP_PORTS_LENGTH, SleepControl(self.stop), "acpi-sleep")
         ports.insert(FW_CFG_PORT, FW_CFG_LENGTH, fw_cfg, "fw_cfg")
         ports.insert(POST_CODE_PORT, 1, PortSink(), "post-code")
         ports.insert(IO_DELAY_PORT, 1, PortSink(), "io-delay")

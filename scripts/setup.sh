@@ -12,6 +12,9 @@ for tool in gcc ld make objcopy; do
     command -v "$tool" >/dev/null 2>&1 || need_apt+=(gcc binutils make)
 done
 [ -f /usr/include/linux/kvm.h ] || need_apt+=(linux-libc-dev)
+command -v iasl >/dev/null 2>&1 || need_apt+=(acpica-tools)  # ACPI table tests
+command -v cpio >/dev/null 2>&1 || need_apt+=(cpio)  # initramfs tests
+[ -x /bin/busybox ] || need_apt+=(busybox-static)  # the guest userland
 if [ ${#need_apt[@]} -gt 0 ]; then
     say "installing Debian packages: ${need_apt[*]}"
     apt-get update -qq

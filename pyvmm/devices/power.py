@@ -1,11 +1,28 @@
-"""Power control: the ACPI PM1a control register (ACPI 6.4 §4.8.3.2.1, "PM1 Control Registers").
+"""Power control: how a guest powers the VM off or resets it through ACPI.
 
-A guest powers off by writing SLP_TYP = the S5 value from the DSDT's \\_S5 object
-together with SLP_EN (ACPI 6.4 §7.4.2 and §16.1.7). pyvmm puts the register where
-QEMU's q35 does (PMBASE 0x600 + 4) so guests and firmware that expect that layout work.
+Two devices, for two kinds of guest:
 
-SLP_EN and GBL_RLS are write-only and read as 0; SCI_EN reads as 1, so the guest sees
-the platform already in ACPI mode and never tries the SMI_CMD handshake.
+- `SleepControl`, the hardware-reduced ACPI registers the FADT advertises, for guests
+  that read pyvmm's ACPI tables (Linux): sleep control (ACPI 6.4 §4.8.3.7) at I/O
+  0x600, sleep status at 0x601, reset (§4.8.3.6) at 0x602, one byte each.
+- `PowerControl`, the legacy PM1a control register (ACPI 6.4 §4.8.3.2.1) at I/O 0x604,
+  2 bytes, where QEMU's q35 has it (PMBASE 0x600 + 4), for guests that power off
+  without reading ACPI tables, such as tests/guests/hello.
+
+Sleep control register (8 bits): SLP_TYPx in bits 2-4, SLP_EN in bit 5 (write-only).
+Writing SLP_EN with SLP_TYP = 5, the value of the DSDT's ``\\_S5_`` object, powers off
+(ACPI 6.4 §7.4.2 and §16.1.7): the VM stops with `ExitKind.POWEROFF`, exit status 0.
+Other sleep types are ignored: pyvmm only advertises S5.
+
+Sleep status register (8 bits): WAK_STS in bit 7, write 1 to clear. pyvmm never
+sleeps, so it reads 0.
+
+Reset register (8 bits): writing `RESET_VALUE` (the FADT's RESET_VALUE) resets the
+machine: the VM stops with `ExitKind.REBOOT`. Other values are ignored.
+
+PM1a control (16 bits): SLP_TYP in bits 10-12, SLP_EN in bit 13; SLP_EN and GBL_RLS
+are write-only and read as 0; SCI_EN reads as 1, so the guest sees the platform
+already in ACPI mode and never tries the SMI_CMD handshake.
 """
 
 from __future__ import annotations
@@ -17,14 +34,95 @@ from pyvmm.outcome import ExitKind, GuestExit, StopRequest
 
 logger = logging.getLogger(__name__)
 
+S5_SLEEP_TYPE = 5  # the SLP_TYP value pyvmm's ACPI tables advertise in \_S5_
+
+# --- hardware-reduced ACPI registers (what the FADT advertises) ---------------------------
+
+SLEEP_PORTS_BASE = 0x600
+SLEEP_CONTROL_PORT = SLEEP_PORTS_BASE  # FADT SLEEP_CONTROL_REG
+SLEEP_STATUS_PORT = SLEEP_PORTS_BASE + 1  # FADT SLEEP_STATUS_REG
+RESET_PORT = SLEEP_PORTS_BASE + 2  # FADT RESET_REG
+SLEEP_PORTS_LENGTH = 3
+# What the guest writes to RESET_PORT to reset (FADT RESET_VALUE). 0x06 is the value a
+# PC writes to its reset control register (0xCF9) for a hard reset; any value works
+# as long as the FADT says the same, and an uncommon one keeps stray writes harmless.
+RESET_VALUE = 0x06
+
+
+class SleepControlBits(enum.IntFlag):
+    """Sleep control register bits (ACPI 6.4 §4.8.3.7)."""
+
+    SLP_TYP_MASK = 0b111 << 2
+    SLP_EN = 1 << 5  # write-only
+
+
+class SleepStatusBits(enum.IntFlag):
+    """Sleep status register bits (ACPI 6.4 §4.8.3.7)."""
+
+    WAK_STS = 1 << 7  # write 1 to clear
+
+
+SLEEP_TYP_SHIFT = 2
+
+_SLEEP_CONTROL = SLEEP_CONTROL_PORT - SLEEP_PORTS_BASE
+_SLEEP_STATUS = SLEEP_STATUS_PORT - SLEEP_PORTS_BASE
+_RESET = RESET_PORT - SLEEP_PORTS_BASE
+
+
+class SleepControl:
+    """The hardware-reduced ACPI sleep control, sleep status and reset registers:
+    powers the VM off on S5 and resets it on the reset value."""
+
+    def __init__(self, stop: StopRequest, s5_sleep_type: int = S5_SLEEP_TYPE) -> None:
+        self._stop = stop
+        self._s5_sleep_type = s5_sleep_type
+        self._sleep_type = 0  # last SLP_TYP written, read back
+        self._status = 0  # WAK_STS: never set, pyvmm does not wake from sleep
+
+    def read(self, offset: int, size: int) -> int:
+        # Each register is one byte; wider reads see neighbours, and bytes beyond the
+        # block read as all ones, like an empty port.
+        return int.from_bytes(bytes(self._read_byte(offset + i) for i in range(size)), "little")
+
+    def _read_byte(self, offset: int) -> int:
+        if offset == _SLEEP_CONTROL:
+            return self._sleep_type << SLEEP_TYP_SHIFT
+        if offset == _SLEEP_STATUS:
+            return self._status
+        if offset == _RESET:
+            return 0
+        return 0xFF
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        for i in range(size):
+            self._write_byte(offset + i, (value >> (8 * i)) & 0xFF)
+
+    def _write_byte(self, offset: int, value: int) -> None:
+        if offset == _SLEEP_CONTROL:
+            self._sleep_type = (value & SleepControlBits.SLP_TYP_MASK) >> SLEEP_TYP_SHIFT
+            if value & SleepControlBits.SLP_EN:
+                self._sleep(self._sleep_type)
+        elif offset == _SLEEP_STATUS:
+            self._status &= ~(value & SleepStatusBits.WAK_STS)
+        elif offset == _RESET:
+            if value == RESET_VALUE:
+                logger.debug("guest reset through the ACPI reset register")
+                self._stop(GuestExit(ExitKind.REBOOT, "guest reset (ACPI reset register)"))
+            else:
+                logger.warning("guest wrote %#x to the ACPI reset register; ignored", value)
+
+    def _sleep(self, sleep_type: int) -> None:
+        _enter_sleep_state(self._stop, sleep_type, self._s5_sleep_type)
+
+
+# --- legacy PM1a control (guests that assume QEMU's port layout) --------------------------
+
 PM1A_CNT_PORT = 0x604
 PM1A_CNT_LENGTH = 2
 
-S5_SLEEP_TYPE = 5  # the SLP_TYP value pyvmm's ACPI tables advertise in \_S5
-
 
 class Pm1Control(enum.IntFlag):
-    """PM1 control register bits (ACPI 6.4 Table 4.16)."""
+    """PM1 control register bits (ACPI 6.4 §4.8.3.2.1)."""
 
     SCI_EN = 1 << 0
     BM_RLD = 1 << 1
@@ -38,7 +136,7 @@ _WRITE_ONLY = Pm1Control.SLP_EN | Pm1Control.GBL_RLS
 
 
 class PowerControl:
-    """PM1a_CNT: powers the VM off when the guest enters S5."""
+    """The legacy PM1a_CNT register: powers the VM off when the guest enters S5."""
 
     def __init__(self, stop: StopRequest, s5_sleep_type: int = S5_SLEEP_TYPE) -> None:
         self._stop = stop
@@ -62,12 +160,15 @@ class PowerControl:
         # SCI_EN stays set: the platform is always in ACPI mode.
         self._value = register & ~int(_WRITE_ONLY) | int(Pm1Control.SCI_EN)
         if register & Pm1Control.SLP_EN:
-            self._sleep((register & Pm1Control.SLP_TYP_MASK) >> SLP_TYP_SHIFT)
+            _enter_sleep_state(
+                self._stop, (register & Pm1Control.SLP_TYP_MASK) >> SLP_TYP_SHIFT, self._s5_sleep_type
+            )
 
-    def _sleep(self, sleep_type: int) -> None:
-        if sleep_type == self._s5_sleep_type:
-            logger.debug("guest entered S5")
-            self._stop(GuestExit(ExitKind.POWEROFF, "guest powered off"))
-        else:
-            # Only S5 is advertised; a guest asking for another state stays running.
-            logger.warning("guest asked for unsupported sleep type %d; ignored", sleep_type)
+
+def _enter_sleep_state(stop: StopRequest, sleep_type: int, s5_sleep_type: int) -> None:
+    if sleep_type == s5_sleep_type:
+        logger.debug("guest entered S5")
+        stop(GuestExit(ExitKind.POWEROFF, "guest powered off"))
+    else:
+        # Only S5 is advertised; a guest asking for another state stays running.
+        logger.warning("guest asked for unsupported sleep type %d; ignored", sleep_type)

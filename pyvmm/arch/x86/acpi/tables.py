@@ -1,0 +1,137 @@
+"""Build all of pyvmm's ACPI tables and place them in guest memory.
+
+Where they go: the PC BIOS area [0xE0000, 0x100000), which pyvmm's memory map
+reports as reserved (`pyvmm.boot.memory_map`), so the guest never reuses it. The RSDP
+comes first, at 0xE0000: on a 16-byte boundary inside [0xE0000, 0xFFFFF], where an OS
+without a firmware-provided RSDP address scans for it (ACPI 6.4 §5.2.5.1). The other
+tables follow, each on a 16-byte boundary:
+
+    0xE0000  RSDP (36 bytes)
+             XSDT  → FADT, MADT
+             RSDT  → FADT, MADT (32-bit copy for ACPI 1.0 readers)
+             FADT  → DSDT
+             MADT  (44 + 28 bytes, then 8 per vCPU; 16 from APIC ID 255 on: x2APIC)
+             DSDT  (about 0.2 KiB + 30 bytes per vCPU)
+
+The whole set takes about 0.7 KiB plus 38 bytes per vCPU (46 past 255 vCPUs), so the
+128 KiB area holds it for up to 2883 vCPUs; KVM allows 1024 on most x86 hosts.
+Past that `build_acpi_tables` raises `AcpiError`; the tables would then have to move
+to the top of RAM below the MMIO hole, reported as E820 type ACPI (3).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pyvmm.arch.x86.acpi.aml import Aml
+from pyvmm.arch.x86.acpi.dsdt import build_dsdt, platform_devices
+from pyvmm.arch.x86.acpi.errors import AcpiError
+from pyvmm.arch.x86.acpi.fadt import DEFAULT_BOOT_ARCH, BootArch, build_fadt
+from pyvmm.arch.x86.acpi.madt import TIMER_GSI_KVM_DEFAULT, build_madt
+from pyvmm.arch.x86.acpi.sdt import RSDP_SIZE, rsdp, rsdt, xsdt
+from pyvmm.memory import GuestMemory
+
+log = logging.getLogger(__name__)
+
+ACPI_AREA_START = 0xE0000  # the BIOS area: reserved in the memory map
+ACPI_AREA_END = 0x100000  # exclusive
+RSDP_ADDRESS = ACPI_AREA_START
+TABLE_ALIGNMENT = 16
+
+
+@dataclass(frozen=True)
+class AcpiTable:
+    """One table as placed in guest memory."""
+
+    signature: str  # "RSDP" for the root pointer
+    address: int
+    data: bytes
+
+    @property
+    def end(self) -> int:
+        return self.address + len(self.data)
+
+
+@dataclass(frozen=True)
+class AcpiTables:
+    """Every table, RSDP first, with its guest physical address."""
+
+    tables: tuple[AcpiTable, ...]
+
+    @property
+    def rsdp_address(self) -> int:
+        return self.tables[0].address
+
+    @property
+    def end(self) -> int:
+        """The first address after the last table."""
+        return max(entry.end for entry in self.tables)
+
+    def table(self, signature: str) -> AcpiTable:
+        for entry in self.tables:
+            if entry.signature == signature:
+                return entry
+        raise KeyError(signature)
+
+
+def _align(address: int) -> int:
+    return -(-address // TABLE_ALIGNMENT) * TABLE_ALIGNMENT
+
+
+def build_acpi_tables(
+    cpus: int,
+    *,
+    extra_devices: Sequence[Aml] = (),
+    timer_gsi: int = TIMER_GSI_KVM_DEFAULT,
+    boot_arch: BootArch = DEFAULT_BOOT_ARCH,
+    base: int = ACPI_AREA_START,
+    limit: int = ACPI_AREA_END,
+) -> AcpiTables:
+    """All tables for a guest with `cpus` vCPUs, laid out from `base` (the RSDP) to at
+    most `limit`. `extra_devices` are AML objects (devices) added to ``\\_SB_``."""
+    dsdt = build_dsdt(cpus, [*platform_devices(), *extra_devices])
+    madt = build_madt(cpus, timer_gsi=timer_gsi)
+    # Every table but the DSDT has a size known before the addresses are: lay out first.
+    xsdt_address = _align(base + RSDP_SIZE)
+    rsdt_address = _align(xsdt_address + len(xsdt([0, 0])))
+    fadt_address = _align(rsdt_address + len(rsdt([0, 0])))
+    madt_address = _align(fadt_address + len(build_fadt(0)))
+    dsdt_address = _align(madt_address + len(madt))
+    end = dsdt_address + len(dsdt)
+    if end > limit:
+        raise AcpiError(
+            f"ACPI tables for {cpus} vCPUs take {end - base} bytes, more than the "
+            f"{limit - base} bytes at [{base:#x}, {limit:#x})"
+        )
+    pointed = [fadt_address, madt_address]
+    tables = (
+        AcpiTable("RSDP", base, rsdp(xsdt_address, rsdt_address)),
+        AcpiTable("XSDT", xsdt_address, xsdt(pointed)),
+        AcpiTable("RSDT", rsdt_address, rsdt(pointed)),
+        AcpiTable("FACP", fadt_address, build_fadt(dsdt_address, boot_arch=boot_arch)),
+        AcpiTable("APIC", madt_address, madt),
+        AcpiTable("DSDT", dsdt_address, dsdt),
+    )
+    return AcpiTables(tables)
+
+
+def write_acpi_tables(
+    memory: GuestMemory,
+    cpus: int,
+    *,
+    extra_devices: Sequence[Aml] = (),
+    timer_gsi: int = TIMER_GSI_KVM_DEFAULT,
+    boot_arch: BootArch = DEFAULT_BOOT_ARCH,
+) -> int:
+    """Write the RSDP and every table into the BIOS area of `memory`; the RSDP's address.
+
+    `extra_devices`: AML device objects for ``\\_SB_`` (e.g. virtio-mmio ``LNRO0005``
+    devices). `timer_gsi`: where ISA IRQ 0 reaches the IOAPIC (see `madt`).
+    """
+    built = build_acpi_tables(cpus, extra_devices=extra_devices, timer_gsi=timer_gsi, boot_arch=boot_arch)
+    for entry in built.tables:
+        memory.write(entry.address, entry.data)
+    log.debug("ACPI tables for %d vCPUs at [%#x, %#x)", cpus, built.rsdp_address, built.end)
+    return built.rsdp_address

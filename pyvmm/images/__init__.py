@@ -1,0 +1,12 @@
+"""Guest images for pyvmm: a Linux kernel and a busybox initramfs, built from
+Debian packages and cached by a hash of their inputs.
+
+    pyvmm images build [--stock]    # build (minutes) or find (instant)
+    pyvmm images path vmlinux       # where an artifact is
+
+From Python: `pyvmm.images.build.build(flavour, Cache(), progress)` builds,
+`pyvmm.images.build.find(flavour, Cache())` only looks. The parts: kernel.py
+(linux-source + kernel.config), stock.py (Debian's cloud kernel), initramfs.py
+and init.sh (the userland), cpio.py (the archive format), cache.py, steps.py and
+progress.py (running and showing a build).
+"""
