@@ -55,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--memory", default=f"{DEFAULT_MEMORY >> 20}M", help="guest RAM, e.g. 256M or 1G (default 256M)"
     )
+    run.add_argument(
+        "--kernel-decompress",
+        choices=("host", "guest"),
+        default="host",
+        help="who unpacks a bzImage: pyvmm on the host (default, fast) or the kernel itself",
+    )
     run.add_argument("--timeout", type=_seconds, help="stop the guest after this many seconds")
     run.add_argument("--stats", action="store_true", help="print exit statistics when the guest ends")
     run.set_defaults(handler=_run)
@@ -75,6 +81,7 @@ def _run(args: argparse.Namespace) -> int:
         memory=args.memory,
         console=_stdout,
         timeout=args.timeout,
+        kernel_decompress=args.kernel_decompress,
     )
     machine = Machine(config)
     if sys.stdin.isatty():
