@@ -6,35 +6,15 @@ Control register bits: Intel SDM Vol. 3A §2.5; IA32_EFER: §2.2.1.
 
 from __future__ import annotations
 
-import enum
-
 from pyvmm.arch.x86 import cpuid, segments
 from pyvmm.arch.x86.layout import GDT_ADDRESS, IDT_ADDRESS
 from pyvmm.arch.x86.msrs import boot_msrs
 from pyvmm.arch.x86.paging import write_identity_map
+from pyvmm.arch.x86.registers import Cr0, Cr4, Efer
 from pyvmm.boot.entry import CpuMode, EntryPoint
 from pyvmm.kvm import Vcpu
 from pyvmm.kvm.x86 import kvm_cpuid_entry2, kvm_fpu
 from pyvmm.memory import GuestMemory
-
-
-class Cr0(enum.IntFlag):
-    PE = 1 << 0
-    MP = 1 << 1
-    ET = 1 << 4
-    NE = 1 << 5
-    WP = 1 << 16
-    PG = 1 << 31
-
-
-class Cr4(enum.IntFlag):
-    PAE = 1 << 5
-
-
-class Efer(enum.IntFlag):
-    LME = 1 << 8
-    LMA = 1 << 10
-
 
 RFLAGS_RESERVED = 1 << 1
 FPU_CONTROL_DEFAULT = 0x37F  # FNINIT state

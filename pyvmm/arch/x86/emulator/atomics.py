@@ -21,7 +21,7 @@ from pyvmm.arch.x86.emulator.faults import gp
 from pyvmm.arch.x86.emulator.flags import add, sub
 from pyvmm.arch.x86.emulator.handlers import Handler
 from pyvmm.arch.x86.emulator.pagewalk import AccessKind
-from pyvmm.arch.x86.emulator.registers import STATUS_FLAGS, Rflags
+from pyvmm.arch.x86.registers import STATUS_FLAGS, Rflags
 
 ATOMICS_LOCK = threading.Lock()
 

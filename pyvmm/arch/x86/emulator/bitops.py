@@ -7,7 +7,7 @@ from iced_x86 import Mnemonic
 
 from pyvmm.arch.x86.emulator.context import Context
 from pyvmm.arch.x86.emulator.handlers import Handler
-from pyvmm.arch.x86.emulator.registers import STATUS_FLAGS, Rflags
+from pyvmm.arch.x86.registers import STATUS_FLAGS, Rflags
 
 
 def popcnt(ctx: Context) -> None:

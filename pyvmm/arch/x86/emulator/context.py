@@ -24,9 +24,9 @@ from pyvmm.arch.x86.emulator.errors import NotCovered
 from pyvmm.arch.x86.emulator.faults import InjectFault, Vector, nm, ud
 from pyvmm.arch.x86.emulator.mmu import Mmu, Span
 from pyvmm.arch.x86.emulator.pagewalk import AccessKind
-from pyvmm.arch.x86.emulator.registers import XCR0_AVX, XCR0_SSE, Cr0, Cr4, Rflags
 from pyvmm.arch.x86.emulator.segmentation import linear_address
 from pyvmm.arch.x86.emulator.xsave_area import XsaveLayout
+from pyvmm.arch.x86.registers import XCR0_AVX, XCR0_SSE, Cr0, Cr4, Rflags
 
 
 def _gpr_table() -> dict[int, tuple[int, int, int]]:

@@ -8,7 +8,7 @@ import ctypes
 import enum
 from typing import Protocol
 
-from pyvmm.arch.x86.emulator.registers import Cr0, Efer, Rflags
+from pyvmm.arch.x86.registers import Cr0, Efer, Rflags
 from pyvmm.kvm import x86
 
 # kvm_regs fields by register number as encoded in instructions (SDM Vol. 2A §2.1.5).

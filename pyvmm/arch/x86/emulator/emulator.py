@@ -22,8 +22,8 @@ from pyvmm.arch.x86.emulator.faults import InjectFault, Vector, deliver, gp
 from pyvmm.arch.x86.emulator.fetch import fetch_and_decode
 from pyvmm.arch.x86.emulator.handlers import Handler
 from pyvmm.arch.x86.emulator.mmu import MmioAccess, Mmu
-from pyvmm.arch.x86.emulator.registers import Rflags
 from pyvmm.arch.x86.emulator.xsave_area import XsaveLayout
+from pyvmm.arch.x86.registers import Rflags
 from pyvmm.kvm import Kvm
 from pyvmm.kvm.x86 import kvm_cpuid_entry2
 from pyvmm.memory import GuestMemory

@@ -4,7 +4,7 @@ flags is merged into RFLAGS."""
 
 from __future__ import annotations
 
-from pyvmm.arch.x86.emulator.registers import STATUS_FLAGS, Rflags
+from pyvmm.arch.x86.registers import STATUS_FLAGS, Rflags
 
 
 def _parity(value: int) -> int:

@@ -11,7 +11,6 @@ from pyvmm.arch.x86.emulator.errors import NotCovered
 from pyvmm.arch.x86.emulator.faults import InjectFault, Vector, gp, nm
 from pyvmm.arch.x86.emulator.handlers import Handler
 from pyvmm.arch.x86.emulator.pagewalk import AccessKind
-from pyvmm.arch.x86.emulator.registers import Cr0
 from pyvmm.arch.x86.emulator.x87_image import load_x87, mxcsr, x87_bytes, xmm_bytes
 from pyvmm.arch.x86.emulator.xsave_area import (
     FSW,
@@ -24,6 +23,7 @@ from pyvmm.arch.x86.emulator.xsave_area import (
     u16,
     u32,
 )
+from pyvmm.arch.x86.registers import Cr0
 
 FXSAVE_AREA = 512
 FSW_ES = 1 << 7  # x87 error summary: an unmasked exception is pending

@@ -16,7 +16,7 @@ from pyvmm.arch.x86.emulator.cpu_state import CpuMode
 from pyvmm.arch.x86.emulator.errors import NotCovered
 from pyvmm.arch.x86.emulator.faults import InjectFault, Vector
 from pyvmm.arch.x86.emulator.handlers import Handler
-from pyvmm.arch.x86.emulator.registers import Efer, Rflags
+from pyvmm.arch.x86.registers import Efer, Rflags
 
 IDT_ERROR = 2  # error-code bit: the index refers to the IDT (SDM Vol. 3A §6.13)
 _GATE_TYPES_LONG = {0xE, 0xF}  # 64-bit interrupt and trap gates

@@ -20,7 +20,7 @@ from pyvmm.arch.x86.emulator.pagewalk import (
     set_accessed_dirty,
     walk,
 )
-from pyvmm.arch.x86.emulator.registers import Efer
+from pyvmm.arch.x86.registers import Efer
 from pyvmm.memory import GuestMemory
 
 

@@ -28,7 +28,7 @@ from pyvmm.arch.x86.emulator.faults import (
     InjectFault,
     page_fault,
 )
-from pyvmm.arch.x86.emulator.registers import Cr0, Cr4, Efer, Rflags
+from pyvmm.arch.x86.registers import Cr0, Cr4, Efer, Rflags
 from pyvmm.errors import GuestMemoryError
 from pyvmm.memory import GuestMemory
 

@@ -10,7 +10,7 @@ from iced_x86 import Register
 from pyvmm.arch.x86.emulator.cpu_state import MASK64, CpuMode, CpuState
 from pyvmm.arch.x86.emulator.errors import NotCovered
 from pyvmm.arch.x86.emulator.faults import InjectFault, gp, ss
-from pyvmm.arch.x86.emulator.registers import Cr4
+from pyvmm.arch.x86.registers import Cr4
 from pyvmm.kvm import x86
 
 SEGMENT_NAMES: dict[int, str] = {

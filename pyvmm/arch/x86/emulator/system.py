@@ -10,7 +10,7 @@ from iced_x86 import Mnemonic
 from pyvmm.arch.x86.emulator.context import Context
 from pyvmm.arch.x86.emulator.faults import ud
 from pyvmm.arch.x86.emulator.handlers import Handler
-from pyvmm.arch.x86.emulator.registers import Rflags
+from pyvmm.arch.x86.registers import Rflags
 
 
 def clac(ctx: Context) -> None:

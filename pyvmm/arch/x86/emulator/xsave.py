@@ -23,7 +23,6 @@ from pyvmm.arch.x86.emulator.faults import gp, nm, ud
 from pyvmm.arch.x86.emulator.handlers import Handler
 from pyvmm.arch.x86.emulator.mmu import Span
 from pyvmm.arch.x86.emulator.pagewalk import AccessKind
-from pyvmm.arch.x86.emulator.registers import Cr0, Cr4
 from pyvmm.arch.x86.emulator.x87_image import MXCSR_RANGE, X87_RANGES, load_x87, x87_bytes
 from pyvmm.arch.x86.emulator.xsave_area import (
     AVX,
@@ -45,6 +44,7 @@ from pyvmm.arch.x86.emulator.xsave_area import (
     u32,
     u64,
 )
+from pyvmm.arch.x86.registers import Cr0, Cr4
 
 IA32_XSS = 0xDA0
 _SUPERVISOR_COMPONENTS_NOTE = "XSAVES/XRSTORS of supervisor state components (IA32_XSS)"

@@ -1,4 +1,5 @@
-"""Control-register, EFER and RFLAGS bits the emulator looks at (Intel SDM Vol. 3A
+"""Control-register, EFER and RFLAGS bits, named once for the entry setup and the
+emulator (Intel SDM Vol. 3A
 §2.5 control registers, §2.2.1 IA32_EFER, Vol. 1 §3.4.3 EFLAGS)."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ class Cr0(enum.IntFlag):
     MP = 1 << 1
     EM = 1 << 2
     TS = 1 << 3
+    ET = 1 << 4
     NE = 1 << 5
     WP = 1 << 16
     AM = 1 << 18
