@@ -30,6 +30,7 @@ class BusDevice(Protocol):
 
 
 def all_ones(size: int) -> int:
+    """The value of `size` bytes with every bit set: an empty bus read, and a width mask."""
     return (1 << (8 * size)) - 1
 
 

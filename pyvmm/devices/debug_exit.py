@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 
+from pyvmm.bus import all_ones
 from pyvmm.outcome import ExitKind, GuestExit, StopRequest
 
 logger = logging.getLogger(__name__)
@@ -25,9 +26,9 @@ class DebugExit:
         self._stop = stop
 
     def read(self, offset: int, size: int) -> int:
-        return (1 << (8 * size)) - 1
+        return all_ones(size)
 
     def write(self, offset: int, size: int, value: int) -> None:
-        code = value & ((1 << (8 * size)) - 1)
+        code = value & all_ones(size)
         logger.debug("guest wrote %#x to the debug-exit port", code)
         self._stop(GuestExit(ExitKind.DEBUG_EXIT, "guest wrote to the debug-exit port", code=code))

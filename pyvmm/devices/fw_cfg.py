@@ -23,6 +23,7 @@ import struct
 import threading
 from typing import Protocol
 
+from pyvmm.bus import all_ones
 from pyvmm.errors import ConfigError, GuestMemoryError
 
 logger = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ class DmaMemory(Protocol):
 
 def _from_big_endian(value: int, size: int) -> int:
     """The number a guest meant when it wrote a big-endian quantity through a port."""
-    return int.from_bytes((value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"), "big")
+    return int.from_bytes((value & all_ones(size)).to_bytes(size, "little"), "big")
 
 
 class FwCfg:
@@ -173,7 +174,7 @@ class FwCfg:
             start = offset - Port.DMA_ADDRESS
             if start >= 0 and start + size <= len(DMA_SIGNATURE):
                 return int.from_bytes(DMA_SIGNATURE[start : start + size], "little")
-            return (1 << (8 * size)) - 1  # the selector is write only; the gap is empty
+            return all_ones(size)  # the selector is write only; the gap is empty
 
     def write(self, offset: int, size: int, value: int) -> None:
         with self._lock:

@@ -45,6 +45,7 @@ import threading
 from collections import deque
 from typing import NamedTuple
 
+from pyvmm.bus import all_ones
 from pyvmm.outcome import ExitKind, GuestExit, InterruptLine, StopRequest
 
 logger = logging.getLogger(__name__)
@@ -287,7 +288,7 @@ class I8042Port:
     def read(self, offset: int, size: int) -> int:
         byte = self._controller.read_status() if self._command else self._controller.read_data()
         # Bytes of a wider access past this one-byte port read as an empty bus.
-        return byte | (((1 << (8 * size)) - 1) & ~0xFF)
+        return byte | (all_ones(size) & ~0xFF)
 
     def write(self, offset: int, size: int, value: int) -> None:
         if self._command:

@@ -7,6 +7,7 @@ I/O delays. Claiming such ports with a `PortSink` keeps them out of the bus's
 
 from __future__ import annotations
 
+from pyvmm.bus import all_ones
 from pyvmm.errors import ConfigError
 
 POST_CODE_PORT = 0x80
@@ -30,4 +31,4 @@ class PortSink:
         return int.from_bytes(bytes((self._fill,)) * size, "little")
 
     def write(self, offset: int, size: int, value: int) -> None:
-        self.last_value = value & ((1 << (8 * size)) - 1)
+        self.last_value = value & all_ones(size)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import enum
 import logging
 
+from pyvmm.bus import all_ones
 from pyvmm.outcome import ExitKind, GuestExit, StopRequest
 
 logger = logging.getLogger(__name__)
@@ -153,7 +154,7 @@ class PowerControl:
         if not 0 <= offset < PM1A_CNT_LENGTH:
             return
         data = bytearray(self._value.to_bytes(PM1A_CNT_LENGTH, "little"))
-        written = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+        written = (value & all_ones(size)).to_bytes(size, "little")
         end = min(offset + size, PM1A_CNT_LENGTH)
         data[offset:end] = written[: end - offset]
         register = int.from_bytes(data, "little")
