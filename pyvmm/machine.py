@@ -43,7 +43,7 @@ from pyvmm.devices.power import (
     SleepControl,
 )
 from pyvmm.devices.rtc import RTC_IRQ, RTC_PORT, RTC_PORT_LENGTH
-from pyvmm.devices.serial import SERIAL_PORT_LENGTH
+from pyvmm.devices.serial import COM1_IRQ, COM1_PORT, SERIAL_PORT_LENGTH
 from pyvmm.errors import ConfigError
 from pyvmm.kvm import Cap, Kvm, Vm
 from pyvmm.memory import GuestMemory, split_around_hole
@@ -53,8 +53,6 @@ from pyvmm.vcpu import VcpuRunner
 
 log = logging.getLogger(__name__)
 
-COM1_PORT = 0x3F8
-COM1_IRQ = 4
 _JOIN_SECONDS = 5.0
 
 

@@ -30,6 +30,8 @@ from pyvmm.outcome import InterruptLine
 logger = logging.getLogger(__name__)
 
 SERIAL_PORT_LENGTH = 8  # eight byte-wide registers
+COM1_PORT = 0x3F8  # where a PC puts the first UART, and its ISA interrupt
+COM1_IRQ = 4
 RX_FIFO_SIZE = 16
 HOST_BUFFER_SIZE = 64 * 1024  # bytes `feed()` may queue ahead of the guest
 

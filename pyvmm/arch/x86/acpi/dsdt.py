@@ -22,6 +22,7 @@ from pyvmm.arch.x86.acpi.errors import AcpiError
 from pyvmm.arch.x86.acpi.resources import IO, IrqNoFlags, ResourceTemplate
 from pyvmm.arch.x86.acpi.sdt import table
 from pyvmm.devices.fw_cfg import FW_CFG_LENGTH, FW_CFG_PORT
+from pyvmm.devices.i8042 import I8042_COMMAND_PORT, I8042_DATA_PORT, KEYBOARD_IRQ
 from pyvmm.devices.power import (
     PM1A_CNT_LENGTH,
     PM1A_CNT_PORT,
@@ -29,21 +30,15 @@ from pyvmm.devices.power import (
     SLEEP_PORTS_BASE,
     SLEEP_PORTS_LENGTH,
 )
+from pyvmm.devices.rtc import RTC_IRQ, RTC_PORT, RTC_PORT_LENGTH
+from pyvmm.devices.serial import COM1_IRQ, COM1_PORT, SERIAL_PORT_LENGTH
 
 DSDT_REVISION = 2  # integers are 64 bits wide
 
-# The PC's fixed ISA resources of the legacy devices, as the machine wires them
-# (pyvmm.machine.COM1_PORT / COM1_IRQ, pyvmm.devices.rtc.RTC_PORT / RTC_IRQ,
-# pyvmm.devices.i8042.I8042_DATA_PORT / I8042_COMMAND_PORT / KEYBOARD_IRQ).
-COM1_PORT = 0x3F8
-COM1_IRQ = 4
-UART_PORTS = 8
-RTC_PORT = 0x70
-RTC_PORTS = 2  # index, data
-RTC_IRQ = 8
-I8042_DATA_PORT = 0x60
-I8042_COMMAND_PORT = 0x64
-KEYBOARD_IRQ = 1
+# The PC's fixed ISA resources of the legacy devices come from the device modules,
+# where the machine takes them too.
+UART_PORTS = SERIAL_PORT_LENGTH
+RTC_PORTS = RTC_PORT_LENGTH  # index, data
 
 PROCESSOR_HID = "ACPI0007"
 MAX_PROCESSOR_DEVICES = 0x1000  # device names C000 to CFFF
