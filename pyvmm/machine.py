@@ -27,6 +27,7 @@ from pyvmm.arch.x86.layout import (
     MMIO_HOLE_END,
     MMIO_HOLE_START,
 )
+from pyvmm.arch.x86.syscall_probe import syscall_reaches_cpl0
 from pyvmm.boot import BootImages
 from pyvmm.bus import MmioBus, PortBus
 from pyvmm.config import MachineConfig
@@ -203,6 +204,9 @@ class Machine:
 
         supported_cpuid = kvm.supported_cpuid()
         supported_msrs = set(kvm.msr_index_list())
+        repair_syscalls = not syscall_reaches_cpl0()
+        if repair_syscalls:
+            log.info("this KVM leaves SYSCALL at CPL 3: pyvmm repairs guest syscalls (lost_syscall)")
         for vcpu_id in range(config.cpus):
             vcpu = vm.create_vcpu(vcpu_id)
             cpu.configure_vcpu(vcpu, supported_cpuid, supported_msrs, config.cpus)
@@ -212,7 +216,9 @@ class Machine:
                 VcpuRunner(
                     vcpu, self.ports, self.mmio, self.stop, self.is_stopping,
                     has_irqchip=has_irqchip, disassemble=disassemble,
-                    emulator=Emulator(vcpu, memory, mmio=self.mmio),
+                    emulator=Emulator(
+                        vcpu, memory, mmio=self.mmio, read_msrs=vcpu.get_msrs if repair_syscalls else None
+                    ),
                 )
             )  # fmt: skip
 

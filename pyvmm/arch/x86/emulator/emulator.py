@@ -11,10 +11,21 @@ before they write). Instructions not covered raise `UnsupportedInstruction`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from iced_x86 import Formatter, FormatterSyntax, Instruction, Mnemonic
 
-from pyvmm.arch.x86.emulator import atomics, bitops, fxsave, interrupts, moves, sse_moves, system, xsave
+from pyvmm.arch.x86.emulator import (
+    atomics,
+    bitops,
+    fxsave,
+    interrupts,
+    lost_syscall,
+    moves,
+    sse_moves,
+    system,
+    xsave,
+)
 from pyvmm.arch.x86.emulator.context import Context
 from pyvmm.arch.x86.emulator.cpu_state import CpuMode, CpuState, VcpuAccess
 from pyvmm.arch.x86.emulator.errors import NotCovered, UnsupportedInstruction
@@ -44,6 +55,7 @@ HANDLERS: dict[int, Handler] = {
 # Instructions iced marks as "CPL 0 only" that raise #UD rather than #GP(0) at CPL > 0.
 _UD_AT_CPL3 = {Mnemonic.CLAC, Mnemonic.STAC}
 DR6_BS = 1 << 14  # single-step (SDM Vol. 3A §18.2.3)
+REPAIRED_SYSCALL = "syscall-repaired"  # what `emulate` returns for a lost_syscall repair
 
 _formatter = Formatter(FormatterSyntax.INTEL)
 
@@ -62,6 +74,9 @@ class Emulator:
     the vCPU's KVM reports (KVM_GET_SUPPORTED_CPUID, leaves 0DH and 80000008H).
     `mmio` receives data accesses to guest-physical addresses outside RAM.
     `exception_payload` says whether KVM_CAP_EXCEPTION_PAYLOAD is enabled.
+    `read_msrs` (KVM_GET_MSRS), where given, makes the emulator first check each exit
+    for a SYSCALL the host lost at CPL 3 and repair it (see `lost_syscall`); pass it
+    only on hosts where `syscall_probe.syscall_reaches_cpl0()` is False.
     """
 
     def __init__(
@@ -73,11 +88,13 @@ class Emulator:
         maxphyaddr: int | None = None,
         mmio: MmioAccess | None = None,
         exception_payload: bool = False,
+        read_msrs: Callable[[list[int]], dict[int, int]] | None = None,
     ) -> None:
         self.vcpu = vcpu
         self.memory = memory
         self.mmio = mmio
         self.exception_payload = exception_payload
+        self.read_msrs = read_msrs
         self._layout = xsave_layout
         self._maxphyaddr = maxphyaddr
         self.last_fault: InjectFault | None = None
@@ -121,6 +138,8 @@ class Emulator:
         mmu = Mmu(state, self.memory, maxphyaddr=self.maxphyaddr(), mmio=self.mmio)
         self.last_fault = None
         code, instruction = b"", None
+        if self.read_msrs is not None and lost_syscall.repair(state, mmu, self.read_msrs):
+            return REPAIRED_SYSCALL
         try:
             if state.mode is CpuMode.VM86:
                 raise NotCovered("virtual-8086 mode")
