@@ -21,13 +21,13 @@ from pyvmm.arch.x86 import cpu
 from pyvmm.arch.x86.acpi import write_acpi_tables
 from pyvmm.arch.x86.disasm import disassemble
 from pyvmm.arch.x86.emulator import Emulator
+from pyvmm.arch.x86.host_probe import hypercalls_return, syscall_reaches_cpl0
 from pyvmm.arch.x86.layout import (
     KVM_IDENTITY_MAP_ADDRESS,
     KVM_TSS_ADDRESS,
     MMIO_HOLE_END,
     MMIO_HOLE_START,
 )
-from pyvmm.arch.x86.syscall_probe import syscall_reaches_cpl0
 from pyvmm.boot import BootImages
 from pyvmm.bus import MmioBus, PortBus
 from pyvmm.config import MachineConfig
@@ -207,9 +207,12 @@ class Machine:
         repair_syscalls = not syscall_reaches_cpl0()
         if repair_syscalls:
             log.info("this KVM leaves SYSCALL at CPL 3: pyvmm repairs guest syscalls (lost_syscall)")
+        hypercalls = hypercalls_return()
+        if not hypercalls:
+            log.info("this KVM does not return from hypercalls: KVM PV features that use them are hidden")
         for vcpu_id in range(config.cpus):
             vcpu = vm.create_vcpu(vcpu_id)
-            cpu.configure_vcpu(vcpu, supported_cpuid, supported_msrs, config.cpus)
+            cpu.configure_vcpu(vcpu, supported_cpuid, supported_msrs, config.cpus, hypercalls=hypercalls)
             if vcpu_id == 0:
                 cpu.enter(vcpu, memory, self.entry)
             self.runners.append(

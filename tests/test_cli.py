@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import pty
-import select
 import shutil
 import subprocess
 import sys
@@ -13,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from guest_code import SPIN, multiboot_image, write
+from terminal import Terminal
 
 PYVMM = [sys.executable, "-m", "pyvmm"]
 
@@ -101,20 +100,11 @@ def test_no_permission_on_dev_kvm() -> None:
 def test_terminal_console_escape_key_quits(tmp_path: Path) -> None:
     """Through a real pseudo-terminal: the guest spins, the user types Ctrl-A x."""
     kernel = write(tmp_path, "spin.img", multiboot_image(SPIN))
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.execv(sys.executable, [*PYVMM, "run", "--kernel", str(kernel)])
-    time.sleep(2.0)
-    os.write(fd, b"\x01x")
-    deadline = time.monotonic() + 30
-    status = None
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        select.select([fd], [], [], 0.2)
-        try:
-            os.read(fd, 4096)
-        except OSError:
-            pass
-    assert status is not None and os.waitstatus_to_exitcode(status) == 72
+    terminal = Terminal([*PYVMM, "run", "--kernel", str(kernel)], Path.cwd())
+    try:
+        time.sleep(2.0)
+        terminal.type(b"\x01x")
+        status = terminal.wait(30)
+    finally:
+        terminal.close()
+    assert status == 72

@@ -4,11 +4,7 @@ guest, and through `pyvmm run` on a real pseudo-terminal."""
 
 from __future__ import annotations
 
-import os
-import pty
 import re
-import select
-import signal
 import sys
 import threading
 import time
@@ -16,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from terminal import Terminal
 
 from pyvmm import ExitKind, Machine, MachineConfig
 from pyvmm.machine import RunResult
@@ -92,63 +89,18 @@ def test_a_long_burst_arrives_whole_and_in_order(guests: Path) -> None:
     assert result.exit.code == len(burst)
 
 
-def read_until(fd: int, wanted: bytes, seen: bytearray, seconds: float = WAIT_SECONDS) -> bool:
-    """Read the pty into `seen` until `wanted` shows up; False on timeout or end of output."""
-    deadline = time.monotonic() + seconds
-    while wanted not in seen:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return False
-        ready, _, _ = select.select([fd], [], [], min(left, 0.2))
-        if ready:
-            try:
-                data = os.read(fd, 4096)
-            except OSError:  # EIO: the child has closed its end
-                return False
-            if not data:
-                return False
-            seen += data
-    return True
-
-
-def wait_for_exit(pid: int, fd: int, seconds: float = WAIT_SECONDS) -> int | None:
-    """The child's wait status, reading (and dropping) its output meanwhile; None on timeout."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return status
-        ready, _, _ = select.select([fd], [], [], 0.2)
-        if ready:
-            try:
-                os.read(fd, 4096)
-            except OSError:  # EIO once the child has closed its end: it is about to exit
-                time.sleep(0.05)
-    return None
-
-
 def test_typing_on_a_terminal(guests: Path) -> None:
     """`pyvmm run` on a real pseudo-terminal, with the interrupt-driven guest."""
-    command = [sys.executable, "-m", "pyvmm", "run", "--kernel", str(guests / "echo.elf")]
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: stdin, stdout and stderr are the pty
-        try:
-            os.chdir(ROOT)
-            os.execv(sys.executable, [*command, "--cmdline", "mode=irq"])
-        finally:
-            os._exit(127)
-    seen = bytearray()
-    status = None
+    kernel = str(guests / "echo.elf")
+    command = [sys.executable, "-m", "pyvmm", "run", "--kernel", kernel, "--cmdline", "mode=irq"]
+    terminal = Terminal(command, ROOT)
     try:
-        assert read_until(fd, READY, seen), bytes(seen)
-        os.write(fd, b"abc")
-        assert read_until(fd, b"ABC", seen), bytes(seen)
-        os.write(fd, b"q")
-        status = wait_for_exit(pid, fd)
+        assert terminal.expect(READY, WAIT_SECONDS), bytes(terminal.seen)
+        terminal.type(b"abc")
+        assert terminal.expect(b"ABC", WAIT_SECONDS), bytes(terminal.seen)
+        terminal.type(b"q")
+        status = terminal.wait(WAIT_SECONDS)
     finally:
-        if status is None:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        os.close(fd)
+        terminal.close()
     assert status is not None, "pyvmm did not exit after q"
-    assert os.waitstatus_to_exitcode(status) == (4 << 1) | 1
+    assert status == (4 << 1) | 1

@@ -26,9 +26,12 @@ def configure_vcpu(
     supported_cpuid: list[kvm_cpuid_entry2],
     supported_msrs: set[int],
     cpus: int,
+    *,
+    hypercalls: bool = True,
 ) -> None:
-    """State every vCPU needs before it runs, bootstrap or not."""
-    vcpu.set_cpuid2(cpuid.vcpu_cpuid(supported_cpuid, apic_id=vcpu.id, cpus=cpus))
+    """State every vCPU needs before it runs, bootstrap or not; `hypercalls` as in
+    `cpuid.vcpu_cpuid`."""
+    vcpu.set_cpuid2(cpuid.vcpu_cpuid(supported_cpuid, apic_id=vcpu.id, cpus=cpus, hypercalls=hypercalls))
     msrs = boot_msrs(supported_msrs)
     if msrs:
         vcpu.set_msrs(msrs)

@@ -3,7 +3,9 @@ topology that matches the vCPU count, and the hypervisor bit on.
 
 Intel SDM Vol. 2A, CPUID: leaf 01H (EBX[31:24] initial APIC ID, EBX[23:16] logical
 processors, ECX[31] hypervisor), leaf 04H (EAX[31:26] cores per package - 1), leaf
-0BH / 1FH (extended topology: x2APIC ID in EDX per sub-leaf).
+0BH / 1FH (extended topology: x2APIC ID in EDX per sub-leaf). KVM's own leaf
+40000001H (Linux Documentation/virt/kvm/x86/cpuid.rst) loses the features that work
+through hypercalls where the host cannot return from one (`host_probe`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,12 @@ LEAF_CACHE_PARAMETERS = 0x4
 LEAF_EXTENDED_TOPOLOGY = 0xB
 LEAF_V2_EXTENDED_TOPOLOGY = 0x1F
 LEAF_AMD_SIZE_IDENTIFIERS = 0x8000_0008
+LEAF_KVM_FEATURES = 0x4000_0001
+
+# KVM_FEATURE_* bits (EAX of leaf 40000001H) whose use is a hypercall:
+# PV_UNHALT (KVM_HC_KICK_CPU), PV_SEND_IPI, PV_SCHED_YIELD, HC_MAP_GPA_RANGE and
+# MIGRATION_CONTROL (KVM_HC_MAP_GPA_RANGE).
+HYPERCALL_FEATURES = (1 << 7) | (1 << 11) | (1 << 13) | (1 << 16) | (1 << 17)
 
 FEATURE_ECX_HYPERVISOR = 1 << 31
 FEATURE_EDX_HTT = 1 << 28
@@ -46,8 +54,11 @@ def _topology_entry(function: int, index: int, cpus: int, apic_id: int) -> kvm_c
     return entry
 
 
-def vcpu_cpuid(supported: list[kvm_cpuid_entry2], apic_id: int, cpus: int) -> list[kvm_cpuid_entry2]:
-    """The CPUID entries for the vCPU with `apic_id` in a guest of `cpus` vCPUs."""
+def vcpu_cpuid(
+    supported: list[kvm_cpuid_entry2], apic_id: int, cpus: int, *, hypercalls: bool = True
+) -> list[kvm_cpuid_entry2]:
+    """The CPUID entries for the vCPU with `apic_id` in a guest of `cpus` vCPUs;
+    without `hypercalls`, KVM's paravirtual features that need them are left out."""
     table: list[kvm_cpuid_entry2] = []
     for original in supported:
         function = original.function
@@ -63,6 +74,8 @@ def vcpu_cpuid(supported: list[kvm_cpuid_entry2], apic_id: int, cpus: int) -> li
             entry.eax = (entry.eax & 0x03FF_FFFF) | ((cpus - 1) << 26)
         elif function == LEAF_AMD_SIZE_IDENTIFIERS:
             entry.ecx = (entry.ecx & ~0xF0FF) | (_bits_for(cpus) << 12) | (cpus - 1)
+        elif function == LEAF_KVM_FEATURES and not hypercalls:
+            entry.eax &= ~HYPERCALL_FEATURES
         table.append(entry)
     max_basic = max((e.eax for e in supported if e.function == 0), default=0)
     for function in (LEAF_EXTENDED_TOPOLOGY, LEAF_V2_EXTENDED_TOPOLOGY):

@@ -76,7 +76,7 @@ class Emulator:
     `exception_payload` says whether KVM_CAP_EXCEPTION_PAYLOAD is enabled.
     `read_msrs` (KVM_GET_MSRS), where given, makes the emulator first check each exit
     for a SYSCALL the host lost at CPL 3 and repair it (see `lost_syscall`); pass it
-    only on hosts where `syscall_probe.syscall_reaches_cpl0()` is False.
+    only on hosts where `host_probe.syscall_reaches_cpl0()` is False.
     """
 
     def __init__(

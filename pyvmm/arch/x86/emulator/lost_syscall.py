@@ -1,6 +1,6 @@
 """Repair a SYSCALL that a faulty host delivered without leaving CPL 3.
 
-Where `pyvmm.arch.x86.syscall_probe` finds that SYSCALL at CPL 3 reaches LSTAR still
+Where `pyvmm.arch.x86.host_probe` finds that SYSCALL at CPL 3 reaches LSTAR still
 at CPL 3, the guest's fetch at LSTAR raises a user-mode instruction-fetch #PF, which
 the host delivers through the guest's IDT. On that host the first instruction of a
 Linux exception entry (`clac`, with SMAP) exits to pyvmm as an emulation failure, so

@@ -9,12 +9,22 @@ import struct
 from collections.abc import Iterator
 
 import pytest
-from cpl3_harness import CODE, DATA, EXCEPTION_PORT, HANDLERS, KERNEL_CS, SUPERVISOR, Case, Cpl3Machine
+from cpl3_harness import (
+    CODE,
+    DATA,
+    EXCEPTION_PORT,
+    HANDLERS,
+    KERNEL_CS,
+    KERNEL_STACK_TOP,
+    SUPERVISOR,
+    Case,
+    Cpl3Machine,
+)  # fmt: skip
 
 from pyvmm.arch.x86.emulator import Emulator
+from pyvmm.arch.x86.host_probe import syscall_reaches_cpl0
 from pyvmm.arch.x86.msrs import Msr
 from pyvmm.arch.x86.registers import Efer
-from pyvmm.arch.x86.syscall_probe import syscall_reaches_cpl0
 from pyvmm.kvm import ExitReason
 
 pytestmark = pytest.mark.kvm
@@ -43,7 +53,8 @@ def run(machine: Cpl3Machine, case: Case) -> tuple[int, dict[str, int], list[int
     machine.memory.write(ENTRY, bytes([0xB0, 0xAA, 0xE6, ARRIVED_PORT, 0xF4]))
     clac_then_report = bytes([0x0F, 0x01, 0xCA, 0x6A, 14, 0xE6, EXCEPTION_PORT, 0xF4])
     machine.memory.write(HANDLERS + 14 * 16, clac_then_report)
-    vcpu.set_msrs({Msr.IA32_STAR: (0x10 << 48) | (KERNEL_CS << 32), Msr.IA32_LSTAR: ENTRY, Msr.IA32_FMASK: FMASK})
+    star = (0x10 << 48) | (KERNEL_CS << 32)
+    vcpu.set_msrs({Msr.IA32_STAR: star, Msr.IA32_LSTAR: ENTRY, Msr.IA32_FMASK: FMASK})
     read_msrs = None if syscall_reaches_cpl0() else vcpu.get_msrs
     emulator = Emulator(vcpu, machine.memory, read_msrs=read_msrs)
     for _ in range(8):
@@ -57,7 +68,8 @@ def run(machine: Cpl3Machine, case: Case) -> tuple[int, dict[str, int], list[int
         state = {name: int(getattr(regs, name)) for name in ("rip", "rsp", "rcx", "r11", "rflags")}
         state["cpl"] = int(sregs.cs.dpl)
         state["cs"] = int(sregs.cs.selector)
-        stack = list(struct.unpack("<4Q", machine.memory.read(regs.rsp, 32))) if regs.rsp < (4 << 20) - 32 else []
+        on_kernel_stack = regs.rsp < KERNEL_STACK_TOP
+        stack = list(struct.unpack("<4Q", machine.memory.read(regs.rsp, 32))) if on_kernel_stack else []
         return vcpu.run_state.io.port, state, stack
     raise AssertionError("the guest never reported")
 
