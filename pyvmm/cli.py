@@ -12,7 +12,8 @@ from pyvmm import __version__
 from pyvmm.config import DEFAULT_MEMORY, MachineConfig
 from pyvmm.console import TerminalConsole, write_all
 from pyvmm.errors import VmmError
-from pyvmm.images.cli import add_images_command
+from pyvmm.images import build as images_build
+from pyvmm.images.cli import add_images_command, build_with_progress
 from pyvmm.kvm import KvmError
 from pyvmm.machine import Machine
 from pyvmm.outcome import ExitKind, GuestExit
@@ -20,6 +21,7 @@ from pyvmm.outcome import ExitKind, GuestExit
 STATUS_USAGE = 2
 STATUS_FAILURE = 1
 _QUIET_ENDINGS = (ExitKind.POWEROFF, ExitKind.DEBUG_EXIT)
+LINUX_CMDLINE = "console=ttyS0"  # pyvmm's own guest: its console is COM1
 
 
 class _Parser(argparse.ArgumentParser):
@@ -47,10 +49,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the VMM does")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    run = commands.add_parser("run", help="boot a guest with its serial console on this terminal")
-    run.add_argument("--kernel", required=True, help="Multiboot kernel, 64-bit ELF, or flat real-mode binary")
-    run.add_argument("--initrd", help="initial ramdisk (Multiboot module 0)")
-    run.add_argument("--cmdline", default="", help="kernel command line")
+    run = commands.add_parser(
+        "run",
+        help="boot a guest with its serial console on this terminal",
+        description="Boot a guest. Without --kernel: pyvmm's own Linux guest (`pyvmm images`),"
+        " built once and cached, to a shell on this terminal.",
+    )
+    run.add_argument(
+        "--kernel", help="Linux bzImage or vmlinux, Multiboot kernel, 64-bit ELF, or flat real-mode binary"
+    )
+    run.add_argument("--initrd", help="initial ramdisk (Linux initrd, or Multiboot module 0)")
+    run.add_argument(
+        "--cmdline", help=f"kernel command line (default: {LINUX_CMDLINE!r} for pyvmm's guest, else empty)"
+    )
+    run.add_argument(
+        "--guest",
+        choices=(images_build.DEFAULT, images_build.STOCK),
+        default=images_build.DEFAULT,
+        help="which of pyvmm's guests to boot without --kernel: the kernel built from Debian's"
+        " linux-source (default) or Debian's stock cloud kernel",
+    )
     run.add_argument("--cpus", type=_positive_int, default=1, help="number of vCPUs (default 1)")
     run.add_argument(
         "--memory", default=f"{DEFAULT_MEMORY >> 20}M", help="guest RAM, e.g. 256M or 1G (default 256M)"
@@ -72,11 +90,22 @@ def _stdout(data: bytes) -> None:
     write_all(sys.stdout.fileno(), data)
 
 
+def _guest(args: argparse.Namespace) -> tuple[str, str | None, str]:
+    """Kernel, initrd and command line: the user's, or pyvmm's own guest's."""
+    if args.kernel is not None:
+        return args.kernel, args.initrd, args.cmdline or ""
+    images = build_with_progress(args.guest)
+    initrd = args.initrd or str(images.path("initramfs"))
+    cmdline = args.cmdline if args.cmdline is not None else LINUX_CMDLINE
+    return str(images.path("bzImage")), initrd, cmdline
+
+
 def _run(args: argparse.Namespace) -> int:
+    kernel, initrd, cmdline = _guest(args)
     config = MachineConfig(
-        kernel=args.kernel,
-        initrd=args.initrd,
-        cmdline=args.cmdline,
+        kernel=kernel,
+        initrd=initrd,
+        cmdline=cmdline,
         cpus=args.cpus,
         memory=args.memory,
         console=_stdout,

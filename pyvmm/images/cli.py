@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 from pyvmm.images import build as builder
-from pyvmm.images.cache import ARTIFACTS, Cache
+from pyvmm.images.cache import ARTIFACTS, Cache, CachedImages
 from pyvmm.images.progress import Progress
 
 _SHOWN = ("bzImage", "vmlinux", "initramfs")
@@ -52,16 +52,21 @@ def add_images_command(commands: Any) -> None:
     listing.set_defaults(handler=_list)
 
 
-def _build(args: argparse.Namespace) -> int:
+def build_with_progress(flavour: str, *, force: bool = False, jobs: int | None = None) -> CachedImages:
+    """Build (or find in the cache) the images of `flavour`, showing progress on stderr."""
     cache = Cache()
     progress = Progress.for_stream(sys.stderr)
-    images, built = builder.build(_flavour(args), cache, progress, force=args.force, jobs=args.jobs)
-    manifest = images.manifest()
+    images, built = builder.build(flavour, cache, progress, force=force, jobs=jobs)
     if built:
-        progress.message(f"{images.flavour} images built in {manifest.get('build_seconds')}s"
+        progress.message(f"{images.flavour} images built in {images.manifest().get('build_seconds')}s"
                          f" (log: {cache.log_path(images.flavour)})")
     else:
         progress.message(f"{images.flavour} images are cached (key {images.key})")
+    return images
+
+
+def _build(args: argparse.Namespace) -> int:
+    images = build_with_progress(_flavour(args), force=args.force, jobs=args.jobs)
     for name in _SHOWN:
         print(f"{name:10} {images.path(name)}")
     return 0
