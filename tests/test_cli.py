@@ -71,7 +71,8 @@ def test_malformed_image(tmp_path: Path) -> None:
 
 def test_unknown_flag() -> None:
     assert_one_line_error(pyvmm("run", "--kernel", "x", "--bogus"), "--bogus")
-    assert_one_line_error(pyvmm("run"), "--kernel")
+    assert_one_line_error(pyvmm("run", "--cpus"), "--cpus")
+    assert_one_line_error(pyvmm("run", "--guest", "nope"), "--guest")
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare")
