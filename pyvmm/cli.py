@@ -79,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="host",
         help="who unpacks a bzImage: pyvmm on the host (default, fast) or the kernel itself",
     )
+    run.add_argument(
+        "--cpu",
+        choices=("host", "baseline"),
+        help="CPU model: everything KVM supports (host), or the x86-64 baseline without SSE3+/AVX/XSAVE"
+        " (default: host, baseline where KVM cannot run vector instructions in guest kernel mode)",
+    )
     run.add_argument("--timeout", type=_seconds, help="stop the guest after this many seconds")
     run.add_argument("--stats", action="store_true", help="print exit statistics when the guest ends")
     run.set_defaults(handler=_run)
@@ -111,6 +117,7 @@ def _run(args: argparse.Namespace) -> int:
         console=_stdout,
         timeout=args.timeout,
         kernel_decompress=args.kernel_decompress,
+        cpu_model=args.cpu,
     )
     machine = Machine(config)
     if sys.stdin.isatty():

@@ -13,6 +13,10 @@ says so. Each probe runs a throwaway VM of a few pages once per process (a few m
   faulty host never returns from KVM_RUN. pyvmm then hides the KVM paravirtual
   features that work through hypercalls (`cpuid.HYPERCALL_FEATURES`), so Linux
   sends IPIs and kicks CPUs through the APIC instead.
+- `kernel_vectors_run`: an SSE2 instruction at CPL 0 must simply run. The faulty
+  host cannot emulate it (KVM_EXIT_INTERNAL_ERROR, emulation); pyvmm's emulator
+  could, one exit each, but a kernel's SIMD code runs millions of them, so pyvmm
+  offers the `baseline` CPU model there (`cpu_model.default_model`).
 """
 
 from __future__ import annotations
@@ -36,12 +40,14 @@ _ARRIVED = _KERNEL_CODE  # out 0xE2 at CPL 0: the instruction did what it should
 _FAULT_HANDLER = _KERNEL_CODE + 0x100  # out 0xE1: an exception
 _KERNEL_PROBE = _KERNEL_CODE + 0x200  # CPL 0 code under test, then a jump to _ARRIVED
 _ARRIVED_PORT, _FAULTED_PORT = 0xE2, 0xE1
+_EMULATION_FAILED = -1
 _KERNEL_CS, _USER_BASE = 0x08, 0x10  # IA32_STAR[47:32], IA32_STAR[63:48]
 _USER_SS, _USER_CS, _TSS_SELECTOR = 0x1B, 0x23, 0x28
 _MEMORY_SIZE = 1 << 20
 _HANG_SECONDS = 0.5  # a probe instruction that has not come back by then never will
 _UNKNOWN_HYPERCALL = 0xFFFF
 _VMCALL, _VMMCALL = bytes.fromhex("0f01c1"), bytes.fromhex("0f01d9")
+_PADDD_XMM0_XMM1 = bytes.fromhex("660ffec1")
 _AMD_VENDORS = (b"AuthenticAMD", b"HygonGenuine")
 
 
@@ -121,8 +127,8 @@ def _run_with_deadline(vcpu: Vcpu) -> int | None:
 
 
 def _probe(setup: Callable[[Kvm, GuestMemory, Vcpu], None]) -> int | None:
-    """Run a probe VM set up by `setup`; the port of its first PIO exit, or None
-    (it hung, or exited some other way)."""
+    """Run a probe VM set up by `setup`; the port of its first PIO exit, None if it
+    hung, or `_EMULATION_FAILED` (KVM could not emulate an instruction)."""
     kvm = Kvm()
     try:
         memory = GuestMemory([(0, _MEMORY_SIZE)])
@@ -135,6 +141,8 @@ def _probe(setup: Callable[[Kvm, GuestMemory, Vcpu], None]) -> int | None:
                 vcpu.set_cpuid2(kvm.supported_cpuid())
                 setup(kvm, memory, vcpu)
                 reason = _run_with_deadline(vcpu)
+                if reason == ExitReason.INTERNAL_ERROR:
+                    return _EMULATION_FAILED
                 return int(vcpu.run_state.io.port) if reason == ExitReason.IO else None
             finally:
                 vcpu.close()
@@ -155,16 +163,26 @@ def _syscall_at_cpl3(kvm: Kvm, memory: GuestMemory, vcpu: Vcpu) -> None:
     vcpu.set_msrs({Msr.IA32_STAR: star, Msr.IA32_LSTAR: _ARRIVED, Msr.IA32_FMASK: 0x200})
 
 
+def _at_cpl0(memory: GuestMemory, vcpu: Vcpu, instruction: bytes, rax: int = 0) -> None:
+    """`instruction` at CPL 0, then a jump to the "arrived" report."""
+    jump = bytes([0xE9]) + struct.pack("<i", _ARRIVED - (_KERNEL_PROBE + len(instruction) + 5))
+    memory.write(_KERNEL_PROBE, instruction + jump)
+    sregs = vcpu.get_sregs()
+    _long_mode_sregs(sregs, cpl=0)
+    sregs.cr4 |= Cr4.OSFXSR | Cr4.OSXMMEXCPT
+    vcpu.set_sregs(sregs)
+    vcpu.set_regs(x86.kvm_regs(rip=_KERNEL_PROBE, rsp=_KERNEL_STACK_TOP, rflags=0x2, rax=rax))
+
+
 def _hypercall_at_cpl0(kvm: Kvm, memory: GuestMemory, vcpu: Vcpu) -> None:
     leaf0 = next((e for e in kvm.supported_cpuid() if e.function == 0), None)
     vendor = struct.pack("<3I", leaf0.ebx, leaf0.edx, leaf0.ecx) if leaf0 is not None else b""
     hypercall = _VMMCALL if vendor in _AMD_VENDORS else _VMCALL  # as Linux patches it
-    jump_back = bytes([0xE9]) + struct.pack("<i", _ARRIVED - (_KERNEL_PROBE + len(hypercall) + 5))
-    memory.write(_KERNEL_PROBE, hypercall + jump_back)
-    sregs = vcpu.get_sregs()
-    _long_mode_sregs(sregs, cpl=0)
-    vcpu.set_sregs(sregs)
-    vcpu.set_regs(x86.kvm_regs(rip=_KERNEL_PROBE, rsp=_KERNEL_STACK_TOP, rflags=0x2, rax=_UNKNOWN_HYPERCALL))
+    _at_cpl0(memory, vcpu, hypercall, rax=_UNKNOWN_HYPERCALL)
+
+
+def _vector_instruction_at_cpl0(kvm: Kvm, memory: GuestMemory, vcpu: Vcpu) -> None:
+    _at_cpl0(memory, vcpu, _PADDD_XMM0_XMM1)
 
 
 @functools.cache
@@ -183,5 +201,15 @@ def hypercalls_return() -> bool:
     cannot tell); False when KVM_RUN never returns from it."""
     try:
         return _probe(_hypercall_at_cpl0) is not None
+    except (KvmError, OSError):
+        return True
+
+
+@functools.cache
+def kernel_vectors_run() -> bool:
+    """True when KVM runs an SSE2 instruction at CPL 0 (or the probe cannot tell);
+    False when it fails to emulate it."""
+    try:
+        return _probe(_vector_instruction_at_cpl0) != _EMULATION_FAILED
     except (KvmError, OSError):
         return True
