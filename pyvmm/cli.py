@@ -12,7 +12,7 @@ from pyvmm import __version__
 from pyvmm.config import DEFAULT_MEMORY, MachineConfig
 from pyvmm.console import TerminalConsole, write_all
 from pyvmm.errors import VmmError
-from pyvmm.images import build as images_build
+from pyvmm.images import DEFAULT, STOCK
 from pyvmm.images.cli import add_images_command, build_with_progress
 from pyvmm.kvm import KvmError
 from pyvmm.machine import Machine
@@ -64,8 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--guest",
-        choices=(images_build.DEFAULT, images_build.STOCK),
-        default=images_build.DEFAULT,
+        choices=(DEFAULT, STOCK),
+        default=DEFAULT,
         help="which of pyvmm's guests to boot without --kernel: the kernel built from Debian's"
         " linux-source (default) or Debian's stock cloud kernel",
     )
@@ -78,12 +78,6 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("host", "guest"),
         default="host",
         help="who unpacks a bzImage: pyvmm on the host (default, fast) or the kernel itself",
-    )
-    run.add_argument(
-        "--cpu",
-        choices=("host", "baseline"),
-        help="CPU model: everything KVM supports (host), or the x86-64 baseline without SSE3+/AVX/XSAVE"
-        " (default: host, baseline where KVM cannot run vector instructions in guest kernel mode)",
     )
     run.add_argument("--timeout", type=_seconds, help="stop the guest after this many seconds")
     run.add_argument("--stats", action="store_true", help="print exit statistics when the guest ends")
@@ -117,7 +111,6 @@ def _run(args: argparse.Namespace) -> int:
         console=_stdout,
         timeout=args.timeout,
         kernel_decompress=args.kernel_decompress,
-        cpu_model=args.cpu,
     )
     machine = Machine(config)
     if sys.stdin.isatty():

@@ -45,7 +45,6 @@ class MachineConfig:
     timeout: float | None = None
     kvm_device: str = "/dev/kvm"
     kernel_decompress: str = "host"  # bzImages: "host" (pyvmm unpacks) or "guest"
-    cpu_model: str | None = None  # "host" or "baseline" (pyvmm.arch.x86.cpu_model); None: as the host suits
 
     def memory_bytes(self) -> int:
         size = parse_size(self.memory) if isinstance(self.memory, str) else self.memory
@@ -64,5 +63,3 @@ class MachineConfig:
             raise ConfigError("the timeout must be a positive number of seconds")
         if "\0" in self.cmdline:
             raise ConfigError("the kernel command line may not contain NUL bytes")
-        if self.cpu_model not in (None, "host", "baseline"):
-            raise ConfigError(f"unknown CPU model {self.cpu_model!r} (host or baseline)")

@@ -19,7 +19,6 @@ from pathlib import Path
 from pyvmm import boot
 from pyvmm.arch.x86 import cpu
 from pyvmm.arch.x86.acpi import write_acpi_tables
-from pyvmm.arch.x86.cpu_model import CpuModel, default_model
 from pyvmm.arch.x86.disasm import disassemble
 from pyvmm.arch.x86.emulator import Emulator
 from pyvmm.arch.x86.host_probe import hypercalls_return, syscall_reaches_cpl0
@@ -211,13 +210,9 @@ class Machine:
         hypercalls = hypercalls_return()
         if not hypercalls:
             log.info("this KVM does not return from hypercalls: KVM PV features that use them are hidden")
-        model = CpuModel(config.cpu_model) if config.cpu_model else default_model()
-        log.info("CPU model: %s", model.value)
         for vcpu_id in range(config.cpus):
             vcpu = vm.create_vcpu(vcpu_id)
-            cpu.configure_vcpu(
-                vcpu, supported_cpuid, supported_msrs, config.cpus, hypercalls=hypercalls, model=model
-            )
+            cpu.configure_vcpu(vcpu, supported_cpuid, supported_msrs, config.cpus, hypercalls=hypercalls)
             if vcpu_id == 0:
                 cpu.enter(vcpu, memory, self.entry)
             self.runners.append(

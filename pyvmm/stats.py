@@ -28,7 +28,9 @@ class VcpuCounters:
 
     exits: list[int] = field(default_factory=lambda: [0] * REASON_SLOTS)
     emulated: Counter[str] = field(default_factory=Counter)
-    exit_seconds: float = 0.0  # time spent handling exits in pyvmm (when measured)
+    # Time spent handling exits: the user-mode CPU time of the vCPU's thread, read
+    # when the thread ends (its time inside KVM_RUN, guest included, is system time).
+    exit_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -50,14 +52,26 @@ class ExitStats:
     per_vcpu: list[dict[str, int]]
     ranges: list[RangeStats]
     emulated: dict[str, int]
+    exit_seconds: float = 0.0  # summed over the vCPUs (see VcpuCounters.exit_seconds)
 
     @property
     def total_exits(self) -> int:
         return sum(self.exits.values())
 
+    @property
+    def exit_share(self) -> float:
+        """Exit handling as a fraction of the vCPUs' wall time (run time x vCPUs)."""
+        vcpu_seconds = self.run_seconds * max(len(self.per_vcpu), 1)
+        return self.exit_seconds / vcpu_seconds if vcpu_seconds else 0.0
+
     def table(self) -> str:
         """The `--stats` report: exit reasons, then device ranges."""
         lines = [f"exits: {self.total_exits} in {self.run_seconds:.3f} s"]
+        if self.exit_seconds:
+            lines.append(
+                f"exit handling: {self.exit_seconds:.3f} s of vCPU-thread user time,"
+                f" {100 * self.exit_share:.1f}% of the vCPUs' wall time"
+            )
         width = max((len(name) for name in self.exits), default=8)
         for name, count in sorted(self.exits.items(), key=lambda item: -item[1]):
             per_cpu = " ".join(f"{cpu.get(name, 0)}" for cpu in self.per_vcpu)
@@ -91,4 +105,5 @@ def collect(run_seconds: float, vcpus: list[VcpuCounters], buses: list[Bus]) -> 
         for bus in buses
         for entry in [*bus.stats().ranges, bus.stats().unclaimed]
     ]
-    return ExitStats(run_seconds, dict(totals), per_vcpu, ranges, dict(emulated))
+    exit_seconds = sum(counters.exit_seconds for counters in vcpus)
+    return ExitStats(run_seconds, dict(totals), per_vcpu, ranges, dict(emulated), exit_seconds)

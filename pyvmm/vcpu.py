@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import logging
+import os
 import signal
 import struct
 import threading
@@ -53,6 +54,19 @@ class InstructionEmulator(Protocol):
     """Emulates the instruction at RIP that KVM could not (pyvmm.arch.x86.emulator)."""
 
     def emulate(self, insn_bytes: bytes | None = None) -> str: ...
+
+
+def _thread_user_seconds_outside_guest() -> float:
+    """The calling thread's user-mode CPU time less its guest time (proc(5),
+    /proc/thread-self/stat fields 14 utime and 43 guest_time: the kernel counts time
+    in the guest as user time too), i.e. what pyvmm's own code used."""
+    try:
+        with open("/proc/thread-self/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    utime, guest_time = int(fields[11]), int(fields[40])  # fields 14 and 43, counted from 3
+    return max(utime - guest_time, 0) / os.sysconf("SC_CLK_TCK")
 
 
 class VcpuRunner:
@@ -118,6 +132,8 @@ class VcpuRunner:
         except Exception as exc:  # a device bug must stop the VM, not hang it
             log.exception("vCPU %d: unexpected error", self.vcpu.id)
             self.stop(GuestExit(ExitKind.ERROR, f"vCPU {self.vcpu.id}: internal error: {exc!r}"))
+        finally:
+            self.counters.exit_seconds = _thread_user_seconds_outside_guest()
 
     # --- the exit loop --------------------------------------------------------------------
 

@@ -10,3 +10,6 @@ From Python: `pyvmm.images.build.build(flavour, Cache(), progress)` builds,
 and init.sh (the userland), cpio.py (the archive format), cache.py, steps.py and
 progress.py (running and showing a build).
 """
+
+DEFAULT = "default"  # the kernel built from Debian's linux-source
+STOCK = "stock"  # Debian's stock cloud kernel

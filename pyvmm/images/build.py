@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pyvmm.images import host, initramfs, kernel, kernel_image, stock
+from pyvmm.images import DEFAULT, STOCK, host, initramfs, kernel, kernel_image, stock
 from pyvmm.images.cache import ARTIFACTS, Cache, CachedImages, digest, input_key
 from pyvmm.images.errors import ImageBuildError, NotBuiltError
 from pyvmm.images.host import Apt
@@ -27,8 +27,6 @@ from pyvmm.images.progress import Progress
 from pyvmm.images.steps import Steps
 
 BUILD_VERSION = 1
-DEFAULT = "default"
-STOCK = "stock"
 FLAVOURS = (DEFAULT, STOCK)
 BUSYBOX_PACKAGE = "busybox-static"
 COMPILER_PACKAGE = "gcc"

@@ -13,7 +13,7 @@ import argparse
 import sys
 from typing import Any
 
-from pyvmm.images import build as builder
+from pyvmm.images import DEFAULT, STOCK
 from pyvmm.images.cache import ARTIFACTS, Cache, CachedImages
 from pyvmm.images.progress import Progress
 
@@ -21,7 +21,7 @@ _SHOWN = ("bzImage", "vmlinux", "initramfs")
 
 
 def _flavour(args: argparse.Namespace) -> str:
-    return builder.STOCK if args.stock else builder.DEFAULT
+    return STOCK if args.stock else DEFAULT
 
 
 def _jobs(text: str) -> int:
@@ -54,6 +54,8 @@ def add_images_command(commands: Any) -> None:
 
 def build_with_progress(flavour: str, *, force: bool = False, jobs: int | None = None) -> CachedImages:
     """Build (or find in the cache) the images of `flavour`, showing progress on stderr."""
+    from pyvmm.images import build as builder  # here, not above: `pyvmm run` need not load it
+
     cache = Cache()
     progress = Progress.for_stream(sys.stderr)
     images, built = builder.build(flavour, cache, progress, force=force, jobs=jobs)
@@ -73,6 +75,8 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _path(args: argparse.Namespace) -> int:
+    from pyvmm.images import build as builder
+
     print(builder.find(_flavour(args), Cache()).path(args.name))
     return 0
 
@@ -84,6 +88,8 @@ def _list(args: argparse.Namespace) -> int:
     if not entries:
         print("(empty: run `pyvmm images build`)")
         return 0
+    from pyvmm.images import build as builder
+
     current = {}
     for flavour in builder.FLAVOURS:
         inputs = builder.current_inputs(flavour)

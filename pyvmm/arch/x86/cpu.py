@@ -6,8 +6,7 @@ Control register bits: Intel SDM Vol. 3A §2.5; IA32_EFER: §2.2.1.
 
 from __future__ import annotations
 
-from pyvmm.arch.x86 import cpu_model, cpuid, segments
-from pyvmm.arch.x86.cpu_model import CpuModel
+from pyvmm.arch.x86 import cpuid, segments
 from pyvmm.arch.x86.layout import GDT_ADDRESS, IDT_ADDRESS
 from pyvmm.arch.x86.msrs import boot_msrs
 from pyvmm.arch.x86.paging import write_identity_map
@@ -29,12 +28,10 @@ def configure_vcpu(
     cpus: int,
     *,
     hypercalls: bool = True,
-    model: CpuModel = CpuModel.HOST,
 ) -> None:
     """State every vCPU needs before it runs, bootstrap or not; `hypercalls` as in
-    `cpuid.vcpu_cpuid`, `model` as in `cpu_model`."""
-    table = cpuid.vcpu_cpuid(supported_cpuid, apic_id=vcpu.id, cpus=cpus, hypercalls=hypercalls)
-    vcpu.set_cpuid2(cpu_model.apply(model, table))
+    `cpuid.vcpu_cpuid`."""
+    vcpu.set_cpuid2(cpuid.vcpu_cpuid(supported_cpuid, apic_id=vcpu.id, cpus=cpus, hypercalls=hypercalls))
     msrs = boot_msrs(supported_msrs)
     if msrs:
         vcpu.set_msrs(msrs)

@@ -13,19 +13,24 @@ says so. Each probe runs a throwaway VM of a few pages once per process (a few m
   faulty host never returns from KVM_RUN. pyvmm then hides the KVM paravirtual
   features that work through hypercalls (`cpuid.HYPERCALL_FEATURES`), so Linux
   sends IPIs and kicks CPUs through the APIC instead.
-- `kernel_vectors_run`: an SSE2 instruction at CPL 0 must simply run. The faulty
-  host cannot emulate it (KVM_EXIT_INTERNAL_ERROR, emulation); pyvmm's emulator
-  could, one exit each, but a kernel's SIMD code runs millions of them, so pyvmm
-  offers the `baseline` CPU model there (`cpu_model.default_model`).
+
+The answers are kept in `$XDG_CACHE_HOME/pyvmm/host-probes.json` (written
+atomically), valid while the host stays the same: same boot (boot_id), kernel
+release and KVM module parameters. `PYVMM_NO_PROBE_CACHE=1` ignores the file.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import os
 import signal
 import struct
+import tempfile
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 from pyvmm.arch.x86.msrs import Msr
 from pyvmm.arch.x86.registers import Cr0, Cr4, Efer
@@ -40,14 +45,12 @@ _ARRIVED = _KERNEL_CODE  # out 0xE2 at CPL 0: the instruction did what it should
 _FAULT_HANDLER = _KERNEL_CODE + 0x100  # out 0xE1: an exception
 _KERNEL_PROBE = _KERNEL_CODE + 0x200  # CPL 0 code under test, then a jump to _ARRIVED
 _ARRIVED_PORT, _FAULTED_PORT = 0xE2, 0xE1
-_EMULATION_FAILED = -1
 _KERNEL_CS, _USER_BASE = 0x08, 0x10  # IA32_STAR[47:32], IA32_STAR[63:48]
 _USER_SS, _USER_CS, _TSS_SELECTOR = 0x1B, 0x23, 0x28
 _MEMORY_SIZE = 1 << 20
 _HANG_SECONDS = 0.5  # a probe instruction that has not come back by then never will
 _UNKNOWN_HYPERCALL = 0xFFFF
 _VMCALL, _VMMCALL = bytes.fromhex("0f01c1"), bytes.fromhex("0f01d9")
-_PADDD_XMM0_XMM1 = bytes.fromhex("660ffec1")
 _AMD_VENDORS = (b"AuthenticAMD", b"HygonGenuine")
 
 
@@ -127,8 +130,8 @@ def _run_with_deadline(vcpu: Vcpu) -> int | None:
 
 
 def _probe(setup: Callable[[Kvm, GuestMemory, Vcpu], None]) -> int | None:
-    """Run a probe VM set up by `setup`; the port of its first PIO exit, None if it
-    hung, or `_EMULATION_FAILED` (KVM could not emulate an instruction)."""
+    """Run a probe VM set up by `setup`; the port of its first PIO exit, or None
+    (it hung, or exited some other way)."""
     kvm = Kvm()
     try:
         memory = GuestMemory([(0, _MEMORY_SIZE)])
@@ -141,8 +144,6 @@ def _probe(setup: Callable[[Kvm, GuestMemory, Vcpu], None]) -> int | None:
                 vcpu.set_cpuid2(kvm.supported_cpuid())
                 setup(kvm, memory, vcpu)
                 reason = _run_with_deadline(vcpu)
-                if reason == ExitReason.INTERNAL_ERROR:
-                    return _EMULATION_FAILED
                 return int(vcpu.run_state.io.port) if reason == ExitReason.IO else None
             finally:
                 vcpu.close()
@@ -169,7 +170,6 @@ def _at_cpl0(memory: GuestMemory, vcpu: Vcpu, instruction: bytes, rax: int = 0) 
     memory.write(_KERNEL_PROBE, instruction + jump)
     sregs = vcpu.get_sregs()
     _long_mode_sregs(sregs, cpl=0)
-    sregs.cr4 |= Cr4.OSFXSR | Cr4.OSXMMEXCPT
     vcpu.set_sregs(sregs)
     vcpu.set_regs(x86.kvm_regs(rip=_KERNEL_PROBE, rsp=_KERNEL_STACK_TOP, rflags=0x2, rax=rax))
 
@@ -181,24 +181,59 @@ def _hypercall_at_cpl0(kvm: Kvm, memory: GuestMemory, vcpu: Vcpu) -> None:
     _at_cpl0(memory, vcpu, hypercall, rax=_UNKNOWN_HYPERCALL)
 
 
-def _vector_instruction_at_cpl0(kvm: Kvm, memory: GuestMemory, vcpu: Vcpu) -> None:
-    _at_cpl0(memory, vcpu, _PADDD_XMM0_XMM1)
+def _host_identity() -> str:
+    """What the answers depend on: this boot of this kernel, and the KVM modules'
+    parameters (a reloaded or reconfigured module may behave differently)."""
+    parts = [Path("/proc/sys/kernel/random/boot_id").read_text().strip(), os.uname().release]
+    for module in sorted(Path("/sys/module").glob("kvm*")):
+        for parameter in sorted((module / "parameters").glob("*")):
+            try:
+                parts.append(f"{module.name}.{parameter.name}={parameter.read_text().strip()}")
+            except OSError:
+                continue
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-@functools.cache
-def syscall_reaches_cpl0() -> bool:
-    """True when SYSCALL at CPL 3 enters LSTAR at CPL 0 here (or the probe cannot
-    tell); False when it arrives at LSTAR still at CPL 3."""
+def _cache_file() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path("~/.cache").expanduser())
+    return Path(base) / "pyvmm" / "host-probes.json"
+
+
+def _remembered(name: str, probe: Callable[[], bool]) -> bool:
+    """`probe()`, or its answer from the cache file for this very host."""
+    if os.environ.get("PYVMM_NO_PROBE_CACHE"):
+        return probe()
+    try:
+        identity = _host_identity()
+    except OSError:
+        return probe()
+    path = _cache_file()
+    try:
+        stored = json.loads(path.read_text())
+        answers = stored["answers"] if stored.get("host") == identity else {}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        answers = {}
+    if isinstance(answers.get(name), bool):
+        return bool(answers[name])
+    answer = probe()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as file:
+            json.dump({"host": identity, "answers": {**answers, name: answer}}, file)
+        os.replace(file.name, path)
+    except OSError:
+        pass  # a read-only home: probe again next time
+    return answer
+
+
+def _syscall_probe() -> bool:
     try:
         return _probe(_syscall_at_cpl3) != _FAULTED_PORT
     except (KvmError, OSError):
         return True
 
 
-@functools.cache
-def hypercalls_return() -> bool:
-    """True when a hypercall at CPL 0 comes back to the next instruction (or the probe
-    cannot tell); False when KVM_RUN never returns from it."""
+def _hypercall_probe() -> bool:
     try:
         return _probe(_hypercall_at_cpl0) is not None
     except (KvmError, OSError):
@@ -206,10 +241,14 @@ def hypercalls_return() -> bool:
 
 
 @functools.cache
-def kernel_vectors_run() -> bool:
-    """True when KVM runs an SSE2 instruction at CPL 0 (or the probe cannot tell);
-    False when it fails to emulate it."""
-    try:
-        return _probe(_vector_instruction_at_cpl0) != _EMULATION_FAILED
-    except (KvmError, OSError):
-        return True
+def syscall_reaches_cpl0() -> bool:
+    """True when SYSCALL at CPL 3 enters LSTAR at CPL 0 here (or the probe cannot
+    tell); False when it arrives at LSTAR still at CPL 3."""
+    return _remembered("syscall_reaches_cpl0", _syscall_probe)
+
+
+@functools.cache
+def hypercalls_return() -> bool:
+    """True when a hypercall at CPL 0 comes back to the next instruction (or the probe
+    cannot tell); False when KVM_RUN never returns from it."""
+    return _remembered("hypercalls_return", _hypercall_probe)

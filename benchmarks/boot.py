@@ -1,0 +1,241 @@
+"""Boot times of pyvmm against QEMU, measured side by side in the same run.
+
+For the default guest (the kernel built from Debian's linux-source) and Debian's
+stock cloud kernel, with the busybox initramfs of `pyvmm images build`, each row
+times one boot from launch to the init's marker line ("pyvmm-init: ready") and to
+the end of the process (init runs `true` and powers off):
+
+- pyvmm, bzImage decompressed on the host (the default);
+- pyvmm, bzImage decompressed by the kernel (`--kernel-decompress guest`);
+- pyvmm, the vmlinux;
+- QEMU (`qemu-system-x86_64 -enable-kvm -M pc -cpu host`) with the same kernel,
+  initrd and command line; where QEMU cannot boot, the row shows its failure line.
+
+pyvmm's rows also give the share of the vCPU's wall time pyvmm spent handling exits
+(its `--stats`: user CPU time of the vCPU thread outside the guest) and how many
+instructions its emulator ran. Last, the launch-to-exit time of a trivial Multiboot
+guest (tests/guests/mbinfo, which ends through isa-debug-exit) under pyvmm and under
+`qemu-system-x86_64 -M microvm`, the median of several runs.
+
+    python benchmarks/boot.py [--flavours default,stock] [--cpus 1] [--trivial-runs 10]
+
+It exits 0 whatever the numbers are and non-zero with one line on stderr when it
+cannot measure. Targets: exit handling <= 10% of a boot's wall time; the trivial
+guest's launch-to-exit no slower than QEMU's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import selectors
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script from anywhere: find pyvmm beside us
+    sys.path.insert(0, str(ROOT))
+
+from pyvmm.images.cli import build_with_progress  # noqa: E402
+
+MARKER = b"pyvmm-init: ready"
+CMDLINE = "console=ttyS0 pyvmm.run=true"
+MEMORY = "256M"
+BOOT_TIMEOUT = 1800.0  # one pyvmm boot; minutes on a software KVM
+QEMU_TIMEOUT = 600.0
+QEMU_STUCK_SECONDS = 30.0  # QEMU printed an error and went quiet: it is paused for good
+EXIT_SHARE_TARGET = 0.10
+TRIVIAL_GUEST = ROOT / "build" / "guests" / "mbinfo.elf"
+TRIVIAL_CMDLINE = "exit=3"
+TRIVIAL_STATUS = (3 << 1) | 1  # isa-debug-exit of 3, in both VMMs
+PYVMM = [sys.executable, "-m", "pyvmm"]
+
+
+class BenchmarkError(Exception):
+    """Something kept the benchmark from measuring; one line for the user."""
+
+
+@dataclass
+class Boot:
+    label: str
+    to_marker: float | None  # seconds from launch to the marker line
+    to_exit: float | None  # seconds from launch to the end of the process
+    status: int | None
+    failure: str = ""  # the first error line when it did not boot
+    exit_share: float | None = None
+    emulated: int | None = None
+
+    def cells(self) -> list[str]:
+        def seconds(value: float | None) -> str:
+            return f"{value:.1f}" if value is not None else "-"
+
+        share = f"{100 * self.exit_share:.1f}%" if self.exit_share is not None else "-"
+        emulated = f"{self.emulated:,}" if self.emulated is not None else "-"
+        status = str(self.status) if self.status is not None else "-"
+        return [self.label, seconds(self.to_marker), seconds(self.to_exit), status, share, emulated]
+
+
+def watch(
+    command: list[str], timeout: float, *, stuck_on: bytes | None = None
+) -> tuple[bytes, float | None, float, int | None]:
+    """Run `command` with stdout and stderr read as they come; returns the output, the
+    time the marker appeared, the time it ended (or was killed) and its status (None
+    if killed). With `stuck_on`, a process that printed that and then nothing for
+    QEMU_STUCK_SECONDS is killed."""
+    started = time.monotonic()
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)  # fmt: skip
+    assert process.stdout is not None
+    selector = selectors.DefaultSelector()
+    selector.register(process.stdout, selectors.EVENT_READ)
+    output = bytearray()
+    marker_at: float | None = None
+    last_output = started
+    killed = False
+    while True:
+        now = time.monotonic()
+        stuck = stuck_on is not None and stuck_on in output and now - last_output > QEMU_STUCK_SECONDS
+        if now - started > timeout or stuck:
+            os.killpg(process.pid, signal.SIGKILL)
+            killed = True
+            break
+        if not selector.select(0.2):
+            if process.poll() is not None:
+                break
+            continue
+        data = os.read(process.stdout.fileno(), 65536)
+        if not data:
+            break
+        output += data
+        last_output = time.monotonic()
+        if marker_at is None and MARKER in output:
+            marker_at = last_output - started
+    status = process.wait()
+    ended = time.monotonic() - started
+    selector.close()
+    process.stdout.close()
+    return bytes(output), marker_at, ended, None if killed else status
+
+
+def pyvmm_boot(label: str, kernel: Path, initrd: Path, cpus: int, *extra: str) -> Boot:
+    command = [*PYVMM, "run", "--kernel", str(kernel), "--initrd", str(initrd), "--cpus", str(cpus),
+               "--memory", MEMORY, "--cmdline", CMDLINE, "--timeout", str(BOOT_TIMEOUT), "--stats",
+               *extra]  # fmt: skip
+    output, marker_at, ended, status = watch(command, BOOT_TIMEOUT + 60)
+    text = output.decode(errors="replace")
+    share = re.search(r"exit handling: [\d.]+ s of vCPU-thread user time, ([\d.]+)%", text)
+    emulated_block = text.split("emulated instructions:", 1)[1] if "emulated instructions:" in text else ""
+    emulated = sum(int(count) for count in re.findall(r"^\s+\S+\s+(\d+)$", emulated_block, re.MULTILINE))
+    failure = "" if status == 0 else first_error(text)
+    return Boot(label, marker_at, ended, status, failure, float(share[1]) / 100 if share else None, emulated)
+
+
+def qemu_boot(label: str, kernel: Path, initrd: Path, cpus: int) -> Boot:
+    command = ["qemu-system-x86_64", "-enable-kvm", "-M", "pc", "-cpu", "host", "-smp", str(cpus),
+               "-m", MEMORY, "-nodefaults", "-display", "none", "-no-reboot", "-serial", "stdio",
+               "-kernel", str(kernel), "-initrd", str(initrd), "-append", CMDLINE]  # fmt: skip
+    output, marker_at, ended, status = watch(command, QEMU_TIMEOUT, stuck_on=b"KVM internal error")
+    text = output.decode(errors="replace")
+    failure = "" if status == 0 else first_error(text) or f"no marker in {QEMU_TIMEOUT:.0f} s"
+    return Boot(label, marker_at, ended, status, failure)
+
+
+def first_error(text: str) -> str:
+    for pattern in (r"KVM internal error.*", r"pyvmm: (?:error|guest ended): .*", r"Kernel panic.*",
+                    r"qemu-system.*"):  # fmt: skip
+        match = re.search(pattern, text)
+        if match:
+            return match[0].strip()[:160]
+    return ""
+
+
+def trivial_launch_to_exit(command: list[str], runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        started = time.monotonic()
+        result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, timeout=60, cwd=ROOT)
+        times.append(time.monotonic() - started)
+        if result.returncode != TRIVIAL_STATUS:
+            raise BenchmarkError(f"{command[0]} ended the trivial guest with {result.returncode}: "
+                                 f"{result.stderr.decode(errors='replace').strip()[-200:]}")  # fmt: skip
+    return statistics.median(times)
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = ("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+             for row in [header, *rows])  # fmt: skip
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--flavours", default="default,stock", help="comma-separated: default, stock")
+    parser.add_argument("--cpus", type=int, default=1)
+    parser.add_argument("--trivial-runs", type=int, default=10)
+    args = parser.parse_args()
+    if shutil.which("qemu-system-x86_64") is None:
+        raise BenchmarkError("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)")
+    if not TRIVIAL_GUEST.exists():
+        subprocess.run(["bash", str(ROOT / "tests" / "guests" / "build.sh")], check=True)
+
+    boots: list[Boot] = []
+    for flavour in args.flavours.split(","):
+        images = build_with_progress(flavour)
+        kernel, vmlinux, initrd = images.path("bzImage"), images.path("vmlinux"), images.path("initramfs")
+        runs = [
+            partial(pyvmm_boot, f"{flavour}: pyvmm, bzImage, host decompression", kernel, initrd, args.cpus),
+            partial(pyvmm_boot, f"{flavour}: pyvmm, bzImage, guest decompression", kernel, initrd, args.cpus,
+                    "--kernel-decompress", "guest"),
+            partial(pyvmm_boot, f"{flavour}: pyvmm, vmlinux", vmlinux, initrd, args.cpus),
+            partial(qemu_boot, f"{flavour}: QEMU -M pc, bzImage", kernel, initrd, args.cpus),
+        ]
+        for run in runs:
+            result = run()
+            print(f"  {result.label}: {result.cells()[1:]} {result.failure}", file=sys.stderr, flush=True)
+            boots.append(result)
+
+    pyvmm_trivial = trivial_launch_to_exit([*PYVMM, "run", "--kernel", str(TRIVIAL_GUEST), "--cmdline",
+                                            TRIVIAL_CMDLINE], args.trivial_runs)  # fmt: skip
+    qemu_trivial = trivial_launch_to_exit(
+        ["qemu-system-x86_64", "-enable-kvm", "-M", "microvm", "-nodefaults", "-display", "none",
+         "-no-reboot", "-device", "isa-debug-exit,iobase=0xf4,iosize=4", "-serial", "stdio",
+         "-kernel", str(TRIVIAL_GUEST), "-append", TRIVIAL_CMDLINE], args.trivial_runs)  # fmt: skip
+
+    print(f"Boot to the init marker and to power-off, {args.cpus} vCPU(s), {MEMORY}, one boot per row"
+          f" ({os.uname().release}, {os.cpu_count()} host CPUs)")  # fmt: skip
+    header = ["guest / VMM", "marker s", "exit s", "status", "exit handling", "emulated"]
+    print(table([boot.cells() for boot in boots], header))
+    for boot in boots:
+        if boot.failure:
+            print(f"  {boot.label}: {boot.failure}")
+    shares = [boot.exit_share for boot in boots if boot.exit_share is not None]
+    if shares:
+        worst = max(shares)
+        verdict = "met" if worst <= EXIT_SHARE_TARGET else "missed"
+        target = f"{100 * EXIT_SHARE_TARGET:.0f}%"
+        print(f"exit handling target <= {target} of wall time: {verdict} (worst {100 * worst:.1f}%)")
+    print()
+    print(f"Trivial Multiboot guest (mbinfo, isa-debug-exit), launch to exit, median of {args.trivial_runs}:")
+    trivial_rows = [["pyvmm run", f"{pyvmm_trivial * 1000:.0f} ms"],
+                    ["qemu-system-x86_64 -M microvm", f"{qemu_trivial * 1000:.0f} ms"]]  # fmt: skip
+    print(table(trivial_rows, ["VMM", "time"]))
+    verdict = "met" if pyvmm_trivial <= qemu_trivial else "missed"
+    print(f"target pyvmm <= QEMU: {verdict} (ratio {pyvmm_trivial / qemu_trivial:.2f})")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BenchmarkError as exc:
+        print(f"boot.py: {exc}", file=sys.stderr)
+        sys.exit(1)
