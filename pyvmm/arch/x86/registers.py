@@ -64,3 +64,4 @@ STATUS_FLAGS = Rflags.CF | Rflags.PF | Rflags.AF | Rflags.ZF | Rflags.SF | Rflag
 XCR0_X87 = 1 << 0
 XCR0_SSE = 1 << 1
 XCR0_AVX = 1 << 2
+XCR0_AVX512 = 0xE0  # opmask, ZMM_Hi256, Hi16_ZMM (SDM Vol. 1 §13.1)

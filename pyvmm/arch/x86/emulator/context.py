@@ -26,7 +26,7 @@ from pyvmm.arch.x86.emulator.mmu import Mmu, Span
 from pyvmm.arch.x86.emulator.pagewalk import AccessKind
 from pyvmm.arch.x86.emulator.segmentation import linear_address
 from pyvmm.arch.x86.emulator.xsave_area import XsaveLayout
-from pyvmm.arch.x86.registers import XCR0_AVX, XCR0_SSE, Cr0, Cr4, Rflags
+from pyvmm.arch.x86.registers import XCR0_AVX, XCR0_AVX512, XCR0_SSE, Cr0, Cr4, Rflags
 
 
 def _gpr_table() -> dict[int, tuple[int, int, int]]:
@@ -230,6 +230,13 @@ class Context:
             raise ud()
         if sregs.cr0 & Cr0.TS:
             raise nm()
+
+    def require_avx512(self) -> None:
+        """EVEX-encoded instructions: as VEX, and XCR0 must also enable the opmask and
+        ZMM state (SDM Vol. 2A §2.7, Table 2-37)."""
+        self.require_avx()
+        if self.state.xcr0 & XCR0_AVX512 != XCR0_AVX512:
+            raise ud()
 
 
 def register_name(register: int) -> str:

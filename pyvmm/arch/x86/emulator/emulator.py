@@ -24,6 +24,7 @@ from pyvmm.arch.x86.emulator import (
     moves,
     sse_moves,
     system,
+    vector_integer,
     xsave,
 )
 from pyvmm.arch.x86.emulator.context import Context
@@ -49,6 +50,7 @@ HANDLERS: dict[int, Handler] = {
     **moves.HANDLERS,
     **sse_moves.HANDLERS,
     **system.HANDLERS,
+    **vector_integer.HANDLERS,
     **xsave.HANDLERS,
 }
 

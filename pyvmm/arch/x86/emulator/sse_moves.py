@@ -6,7 +6,9 @@ MOVAPD/MOVUPD/MOVDQA/MOVDQU/MOVNTPS/MOVNTPD/MOVNTDQ/MOVD/MOVQ, and their VEX for
 - The aligned forms (MOVAPS, MOVDQA, MOVNT*, ...) raise #GP(0) for a misaligned
   operand (16 bytes, 32 with VEX.256). #AC applies only to accesses of 8 bytes or
   less (exception class 4/5, SDM Vol. 2A §2.4).
-- MMX and EVEX (AVX-512) forms are not covered.
+- EVEX (AVX-512) forms are covered for XMM0-15/YMM0-15 without an opmask or
+  broadcast: they zero the register above their vector length, as VEX does. MMX
+  forms are not covered.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ _ALIGNED = {
 }  # fmt: skip
 
 
-def _vector_number(register: int) -> tuple[int, int]:
+def vector_number(register: int) -> tuple[int, int]:
     """(register number, width in bytes) of an XMM or YMM register."""
     if RegisterExt.is_xmm(cast(Register_, register)):
         number = register - Register.XMM0
@@ -51,18 +53,18 @@ def _vector_number(register: int) -> tuple[int, int]:
     return number, width
 
 
-def _read_vector(ctx: Context, register: int) -> bytes:
-    number, width = _vector_number(register)
+def read_vector(ctx: Context, register: int) -> bytes:
+    number, width = vector_number(register)
     area = ctx.state.xsave_area()
     low = xmm(area, number)
     return low if width == 16 else low + ymm_high(area, ctx.layout, number)
 
 
-def _write_vector(ctx: Context, register: int, data: bytes) -> None:
+def write_vector(ctx: Context, register: int, data: bytes) -> None:
     """Write `data` to the low bytes of a vector register with the zeroing rules of
     the encoding: legacy SSE merges, VEX zeroes the rest of the register."""
-    number, width = _vector_number(register)
-    vex = ctx.insn.encoding == EncodingKind.VEX
+    number, width = vector_number(register)
+    vex = ctx.insn.encoding in (EncodingKind.VEX, EncodingKind.EVEX)
     area = ctx.state.xsave_area()
     data = data.ljust(16, b"\0")
     set_xmm(area, number, data[:16])
@@ -73,7 +75,7 @@ def _write_vector(ctx: Context, register: int, data: bytes) -> None:
         clear_above_128(area, ctx.layout, number)
 
 
-def _checks(ctx: Context) -> None:
+def check_vector_instruction(ctx: Context) -> None:
     insn = ctx.insn
     for index in range(insn.op_count):
         if insn.op_kind(index) == OpKind.REGISTER and RegisterExt.is_mm(insn.op_register(index)):
@@ -83,8 +85,12 @@ def _checks(ctx: Context) -> None:
         ctx.require_avx()
     elif encoding == EncodingKind.LEGACY:
         ctx.require_sse()
+    elif encoding == EncodingKind.EVEX:
+        if insn.op_mask != Register.NONE or insn.is_broadcast:
+            raise NotCovered("EVEX with an opmask or broadcast")
+        ctx.require_avx512()
     else:
-        raise NotCovered("EVEX/XOP encodings")
+        raise NotCovered("XOP/3DNow! encodings")
 
 
 def _memory(ctx: Context, size: int, kind: AccessKind) -> tuple[int, bool]:
@@ -95,7 +101,7 @@ def _memory(ctx: Context, size: int, kind: AccessKind) -> tuple[int, bool]:
     return linear, size <= 8
 
 
-def _load(ctx: Context, size: int) -> bytes:
+def load_vector(ctx: Context, size: int) -> bytes:
     linear, align_check = _memory(ctx, size, AccessKind.READ)
     if align_check:
         ctx.check_alignment(linear, size)
@@ -111,38 +117,38 @@ def _store(ctx: Context, data: bytes) -> None:
 
 def move_vector(ctx: Context) -> None:
     """MOVAPS/MOVUPS/MOVAPD/MOVUPD/MOVDQA/MOVDQU/MOVNT* and VEX forms: a full register."""
-    _checks(ctx)
+    check_vector_instruction(ctx)
     insn = ctx.insn
     if insn.op_kind(0) == OpKind.MEMORY:
-        _store(ctx, _read_vector(ctx, insn.op_register(1)))
+        _store(ctx, read_vector(ctx, insn.op_register(1)))
         return
     destination = insn.op_register(0)
     if insn.op_kind(1) == OpKind.MEMORY:
-        _, width = _vector_number(destination)
-        data = _load(ctx, width)
+        _, width = vector_number(destination)
+        data = load_vector(ctx, width)
     else:
-        data = _read_vector(ctx, insn.op_register(1))
-    _write_vector(ctx, destination, data)
+        data = read_vector(ctx, insn.op_register(1))
+    write_vector(ctx, destination, data)
 
 
 def move_scalar(ctx: Context) -> None:
     """MOVD/MOVQ (and VMOVD/VMOVQ): 32 or 64 bits between an XMM register and a
     general register, memory or another XMM register; a loaded XMM register is
     zero-extended to 128 bits (and, for VEX, above)."""
-    _checks(ctx)
+    check_vector_instruction(ctx)
     insn = ctx.insn
     size = 4 if insn.mnemonic in (Mnemonic.MOVD, Mnemonic.VMOVD) else 8
     first, second = insn.op_kind(0), insn.op_kind(1)
     if first == OpKind.REGISTER and RegisterExt.is_xmm(insn.op_register(0)):
         if second == OpKind.MEMORY:
-            data = _load(ctx, size)
+            data = load_vector(ctx, size)
         elif RegisterExt.is_xmm(insn.op_register(1)):
-            data = _read_vector(ctx, insn.op_register(1))[:size]
+            data = read_vector(ctx, insn.op_register(1))[:size]
         else:
             data = ctx.read_register(insn.op_register(1)).to_bytes(8, "little")[:size]
-        _write_vector(ctx, insn.op_register(0), data.ljust(16, b"\0"))
+        write_vector(ctx, insn.op_register(0), data.ljust(16, b"\0"))
         return
-    data = _read_vector(ctx, insn.op_register(1))[:size]
+    data = read_vector(ctx, insn.op_register(1))[:size]
     if first == OpKind.MEMORY:
         _store(ctx, data)
     else:

@@ -54,6 +54,17 @@ def with_memory(base: Case, address: int, data: bytes) -> Case:
 XMM_A = bytes(range(16))
 XMM_B = bytes(range(0xF0, 0x100))
 VECTORS = {0: XMM_A, 1: XMM_B, 7: b"\x5a" * 16, 9: bytes(range(0x40, 0x50)), 15: b"\xc3" * 16}
+ALL_VECTORS = {number: bytes((number * 53 + i * 17 + 1) & 0xFF for i in range(16)) for number in range(16)}
+HIGH_HALVES = {number: bytes((number * 29 + i * 7 + 3) & 0xFF for i in range(16)) for number in range(16)}
+
+
+def vector_case(code: str, **regs: int) -> Case:
+    """`code` with every XMM/YMM register holding a different pattern."""
+    return replace(case(code, **regs), xmm=ALL_VECTORS, ymm_high=HIGH_HALVES)
+
+
+# Dword indices for VPERMI2D: in range, with the table-select bit, and with bits above it.
+INDICES = struct.pack("<8I", 0, 9, 7, 15, 2, 0x21, 12, 0xFFFF_FFF5)
 
 
 def _xsave_image(xstate_bv: int, xcomp_bv: int = 0, mxcsr: int = 0x1F80) -> bytes:
@@ -198,6 +209,37 @@ CASES: dict[str, Case] = {
         case("c5 fa 6f 00", rax=D + 0x90), xmm=VECTORS, ymm_high={0: b"\x99" * 16}
     ),
     "vmovaps misaligned: #GP": case("c5 fc 28 00", rax=D + 0x10),
+    # --- integer vector arithmetic (legacy SSE, VEX, EVEX) ---------------------------------
+    "vpaddq xmm4,xmm4,xmm5": vector_case("c5 d9 d4 e5"),
+    "vpaddd ymm0,ymm1,m256": vector_case("c5 f5 fe 00", rax=D + 0xA3),
+    "paddd xmm1,xmm2 keeps the upper half": vector_case("66 0f fe ca"),
+    "paddq xmm3,m128": vector_case("66 0f d4 18", rax=D + 0xB0),
+    "paddq xmm3,m128 misaligned: #GP": vector_case("66 0f d4 18", rax=D + 0xB8),
+    "psubd xmm0,xmm7": vector_case("66 0f fa c7"),
+    "vpxor xmm3,xmm4,xmm15": vector_case("c4 c1 59 ef df"),
+    "pxor xmm0,xmm2": vector_case("66 0f ef c2"),
+    "vpandn ymm2,ymm3,ymm4": vector_case("c5 e5 df d4"),
+    "vpshufd xmm1,xmm2,0x93": vector_case("c5 f9 70 ca 93"),
+    "pshufd xmm1,xmm2,0x1b": vector_case("66 0f 70 ca 1b"),
+    "vpshufd ymm5,ymm6,0x4e": vector_case("c5 fd 70 ee 4e"),
+    "psrld xmm2,7": vector_case("66 0f 72 d2 07"),
+    "vpsllq xmm1,xmm2,13": vector_case("c5 f1 73 f2 0d"),
+    "vprord xmm3,xmm3,16 (EVEX)": vector_case("62 f1 65 08 72 c3 10"),
+    "vprord xmm1,xmm1,12 (EVEX)": vector_case("62 f1 75 08 72 c1 0c"),
+    "vprolq ymm2,ymm4,9 (EVEX)": vector_case("62 f1 ed 28 72 cc 09"),
+    "vpermi2d ymm8,ymm6,ymm7 (EVEX)": replace(
+        vector_case("62 72 4d 28 76 c7"),
+        xmm={**ALL_VECTORS, 8: INDICES[:16]},
+        ymm_high={**HIGH_HALVES, 8: INDICES[16:]},
+    ),
+    "vpermi2d xmm1,xmm2,xmm3 (EVEX)": replace(
+        vector_case("62 f2 6d 08 76 cb"), xmm={**ALL_VECTORS, 1: INDICES[:16]}
+    ),
+    "vextracti128 xmm8,ymm8,1": vector_case("c4 43 7d 39 c0 01"),
+    "vextracti128 m128,ymm1,0": vector_case("c4 e3 7d 39 08 00", rax=D + 0xC1),
+    "vinserti128 ymm1,ymm2,xmm3,1": vector_case("c4 e3 6d 38 cb 01"),
+    "vzeroupper": vector_case("c5 f8 77"),
+    "vpxord xmm1,xmm2,xmm3 (EVEX)": vector_case("62 f1 6d 08 ef cb"),
 }
 
 
@@ -207,6 +249,7 @@ CASES: dict[str, Case] = {
 HOST_DIVERGES = {
     "ldmxcsr reserved bit: #GP": ((13, 0), "kvm_pvm reports #UD"),
     "vmovaps misaligned: #GP": ((13, 0), "kvm_pvm reports #UD"),
+    "paddq xmm3,m128 misaligned: #GP": ((13, 0), "kvm_pvm reports #UD"),
     "fxsave misaligned: #GP": ((13, 0), "kvm_pvm performs the misaligned FXSAVE"),
 }
 # Fields not compared for a case, and why.
