@@ -15,7 +15,7 @@ from pyvmm.errors import VmmError
 from pyvmm.images import DEFAULT, STOCK
 from pyvmm.images.cli import add_images_command, build_with_progress
 from pyvmm.kvm import KvmError
-from pyvmm.machine import Machine
+from pyvmm.machine import Machine, RunResult
 from pyvmm.outcome import ExitKind, GuestExit
 
 STATUS_USAGE = 2
@@ -79,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="host",
         help="who unpacks a bzImage: pyvmm on the host (default, fast) or the kernel itself",
     )
+    run.add_argument(
+        "--on-reboot",
+        choices=("exit", "restart"),
+        default="exit",
+        help="when the guest reboots: end pyvmm with status 64 (default), or boot it again in a fresh VM",
+    )
     run.add_argument("--timeout", type=_seconds, help="stop the guest after this many seconds")
     run.add_argument("--stats", action="store_true", help="print exit statistics when the guest ends")
     run.set_defaults(handler=_run)
@@ -100,6 +106,19 @@ def _guest(args: argparse.Namespace) -> tuple[str, str | None, str]:
     return str(images.path("bzImage")), initrd, cmdline
 
 
+def _boot(config: MachineConfig) -> RunResult:
+    """One run of a fresh VM, with the terminal as its console when there is one."""
+    machine = Machine(config)
+    if not sys.stdin.isatty():
+        return machine.run()
+
+    def quit_from_console() -> None:
+        machine.stop(GuestExit(ExitKind.STOPPED, "quit from the console (C-a x)"))
+
+    with TerminalConsole(machine.send_input, quit_from_console):
+        return machine.run()
+
+
 def _run(args: argparse.Namespace) -> int:
     kernel, initrd, cmdline = _guest(args)
     config = MachineConfig(
@@ -112,15 +131,10 @@ def _run(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         kernel_decompress=args.kernel_decompress,
     )
-    machine = Machine(config)
-    if sys.stdin.isatty():
-        def quit_from_console() -> None:
-            machine.stop(GuestExit(ExitKind.STOPPED, "quit from the console (C-a x)"))
-
-        with TerminalConsole(machine.send_input, quit_from_console):
-            result = machine.run()
-    else:
-        result = machine.run()
+    result = _boot(config)
+    while result.exit.kind is ExitKind.REBOOT and args.on_reboot == "restart":
+        print("pyvmm: the guest rebooted; starting it again", file=sys.stderr)
+        result = _boot(config)
     if args.stats:
         print(result.stats.table(), file=sys.stderr)
     if result.exit.kind not in _QUIET_ENDINGS:
@@ -141,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         return STATUS_FAILURE
     except KeyboardInterrupt:
         print("pyvmm: interrupted", file=sys.stderr)
+        return STATUS_FAILURE
+    except BrokenPipeError:  # `pyvmm images list | head`: the reader has gone
+        sys.stderr.close()
         return STATUS_FAILURE
 
 

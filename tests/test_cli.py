@@ -109,3 +109,34 @@ def test_terminal_console_escape_key_quits(tmp_path: Path) -> None:
     finally:
         terminal.close()
     assert status == 72
+
+
+# Prints "B" and a newline on COM1, then asks the i8042 for a reset (command 0xFE).
+BOOT_THEN_RESET = (
+    b"\x66\xba\xf8\x03"  # mov dx, 0x3f8
+    b"\xb0B\xee\xb0\n\xee"  # mov al, 'B'; out dx, al; mov al, 10; out dx, al
+    b"\xb0\xfe\xe6\x64"  # mov al, 0xfe; out 0x64, al
+) + SPIN
+
+
+@pytest.mark.kvm
+def test_a_reboot_ends_pyvmm_with_the_reboot_status(tmp_path: Path) -> None:
+    kernel = write(tmp_path, "reset.img", multiboot_image(BOOT_THEN_RESET))
+    result = pyvmm("run", "--kernel", str(kernel))
+    assert result.stdout == "B\n"
+    assert result.returncode == 64, result.stderr
+
+
+@pytest.mark.kvm
+def test_on_reboot_restart_boots_the_guest_again(tmp_path: Path) -> None:
+    kernel = write(tmp_path, "reset.img", multiboot_image(BOOT_THEN_RESET))
+    command = [*PYVMM, "run", "--kernel", str(kernel), "--on-reboot", "restart"]
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None
+    try:
+        boots = [process.stdout.readline() for _ in range(3)]  # three boots: pyvmm went on
+    finally:
+        process.kill()
+        _, errors = process.communicate(timeout=30)
+    assert boots == [b"B\n"] * 3
+    assert errors.count(b"the guest rebooted; starting it again") >= 2
