@@ -131,7 +131,8 @@ def test_a_reboot_ends_pyvmm_with_the_reboot_status(tmp_path: Path) -> None:
 def test_on_reboot_restart_boots_the_guest_again(tmp_path: Path) -> None:
     kernel = write(tmp_path, "reset.img", multiboot_image(BOOT_THEN_RESET))
     command = [*PYVMM, "run", "--kernel", str(kernel), "--on-reboot", "restart"]
-    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    pipe = subprocess.PIPE
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=pipe, stderr=pipe)
     assert process.stdout is not None
     try:
         boots = [process.stdout.readline() for _ in range(3)]  # three boots: pyvmm went on

@@ -170,7 +170,7 @@ def _build_locked(flavour: str, cache: Cache, steps: Steps, force: bool, jobs: i
                 initramfs.BUSYBOX.read_bytes(), initramfs.busybox_applets(),
                 initramfs.init_script(), guest_modules,
             )
-            initramfs.write_initramfs(out / ARTIFACTS["initramfs"], archive)
+            (out / ARTIFACTS["initramfs"]).write_bytes(archive)
         manifest = {
             "flavour": flavour,
             "key": inputs.key,

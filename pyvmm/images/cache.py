@@ -1,7 +1,7 @@
 """The image cache: one directory per (flavour, hash of the inputs).
 
     $PYVMM_CACHE_DIR or ${XDG_CACHE_HOME:-~/.cache}/pyvmm/images/
-        default-<key>/   bzImage  vmlinux  initramfs.cpio.gz  manifest.json
+        default-<key>/   bzImage  vmlinux  initramfs.cpio  manifest.json
         stock-<key>/     the same, for the stock Debian kernel
         logs/<flavour>.log   the last build's command output
         work/            scratch trees while building (removed after success)
@@ -33,7 +33,7 @@ MANIFEST = "manifest.json"
 ARTIFACTS = {
     "bzImage": "bzImage",
     "vmlinux": "vmlinux",
-    "initramfs": "initramfs.cpio.gz",
+    "initramfs": "initramfs.cpio",
     "config": "config",
     "manifest": MANIFEST,
 }

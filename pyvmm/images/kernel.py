@@ -18,7 +18,7 @@ from pyvmm.images.steps import Steps
 ARCH = "x86_64"
 SOURCE_PACKAGE = "linux-source"
 BUILD_PACKAGES = (
-    "build-essential", "bc", "bison", "flex", "libelf-dev", "libssl-dev", "cpio", "xz-utils", "kmod",
+    "build-essential", "bc", "bison", "flex", "libelf-dev", "libssl-dev", "cpio", "xz-utils", "lz4", "kmod",
 )
 FRAGMENT = "kernel.config"
 _OBJECT_LINE = r"^\s+(CC|AS)\s"

@@ -108,7 +108,7 @@ def test_force_replaces_an_entry_and_otherwise_the_first_one_stays(tmp_path: Pat
 
 
 def test_artifacts_by_short_or_file_name() -> None:
-    assert cache.artifact_file("initramfs") == "initramfs.cpio.gz"
-    assert cache.artifact_file("initramfs.cpio.gz") == "initramfs.cpio.gz"
+    assert cache.artifact_file("initramfs") == "initramfs.cpio"
+    assert cache.artifact_file("initramfs.cpio") == "initramfs.cpio"
     with pytest.raises(cache.NotBuiltError):
         cache.artifact_file("System.map")

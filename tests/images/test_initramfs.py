@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import io
 import re
 import stat
@@ -59,14 +58,6 @@ def test_modules_and_their_load_list() -> None:
         assert data == module.data
     assert found["etc/pyvmm/modules"][2].decode().splitlines() == [m.path for m in MODULES]
     assert "etc/pyvmm/modules" not in entries()
-
-
-def test_the_gzip_file_is_reproducible(tmp_path: Path) -> None:
-    archive = initramfs.build_initramfs(b"BUSYBOX", APPLETS, b"#!/bin/sh\n")
-    initramfs.write_initramfs(tmp_path / "a.gz", archive)
-    initramfs.write_initramfs(tmp_path / "b.gz", archive)
-    assert (tmp_path / "a.gz").read_bytes() == (tmp_path / "b.gz").read_bytes()
-    assert gzip.decompress((tmp_path / "a.gz").read_bytes()) == archive
 
 
 def test_the_init_script_parses_under_busybox_sh(busybox: Path, tmp_path: Path) -> None:
