@@ -26,7 +26,7 @@ from pyvmm.images.initramfs import GuestModule
 from pyvmm.images.progress import Progress
 from pyvmm.images.steps import Steps
 
-BUILD_VERSION = 1
+BUILD_VERSION = 2  # 2: uncompressed initramfs.cpio
 FLAVOURS = (DEFAULT, STOCK)
 BUSYBOX_PACKAGE = "busybox-static"
 COMPILER_PACKAGE = "gcc"
