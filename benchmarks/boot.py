@@ -8,8 +8,9 @@ the end of the process (init runs `true` and powers off):
 - pyvmm, bzImage decompressed on the host (the default);
 - pyvmm, bzImage decompressed by the kernel (`--kernel-decompress guest`);
 - pyvmm, the vmlinux;
-- QEMU (`qemu-system-x86_64 -enable-kvm -M pc -cpu host`) with the same kernel,
-  initrd and command line; where QEMU cannot boot, the row shows its failure line.
+- QEMU (`qemu-system-x86_64 -enable-kvm -M pc`, its default CPU model: `-cpu host`
+  stops at once on kvm_pvm, "failed to set MSR 0x10a") with the same kernel, initrd
+  and command line; where QEMU cannot boot, the row shows its failure line.
 
 pyvmm's rows also give the share of the vCPU's wall time pyvmm spent handling exits
 (its `--stats`: user CPU time of the vCPU thread outside the guest) and how many
@@ -139,7 +140,7 @@ def pyvmm_boot(label: str, kernel: Path, initrd: Path, cpus: int, *extra: str) -
 
 
 def qemu_boot(label: str, kernel: Path, initrd: Path, cpus: int) -> Boot:
-    command = ["qemu-system-x86_64", "-enable-kvm", "-M", "pc", "-cpu", "host", "-smp", str(cpus),
+    command = ["qemu-system-x86_64", "-enable-kvm", "-M", "pc", "-smp", str(cpus),
                "-m", MEMORY, "-nodefaults", "-display", "none", "-no-reboot", "-serial", "stdio",
                "-kernel", str(kernel), "-initrd", str(initrd), "-append", CMDLINE]  # fmt: skip
     output, marker_at, ended, status = watch(command, QEMU_TIMEOUT, stuck_on=b"KVM internal error")
@@ -181,6 +182,7 @@ def main() -> int:
     parser.add_argument("--flavours", default="default,stock",
                         help="comma-separated: default, stock; empty for the trivial guest only")  # fmt: skip
     parser.add_argument("--cpus", type=int, default=1)
+    parser.add_argument("--vmms", default="pyvmm,qemu", help="comma-separated: pyvmm, qemu")
     parser.add_argument("--trivial-runs", type=int, default=10)
     args = parser.parse_args()
     if shutil.which("qemu-system-x86_64") is None:
@@ -188,6 +190,10 @@ def main() -> int:
     if not TRIVIAL_GUEST.exists():
         subprocess.run(["bash", str(ROOT / "tests" / "guests" / "build.sh")], check=True)
 
+    runners = {"pyvmm": pyvmm_boot, "qemu": qemu_boot}
+    if not set(args.vmms.split(",")) <= set(runners):
+        raise BenchmarkError(f"--vmms takes pyvmm and/or qemu, not {args.vmms!r}")
+    selected = {runners[name] for name in args.vmms.split(",")}
     boots: list[Boot] = []
     for flavour in filter(None, args.flavours.split(",")):
         images = build_with_progress(flavour)
@@ -200,6 +206,8 @@ def main() -> int:
             partial(qemu_boot, f"{flavour}: QEMU -M pc, bzImage", kernel, initrd, args.cpus),
         ]
         for run in runs:
+            if run.func not in selected:
+                continue
             result = run()
             print(f"  {result.label}: {result.cells()[1:]} {result.failure}", file=sys.stderr, flush=True)
             boots.append(result)
