@@ -3,7 +3,8 @@ busybox initramfs of `pyvmm images build` (the default kernel built from Debian'
 linux-source, and Debian's stock cloud kernel with `--stock`).
 
 Every scenario boots once and its assertions share that boot: on a software KVM a
-boot takes minutes (docs/boot.md). The guest's init runs the command given by
+boot takes minutes (docs/boot.md). The stock kernel is checked up to its memory map
+only: on kvm_pvm it does not reach init within 25 minutes. The guest's init runs the command given by
 `pyvmm.run=` on the kernel command line, prints `pyvmm-run: exit=N` and powers off;
 the interactive tests drive the shell through a real pseudo-terminal instead.
 """
@@ -50,8 +51,11 @@ SCENARIOS = [
     Scenario("bzimage-host-1cpu", "default", "bzImage", 1),
     Scenario("bzimage-guest-1cpu", "default", "bzImage", 1, decompress="guest"),
     Scenario("vmlinux-pvh-2cpu", "default", "vmlinux", 2),
-    Scenario("stock-bzimage-1cpu", "stock", "bzImage", 1),
 ]
+# Debian's stock kernel does not reach init within 25 minutes on kvm_pvm (its
+# emulated kernel code is too slow there); it is checked up to its memory map.
+STOCK = Scenario("stock-bzimage-1cpu", "stock", "bzImage", 1)
+STOCK_SECONDS = 120
 
 
 @dataclass
@@ -83,12 +87,12 @@ def images(flavour: str) -> dict[str, Path]:
     return _images[flavour]
 
 
-def run_command(scenario: Scenario, *, cmdline: str) -> list[str]:
+def run_command(scenario: Scenario, *, cmdline: str, timeout: int = BOOT_SECONDS) -> list[str]:
     found = images(scenario.flavour)
     return [
         *PYVMM, "-v", "run", "--kernel", str(found[scenario.image]), "--initrd", str(found["initramfs"]),
         "--cpus", str(scenario.cpus), "--memory", f"{MEMORY_MIB}M",
-        "--kernel-decompress", scenario.decompress, "--timeout", str(BOOT_SECONDS),
+        "--kernel-decompress", scenario.decompress, "--timeout", str(timeout),
         "--cmdline", f"console=ttyS0 {cmdline}",
     ]  # fmt: skip
 
@@ -137,6 +141,22 @@ def test_the_guest_clock_is_the_hosts(boot: Boot) -> None:
 def test_poweroff_ends_pyvmm_with_status_0(boot: Boot) -> None:
     assert "pyvmm-run: exit=0" in boot.output
     assert boot.status == 0, boot.output[-3000:]
+
+
+def test_the_stock_kernel_starts_with_pyvmms_memory_map() -> None:
+    """Debian's LZ4 bzImage, unpacked by pyvmm and entered through PVH, runs and reads
+    the command line and the memory map pyvmm gave it (STOCK_SECONDS of it)."""
+    # earlyprintk: the console would only start with the 8250 driver, minutes later.
+    early = "earlyprintk=serial,ttyS0,115200"
+    command = run_command(STOCK, cmdline=f"{early} pyvmm.test=stock", timeout=STOCK_SECONDS)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=STOCK_SECONDS + 60, cwd=ROOT)
+    output = result.stdout + result.stderr
+    assert "(lz4 vmlinux)" in output and "Xen PVH entry" in output, output[-3000:]
+    assert re.search(r"Linux version \S+-cloud-amd64 \(debian-kernel@", output), output[-3000:]
+    assert f"Command line: console=ttyS0 {early} pyvmm.test=stock" in output
+    top = MEMORY_MIB * 1024 * 1024 - 1
+    assert f"BIOS-e820: [mem 0x0000000000100000-0x{top:016x}] usable" in output
+    assert result.returncode == STATUS_STOPPED  # still booting when the time was up
 
 
 @pytest.fixture
