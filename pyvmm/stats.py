@@ -28,8 +28,8 @@ class VcpuCounters:
 
     exits: list[int] = field(default_factory=lambda: [0] * REASON_SLOTS)
     emulated: Counter[str] = field(default_factory=Counter)
-    # Time spent handling exits: the user-mode CPU time of the vCPU's thread, read
-    # when the thread ends (its time inside KVM_RUN, guest included, is system time).
+    # Time spent handling exits: the user-mode CPU time of the vCPU's thread less its
+    # guest time, read when the thread ends (KVM's own work in KVM_RUN is system time).
     exit_seconds: float = 0.0
 
 

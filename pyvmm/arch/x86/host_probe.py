@@ -34,7 +34,7 @@ from pathlib import Path
 
 from pyvmm.arch.x86.msrs import Msr
 from pyvmm.arch.x86.registers import Cr0, Cr4, Efer
-from pyvmm.arch.x86.segments import TYPE_CODE_EXEC_READ_ACCESSED, TYPE_DATA_READ_WRITE_ACCESSED, Segment
+from pyvmm.arch.x86.segments import Segment, flat_code, flat_data
 from pyvmm.kvm import ExitReason, Kvm, KvmError, Vcpu, x86
 from pyvmm.memory import GuestMemory
 
@@ -54,18 +54,9 @@ _VMCALL, _VMMCALL = bytes.fromhex("0f01c1"), bytes.fromhex("0f01d9")
 _AMD_VENDORS = (b"AuthenticAMD", b"HygonGenuine")
 
 
-def _segment(selector: int, kind: int, dpl: int, *, long_mode: bool = False) -> Segment:
-    return Segment(
-        0, 0xFFFF_FFFF, kind, selector, dpl=dpl, long_mode=long_mode,
-        default_32=not long_mode, granularity_4k=True,
-    )  # fmt: skip
-
-
 def _write_tables(memory: GuestMemory) -> None:
-    kernel_code = _segment(_KERNEL_CS, TYPE_CODE_EXEC_READ_ACCESSED, 0, long_mode=True)
-    kernel_data = _segment(_KERNEL_CS + 8, TYPE_DATA_READ_WRITE_ACCESSED, 0)
-    user_data = _segment(_USER_SS, TYPE_DATA_READ_WRITE_ACCESSED, 3)
-    user_code = _segment(_USER_CS, TYPE_CODE_EXEC_READ_ACCESSED, 3, long_mode=True)
+    kernel_code, kernel_data = flat_code(True, _KERNEL_CS), flat_data(_KERNEL_CS + 8)
+    user_code, user_data = flat_code(True, _USER_CS, dpl=3), flat_data(_USER_SS, dpl=3)
     tss = Segment(_TSS, 0x67, 0x9, _TSS_SELECTOR, code_or_data=False)
     gdt = [0, kernel_code.descriptor(), kernel_data.descriptor(), user_data.descriptor(),
            user_code.descriptor(), tss.descriptor(), 0]  # fmt: skip
@@ -90,11 +81,9 @@ def _write_tables(memory: GuestMemory) -> None:
 
 def _long_mode_sregs(sregs: x86.kvm_sregs, cpl: int) -> None:
     if cpl == 3:
-        code = _segment(_USER_CS, TYPE_CODE_EXEC_READ_ACCESSED, 3, long_mode=True)
-        data = _segment(_USER_SS, TYPE_DATA_READ_WRITE_ACCESSED, 3)
+        code, data = flat_code(True, _USER_CS, dpl=3), flat_data(_USER_SS, dpl=3)
     else:
-        code = _segment(_KERNEL_CS, TYPE_CODE_EXEC_READ_ACCESSED, 0, long_mode=True)
-        data = _segment(_KERNEL_CS + 8, TYPE_DATA_READ_WRITE_ACCESSED, 0)
+        code, data = flat_code(True, _KERNEL_CS), flat_data(_KERNEL_CS + 8)
     sregs.cs = code.to_kvm()
     sregs.ss = sregs.ds = sregs.es = sregs.fs = sregs.gs = data.to_kvm()
     sregs.tr = Segment(_TSS, 0x67, 0xB, _TSS_SELECTOR, code_or_data=False).to_kvm()

@@ -65,16 +65,16 @@ class Segment:
         )
 
 
-def flat_code(long_mode: bool) -> Segment:
+def flat_code(long_mode: bool, selector: int = CODE_SELECTOR, dpl: int = 0) -> Segment:
     return Segment(
-        0, 0xFFFF_FFFF, TYPE_CODE_EXEC_READ_ACCESSED, CODE_SELECTOR,
+        0, 0xFFFF_FFFF, TYPE_CODE_EXEC_READ_ACCESSED, selector, dpl=dpl,
         long_mode=long_mode, default_32=not long_mode, granularity_4k=True,
     )  # fmt: skip
 
 
-def flat_data() -> Segment:
+def flat_data(selector: int = DATA_SELECTOR, dpl: int = 0) -> Segment:
     return Segment(
-        0, 0xFFFF_FFFF, TYPE_DATA_READ_WRITE_ACCESSED, DATA_SELECTOR,
+        0, 0xFFFF_FFFF, TYPE_DATA_READ_WRITE_ACCESSED, selector, dpl=dpl,
         default_32=True, granularity_4k=True,
     )  # fmt: skip
 

@@ -21,8 +21,7 @@ from pyvmm.arch.x86.emulator.faults import InjectFault, Vector
 from pyvmm.arch.x86.emulator.mmu import Mmu
 from pyvmm.arch.x86.msrs import Msr
 from pyvmm.arch.x86.registers import Rflags
-from pyvmm.arch.x86.segments import TYPE_CODE_EXEC_READ_ACCESSED, TYPE_DATA_READ_WRITE_ACCESSED
-from pyvmm.kvm.x86 import kvm_segment
+from pyvmm.arch.x86.segments import flat_code, flat_data
 
 PF_USER = 1 << 2
 PF_FETCH = 1 << 4
@@ -61,14 +60,8 @@ def repair(state: CpuState, mmu: Mmu, read_msrs: Callable[[list[int]], dict[int,
     if cs & 3 != 3 or error & (PF_USER | PF_FETCH) != PF_USER | PF_FETCH or lstar is None or rip != lstar:
         return False
     kernel_cs = (msrs.get(Msr.IA32_STAR, 0) >> 32) & 0xFFFC
-    state.sregs.cs = kvm_segment(
-        selector=kernel_cs, type=TYPE_CODE_EXEC_READ_ACCESSED, present=1, dpl=0, s=1, l=1, g=1,
-        limit=0xFFFF_FFFF,
-    )  # fmt: skip
-    state.sregs.ss = kvm_segment(
-        selector=kernel_cs + 8, type=TYPE_DATA_READ_WRITE_ACCESSED, present=1, dpl=0, s=1, db=1, g=1,
-        limit=0xFFFF_FFFF,
-    )  # fmt: skip
+    state.sregs.cs = flat_code(True, kernel_cs).to_kvm()
+    state.sregs.ss = flat_data(kernel_cs + 8).to_kvm()
     state.rip = lstar
     state.set_gpr(4, rsp)
     state.rflags = (rflags & ~msrs.get(Msr.IA32_FMASK, 0) & ~Rflags.RF) | Rflags.FIXED

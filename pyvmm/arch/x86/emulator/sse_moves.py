@@ -108,7 +108,7 @@ def load_vector(ctx: Context, size: int) -> bytes:
     return ctx.mmu.span(linear, size, AccessKind.READ).read()
 
 
-def _store(ctx: Context, data: bytes) -> None:
+def store_vector(ctx: Context, data: bytes) -> None:
     linear, align_check = _memory(ctx, len(data), AccessKind.WRITE)
     if align_check:
         ctx.check_alignment(linear, len(data))
@@ -120,7 +120,7 @@ def move_vector(ctx: Context) -> None:
     check_vector_instruction(ctx)
     insn = ctx.insn
     if insn.op_kind(0) == OpKind.MEMORY:
-        _store(ctx, read_vector(ctx, insn.op_register(1)))
+        store_vector(ctx, read_vector(ctx, insn.op_register(1)))
         return
     destination = insn.op_register(0)
     if insn.op_kind(1) == OpKind.MEMORY:
@@ -150,7 +150,7 @@ def move_scalar(ctx: Context) -> None:
         return
     data = read_vector(ctx, insn.op_register(1))[:size]
     if first == OpKind.MEMORY:
-        _store(ctx, data)
+        store_vector(ctx, data)
     else:
         ctx.write_register(insn.op_register(0), int.from_bytes(data, "little"))
 

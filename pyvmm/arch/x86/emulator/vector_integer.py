@@ -24,6 +24,7 @@ from pyvmm.arch.x86.emulator.pagewalk import AccessKind
 from pyvmm.arch.x86.emulator.sse_moves import (
     check_vector_instruction,
     read_vector,
+    store_vector,
     vector_number,
     write_vector,
 )
@@ -52,21 +53,21 @@ def _operand(ctx: Context, index: int, width: int) -> bytes:
     return ctx.mmu.span(linear, width, AccessKind.READ).read()
 
 
-def _sources(ctx: Context) -> tuple[int, int, bytes, bytes]:
-    """Destination register, its width, and the two sources of a two-source form:
+def _sources(ctx: Context) -> tuple[int, bytes, bytes]:
+    """Destination register and the two sources of a two-source form:
     legacy `op dst, src` (dst is the first source) or VEX/EVEX `op dst, src1, src2`."""
     check_vector_instruction(ctx)
     insn = ctx.insn
     destination = insn.op_register(0)
     _, width = vector_number(destination)
     if insn.encoding == EncodingKind.LEGACY:
-        return destination, width, read_vector(ctx, destination), _operand(ctx, 1, width)
-    return destination, width, _operand(ctx, 1, width), _operand(ctx, 2, width)
+        return destination, read_vector(ctx, destination), _operand(ctx, 1, width)
+    return destination, _operand(ctx, 1, width), _operand(ctx, 2, width)
 
 
 def _lanewise(size: int, op: LaneOp) -> Handler:
     def handler(ctx: Context) -> None:
-        destination, _, first, second = _sources(ctx)
+        destination, first, second = _sources(ctx)
         lanes = [op(a, b, 8 * size) for a, b in zip(_lanes(first, size), _lanes(second, size), strict=True)]
         write_vector(ctx, destination, _join(lanes, size))
 
@@ -136,11 +137,10 @@ def extract_128(ctx: Context) -> None:
     """VEXTRACTI128/VEXTRACTF128: the low or high half of a YMM register."""
     check_vector_instruction(ctx)
     insn = ctx.insn
-    half = read_vector(ctx, insn.op_register(1))[16:32] if insn.immediate(2) & 1 else None
-    data = half if half is not None else read_vector(ctx, insn.op_register(1))[:16]
+    source = read_vector(ctx, insn.op_register(1))
+    data = source[16:32] if insn.immediate(2) & 1 else source[:16]
     if insn.op_kind(0) == OpKind.MEMORY:
-        linear = ctx.memory_linear(16, write=True)
-        ctx.mmu.span(linear, 16, AccessKind.WRITE).write(data)
+        store_vector(ctx, data)
     else:
         write_vector(ctx, insn.op_register(0), data)
 
