@@ -13,7 +13,7 @@ from pyvmm.config import DEFAULT_MEMORY, MachineConfig
 from pyvmm.console import TerminalConsole, write_all
 from pyvmm.errors import VmmError
 from pyvmm.images import DEFAULT, STOCK
-from pyvmm.images.cli import add_images_command, build_with_progress
+from pyvmm.images.cli import add_images_command
 from pyvmm.kvm import KvmError
 from pyvmm.machine import Machine, RunResult
 from pyvmm.outcome import ExitKind, GuestExit
@@ -100,6 +100,8 @@ def _guest(args: argparse.Namespace) -> tuple[str, str | None, str]:
     """Kernel, initrd and command line: the user's, or pyvmm's own guest's."""
     if args.kernel is not None:
         return args.kernel, args.initrd, args.cmdline or ""
+    from pyvmm.images.commands import build_with_progress  # the image cache loads only when used
+
     images = build_with_progress(args.guest)
     initrd = args.initrd or str(images.path("initramfs"))
     cmdline = args.cmdline if args.cmdline is not None else LINUX_CMDLINE

@@ -10,17 +10,17 @@ with a `GuestExit`: the first one wins, every vCPU is kicked out of KVM_RUN, and
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from pyvmm import boot
 from pyvmm.arch.x86 import cpu
 from pyvmm.arch.x86.acpi import write_acpi_tables
-from pyvmm.arch.x86.disasm import disassemble
-from pyvmm.arch.x86.emulator import Emulator
 from pyvmm.arch.x86.host_probe import hypercalls_return, syscall_reaches_cpl0
 from pyvmm.arch.x86.layout import (
     KVM_IDENTITY_MAP_ADDRESS,
@@ -46,15 +46,29 @@ from pyvmm.devices.power import (
 from pyvmm.devices.rtc import RTC_IRQ, RTC_PORT, RTC_PORT_LENGTH
 from pyvmm.devices.serial import COM1_IRQ, COM1_PORT, SERIAL_PORT_LENGTH
 from pyvmm.errors import ConfigError
-from pyvmm.kvm import Cap, Kvm, Vm
+from pyvmm.kvm import Cap, Kvm, Vcpu, Vm
 from pyvmm.memory import GuestMemory, split_around_hole
 from pyvmm.outcome import ExitKind, GuestExit, InterruptLine
 from pyvmm.stats import ExitStats, collect
-from pyvmm.vcpu import VcpuRunner
+from pyvmm.vcpu import InstructionEmulator, VcpuRunner
 
 log = logging.getLogger(__name__)
 
 _JOIN_SECONDS = 5.0
+
+
+def _disassemble(code: bytes, rip: int, bitness: int) -> str:
+    from pyvmm.arch.x86.disasm import disassemble  # iced-x86 loads only for a report
+
+    return disassemble(code, rip, bitness)
+
+
+def _emulator(
+    vcpu: Vcpu, memory: GuestMemory, mmio: MmioBus, read_msrs: Callable[[list[int]], dict[int, int]] | None
+) -> InstructionEmulator:
+    from pyvmm.arch.x86.emulator import Emulator  # loads at a vCPU's first emulation failure
+
+    return Emulator(vcpu, memory, mmio=mmio, read_msrs=read_msrs)
 
 
 class KvmIrqLine:
@@ -218,9 +232,9 @@ class Machine:
             self.runners.append(
                 VcpuRunner(
                     vcpu, self.ports, self.mmio, self.stop, self.is_stopping,
-                    has_irqchip=has_irqchip, disassemble=disassemble,
-                    emulator=Emulator(
-                        vcpu, memory, mmio=self.mmio, read_msrs=vcpu.get_msrs if repair_syscalls else None
+                    has_irqchip=has_irqchip, disassemble=_disassemble,
+                    make_emulator=functools.partial(
+                        _emulator, vcpu, memory, self.mmio, vcpu.get_msrs if repair_syscalls else None
                     ),
                 )
             )  # fmt: skip

@@ -82,7 +82,7 @@ class VcpuRunner:
         *,
         has_irqchip: bool,
         disassemble: Disassembler | None = None,
-        emulator: InstructionEmulator | None = None,
+        make_emulator: Callable[[], InstructionEmulator] | None = None,
     ) -> None:
         self.vcpu = vcpu
         self.ports = ports
@@ -91,7 +91,10 @@ class VcpuRunner:
         self.is_stopping = is_stopping
         self.has_irqchip = has_irqchip
         self.disassemble = disassemble
-        self.emulator = emulator
+        # Built at the first emulation failure: many guests never have one, and the
+        # emulator (with iced-x86) is a large part of pyvmm's start-up time.
+        self._make_emulator = make_emulator
+        self.emulator: InstructionEmulator | None = None
         self.emulation_failure = ""
         self.counters = VcpuCounters()
         self.thread = threading.Thread(target=self._thread_main, name=f"vcpu{vcpu.id}", daemon=True)
@@ -245,7 +248,7 @@ class VcpuRunner:
                 f"{hardware_reason:#x} on host CPU {host_cpu}) at {self._where()}",
             )
         if reason == ExitReason.INTERNAL_ERROR:
-            if self.emulator is not None and self._emulate():
+            if self._make_emulator is not None and self._emulate():
                 return None
             return GuestExit(ExitKind.ERROR, f"{cpu}: {self._internal_error()}")
         try:
@@ -261,7 +264,9 @@ class VcpuRunner:
         (KVM_CAP_EXIT_ON_EMULATION_FAILURE), else the emulator fetches them through
         the guest's page tables. Faults the instruction raises go to the guest.
         """
-        assert self.emulator is not None
+        assert self._make_emulator is not None
+        if self.emulator is None:
+            self.emulator = self._make_emulator()
         page = self.vcpu.run_mapping
         suberror, _, flags, size, insn = _EMULATION_FAILURE.unpack_from(page, RUN_EXIT_DATA)
         if suberror != InternalErrorSuberror.EMULATION:

@@ -13,3 +13,12 @@ progress.py (running and showing a build).
 
 DEFAULT = "default"  # the kernel built from Debian's linux-source
 STOCK = "stock"  # Debian's stock cloud kernel
+
+# What a cache entry holds: artifact name -> file name.
+ARTIFACTS = {
+    "bzImage": "bzImage",
+    "vmlinux": "vmlinux",
+    "initramfs": "initramfs.cpio",
+    "config": "config",
+    "manifest": "manifest.json",
+}

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pyvmm.images import DEFAULT, STOCK, host, initramfs, kernel, kernel_image, stock
-from pyvmm.images.cache import ARTIFACTS, Cache, CachedImages, digest, input_key
+from pyvmm.images import ARTIFACTS, DEFAULT, STOCK, host, initramfs, kernel, kernel_image, stock
+from pyvmm.images.cache import Cache, CachedImages, digest, input_key
 from pyvmm.images.errors import ImageBuildError, NotBuiltError
 from pyvmm.images.host import Apt
 from pyvmm.images.initramfs import GuestModule

@@ -25,18 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pyvmm.images import ARTIFACTS
 from pyvmm.images.errors import NotBuiltError
 
 CACHE_ENV = "PYVMM_CACHE_DIR"
 KEY_LENGTH = 16
-MANIFEST = "manifest.json"
-ARTIFACTS = {
-    "bzImage": "bzImage",
-    "vmlinux": "vmlinux",
-    "initramfs": "initramfs.cpio",
-    "config": "config",
-    "manifest": MANIFEST,
-}
+MANIFEST = ARTIFACTS["manifest"]
 
 
 def default_root(environ: Mapping[str, str] | None = None) -> Path:

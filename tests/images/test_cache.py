@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pyvmm.images import build, cache, initramfs, kernel, stock
-from pyvmm.images.cache import ARTIFACTS, Cache
+from pyvmm.images import ARTIFACTS, build, cache, initramfs, kernel, stock
+from pyvmm.images.cache import Cache
 
 VERSIONS = {"linux-source": "6.1.192-2", "busybox-static": "1:1.35.0-4", "gcc": "4:12.2.0-3"}
 RELEASE = stock.StockRelease("6.1.192-2", "linux-image-6.1.0-56-cloud-amd64", "6.1.192-2")

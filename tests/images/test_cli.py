@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from pyvmm import cli
-from pyvmm.images import build
-from pyvmm.images.cache import ARTIFACTS, Cache
+from pyvmm.images import ARTIFACTS, build
+from pyvmm.images.cache import Cache
 from pyvmm.images.steps import Steps
 
 INPUTS = build.Inputs("default", {"flavour": "default", "linux-source": "6.1.192-2"})

@@ -170,14 +170,23 @@ def _hypercall_at_cpl0(kvm: Kvm, memory: GuestMemory, vcpu: Vcpu) -> None:
     _at_cpl0(memory, vcpu, hypercall, rax=_UNKNOWN_HYPERCALL)
 
 
+@functools.cache
 def _host_identity() -> str:
     """What the answers depend on: this boot of this kernel, and the KVM modules'
-    parameters (a reloaded or reconfigured module may behave differently)."""
-    parts = [Path("/proc/sys/kernel/random/boot_id").read_text().strip(), os.uname().release]
-    for module in sorted(Path("/sys/module").glob("kvm*")):
-        for parameter in sorted((module / "parameters").glob("*")):
+    parameters (a reloaded or reconfigured module may behave differently). Read with
+    plain os calls: this runs on every VM start, and pathlib's glob costs ms here."""
+    with open("/proc/sys/kernel/random/boot_id") as boot_id:
+        parts = [boot_id.read().strip(), os.uname().release]
+    for module in sorted(name for name in os.listdir("/sys/module") if name.startswith("kvm")):
+        directory = f"/sys/module/{module}/parameters"
+        try:
+            parameters = sorted(os.listdir(directory))
+        except OSError:
+            continue
+        for parameter in parameters:
             try:
-                parts.append(f"{module.name}.{parameter.name}={parameter.read_text().strip()}")
+                with open(f"{directory}/{parameter}") as value:
+                    parts.append(f"{module}.{parameter}={value.read().strip()}")
             except OSError:
                 continue
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
