@@ -1,9 +1,10 @@
 """The PC keyboard controller (Intel 8042 as in the IBM PC AT / PS/2 Technical Reference).
 
-Modelled for Linux's i8042 driver, atkbd and the reboot path: the status register,
-the controller's command set, a keyboard that answers the PS/2 keyboard commands, and
-an auxiliary (mouse) port with nothing plugged in. No keys are ever pressed: there is
-no host keyboard input, so the device only produces replies to what the guest sends.
+Modelled for Linux's i8042 driver, atkbd and the reboot path: the status register and
+the controller's command set, with the PS/2 keyboard of `pyvmm.devices.ps2_keyboard`
+attached and an auxiliary (mouse) port with nothing plugged in. No keys are ever
+pressed: there is no host keyboard input, so the device only produces replies to what
+the guest sends.
 
 Ports. The controller owns I/O 0x60 (data) and 0x64 (status / command) but not 0x61-0x63
 in between: 0x61 is the chipset's NMI status / speaker port, which KVM's in-kernel PIT
@@ -46,6 +47,7 @@ from collections import deque
 from typing import NamedTuple
 
 from pyvmm.bus import all_ones
+from pyvmm.devices.ps2_keyboard import KEYBOARD_BUFFER_SIZE, PS2Keyboard
 from pyvmm.outcome import ExitKind, GuestExit, InterruptLine, StopRequest
 
 logger = logging.getLogger(__name__)
@@ -57,7 +59,7 @@ KEYBOARD_IRQ = 1
 AUX_IRQ = 12
 
 CONTROLLER_RAM_SIZE = 32  # byte 0 is the configuration byte
-OUTPUT_QUEUE_LIMIT = 16  # bytes queued per source; a PS/2 keyboard buffers 16
+OUTPUT_QUEUE_LIMIT = KEYBOARD_BUFFER_SIZE  # the controller's own replies, bounded like the keyboard's
 
 
 class Status(enum.IntFlag):
@@ -133,51 +135,10 @@ _COMMANDS_WITH_DATA = frozenset(
 )
 
 
-class KeyboardCommand(enum.IntEnum):
-    """PS/2 keyboard commands (IBM PS/2 Technical Reference, "Keyboard and Auxiliary Device")."""
-
-    SET_LEDS = 0xED  # + argument
-    ECHO = 0xEE
-    SCAN_CODE_SET = 0xF0  # + argument: 0 reads the current set, 1-3 select one
-    IDENTIFY = 0xF2
-    SET_TYPEMATIC = 0xF3  # + argument
-    ENABLE = 0xF4
-    DISABLE = 0xF5  # default disable
-    SET_DEFAULTS = 0xF6
-    ALL_TYPEMATIC = 0xF7  # F7-FA: set-3 key types for all keys
-    ALL_MAKE_BREAK = 0xF8
-    ALL_MAKE = 0xF9
-    ALL_TYPEMATIC_MAKE_BREAK = 0xFA
-    KEY_TYPEMATIC = 0xFB  # FB-FD: set-3 key types, followed by a list of keys
-    KEY_MAKE_BREAK = 0xFC
-    KEY_MAKE = 0xFD
-    RESEND = 0xFE
-    RESET = 0xFF
-
-
-class KeyboardReply(enum.IntEnum):
-    ACK = 0xFA
-    SELF_TEST_PASSED = 0xAA  # after a reset (basic assurance test)
-    ECHO = 0xEE
-    RESEND = 0xFE
-
-
-KEYBOARD_ID = (0xAB, 0x83)  # MF2 keyboard
-DEFAULT_SCAN_CODE_SET = 2
-DEFAULT_TYPEMATIC = 0x2B  # 10.9 characters a second after 500 ms
-
 # The controller's set 2 → set 1 translation for the bytes this keyboard can send:
 # the second ID byte and the scan code set numbers (translated replies 0x41, 0x43, 0x3F).
 # ACK, resend, echo, the test results and 0xAB pass through unchanged.
 _TRANSLATED = {0x01: 0x43, 0x02: 0x41, 0x03: 0x3F, 0x83: 0x41}
-
-_KEYBOARD_COMMANDS = frozenset(int(command) for command in KeyboardCommand)
-_WITH_ARGUMENT = frozenset(
-    {KeyboardCommand.SET_LEDS, KeyboardCommand.SCAN_CODE_SET, KeyboardCommand.SET_TYPEMATIC}
-)
-_SET3_KEY_LISTS = frozenset(
-    {KeyboardCommand.KEY_TYPEMATIC, KeyboardCommand.KEY_MAKE_BREAK, KeyboardCommand.KEY_MAKE}
-)
 
 
 class _Byte(NamedTuple):
@@ -186,96 +147,6 @@ class _Byte(NamedTuple):
     value: int
     aux: bool = False
     timeout: bool = False
-
-
-class PS2Keyboard:
-    """A PS/2 MF2 keyboard that answers commands and has no keys pressed.
-
-    `receive()` takes a byte from the controller; replies queue in `output` for the
-    controller to collect.
-    """
-
-    def __init__(self) -> None:
-        self.output: deque[int] = deque()
-        self.scanning = True
-        self.scan_code_set = DEFAULT_SCAN_CODE_SET
-        self.leds = 0
-        self.typematic = DEFAULT_TYPEMATIC
-        self._awaiting: KeyboardCommand | None = None  # a command waiting for its argument
-        self._key_list = False  # after FB-FD, key bytes are acknowledged until a new command
-        self._last_sent = KeyboardReply.ACK.value
-
-    def receive(self, byte: int) -> None:
-        if self._awaiting is not None:
-            command, self._awaiting = self._awaiting, None
-            self._argument(command, byte)
-        elif byte in _KEYBOARD_COMMANDS:
-            self._key_list = False
-            self._command(KeyboardCommand(byte))
-        elif self._key_list:
-            self._send(KeyboardReply.ACK)
-        else:
-            self._send(KeyboardReply.RESEND)  # not a command
-
-    def _command(self, command: KeyboardCommand) -> None:
-        if command is KeyboardCommand.RESEND:
-            self._send(self._last_sent)
-            return
-        if command is KeyboardCommand.ECHO:
-            self._send(KeyboardReply.ECHO)
-            return
-        if command in (
-            KeyboardCommand.ENABLE,
-            KeyboardCommand.DISABLE,
-            KeyboardCommand.SET_DEFAULTS,
-            KeyboardCommand.RESET,
-        ):
-            self.output.clear()  # these discard what the keyboard had not sent yet
-        self._send(KeyboardReply.ACK)
-        if command in _WITH_ARGUMENT:
-            self._awaiting = command
-        elif command in _SET3_KEY_LISTS:
-            self._key_list = True
-        elif command is KeyboardCommand.IDENTIFY:
-            for byte in KEYBOARD_ID:
-                self._send(byte)
-        elif command is KeyboardCommand.ENABLE:
-            self.scanning = True
-        elif command is KeyboardCommand.DISABLE:
-            self._defaults()
-            self.scanning = False
-        elif command is KeyboardCommand.SET_DEFAULTS:
-            self._defaults()
-        elif command is KeyboardCommand.RESET:
-            self._defaults()
-            self.leds = 0
-            self._send(KeyboardReply.SELF_TEST_PASSED)
-
-    def _argument(self, command: KeyboardCommand, byte: int) -> None:
-        if command is KeyboardCommand.SET_LEDS:
-            self.leds = byte & 0x07
-        elif command is KeyboardCommand.SET_TYPEMATIC:
-            self.typematic = byte & 0x7F
-        elif command is KeyboardCommand.SCAN_CODE_SET:
-            if byte > 3:
-                self._send(KeyboardReply.RESEND)
-                return
-            if byte == 0:
-                self._send(KeyboardReply.ACK)
-                self._send(self.scan_code_set)
-                return
-            self.scan_code_set = byte
-        self._send(KeyboardReply.ACK)
-
-    def _defaults(self) -> None:
-        self.scanning = True
-        self.scan_code_set = DEFAULT_SCAN_CODE_SET
-        self.typematic = DEFAULT_TYPEMATIC
-
-    def _send(self, byte: int) -> None:
-        self._last_sent = int(byte)
-        if len(self.output) < OUTPUT_QUEUE_LIMIT:
-            self.output.append(int(byte))
 
 
 class I8042Port:

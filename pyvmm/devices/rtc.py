@@ -1,22 +1,23 @@
 """The PC real-time clock and CMOS RAM (Motorola MC146818A datasheet), at I/O 0x70-0x71.
 
-The guest writes a register index (bits 0-6) to port 0x70 and reads or writes the
-register at port 0x71. Bit 7 of the index write is the PC's NMI mask; it is kept in
+The register map and the BCD / 12-hour codecs are in `pyvmm.devices.rtc_registers`;
+this module is the device: the clock, the update cycle and the interrupts.
+
+Ports. Bit 7 of an index write (port 0x70) is the PC's NMI mask; it is kept in
 `nmi_masked` but gates nothing (KVM delivers NMIs on its own) and never takes part in
 addressing. Reads of port 0x70 return 0xFF: on the PC AT it is write only.
 
-Time. The clock registers (0x00-0x09, and the century at 0x32 as the ACPI FADT's
-CENTURY field names it) are computed on each read from the host clock (UTC) plus an
+Time. The clock registers are computed on each read from the host clock (UTC) plus an
 offset. Setting the clock changes only that offset, never the host's clock. Time is
 kept in integer nanoseconds so that setting the clock keeps the sub-second phase exactly.
 The clock stops while register B's SET bit is set or register A's divider is held in
 reset, as the hardware's update cycle does; the divider keeps its phase while SET is
 set, and leaving divider reset starts the first second half a second later (datasheet,
-"Divider Control"). Values the guest writes are stored in the current mode (BCD or
-binary, 12 or 24 hours); a date that does not exist is clamped to the nearest one that
-does. Changing the data mode re-encodes the clock registers, which the datasheet leaves
-undefined. The day of the week counts on from what the guest last wrote, as the chip's
-does. Daylight saving (DSE) and the square-wave output are not modelled.
+"Divider Control"). Values the guest writes are decoded in the current data mode, and a
+date that does not exist is clamped to the nearest one that does. Changing the data mode
+re-encodes the clock registers, which the datasheet leaves undefined. The day of the
+week counts on from what the guest last wrote, as the chip's does. Daylight saving (DSE)
+and the square-wave output are not modelled.
 
 Update-in-progress. The update is instantaneous here, so register A's UIP bit is set
 for the 244 µs (8 cycles of the 32.768 kHz time base) before each second boundary: a
@@ -45,14 +46,38 @@ with it held and must not call back into the device.
 
 from __future__ import annotations
 
-import calendar
-import datetime
-import enum
 import logging
 import threading
 import time
 from collections.abc import Callable
 
+from pyvmm.devices.rtc_registers import (
+    ALARM_DONT_CARE,
+    BASE_MEMORY_KIB,
+    CHECKSUM_END,
+    CHECKSUM_FIRST,
+    CLOCK_REGISTERS,
+    DIVIDER_RESET,
+    GIB,
+    INDEX_MASK,
+    INITIAL_A,
+    INITIAL_B,
+    INTERRUPT_ENABLES,
+    KIB,
+    MIB,
+    NMI_DISABLE,
+    REGISTER_D,
+    ClockFields,
+    Port,
+    Register,
+    RegisterA,
+    RegisterB,
+    RegisterC,
+    decode_field,
+    decode_hours,
+    encode_field,
+    encode_hours,
+)
 from pyvmm.errors import ConfigError
 from pyvmm.outcome import InterruptLine
 
@@ -69,160 +94,9 @@ MIN_TIMER_WAIT = 0.001
 MAX_TIMER_WAIT = 1.0
 
 
-class Port(enum.IntEnum):
-    """Offsets from RTC_PORT."""
-
-    INDEX = 0
-    DATA = 1
-
-
-INDEX_MASK = 0x7F
-NMI_DISABLE = 0x80  # bit 7 of an index write
-
-
-class Register(enum.IntEnum):
-    """Clock registers and the CMOS bytes this device gives a meaning."""
-
-    SECONDS = 0x00
-    SECONDS_ALARM = 0x01
-    MINUTES = 0x02
-    MINUTES_ALARM = 0x03
-    HOURS = 0x04
-    HOURS_ALARM = 0x05
-    DAY_OF_WEEK = 0x06
-    DAY_OF_MONTH = 0x07
-    MONTH = 0x08
-    YEAR = 0x09
-    A = 0x0A
-    B = 0x0B
-    C = 0x0C
-    D = 0x0D
-    BASE_MEMORY_LOW = 0x15  # KiB below 1 MiB
-    BASE_MEMORY_HIGH = 0x16
-    EXTENDED_MEMORY_LOW = 0x17  # KiB above 1 MiB, capped at 0xFFFF
-    EXTENDED_MEMORY_HIGH = 0x18
-    CHECKSUM_HIGH = 0x2E  # sum of bytes 0x10-0x2D
-    CHECKSUM_LOW = 0x2F
-    EXTENDED_MEMORY2_LOW = 0x30  # a copy of 0x17/0x18
-    EXTENDED_MEMORY2_HIGH = 0x31
-    CENTURY = 0x32
-    MEMORY_ABOVE_16M_LOW = 0x34  # 64 KiB units between 16 MiB and 4 GiB
-    MEMORY_ABOVE_16M_HIGH = 0x35
-    MEMORY_ABOVE_4G_LOW = 0x5B  # 64 KiB units above 4 GiB, 24 bits
-    MEMORY_ABOVE_4G_MID = 0x5C
-    MEMORY_ABOVE_4G_HIGH = 0x5D
-
-
-CHECKSUM_FIRST = 0x10
-CHECKSUM_END = 0x2E
-
-
-class RegisterA(enum.IntFlag):
-    UIP = 0x80  # update in progress, read only
-    DIVIDER_MASK = 0x70
-    RATE_MASK = 0x0F
-
-
-DIVIDER_32K = 0x20  # DV = 010: 32.768 kHz time base, running
-DIVIDER_RESET = 0x60  # DV = 11x holds the divider chain in reset
-INITIAL_A = DIVIDER_32K | 0x06  # 1024 Hz periodic rate, as a PC BIOS leaves it
-
-
-class RegisterB(enum.IntFlag):
-    SET = 0x80  # stop updates so the guest can set the clock
-    PIE = 0x40  # periodic interrupt enable
-    AIE = 0x20  # alarm interrupt enable
-    UIE = 0x10  # update-ended interrupt enable
-    SQWE = 0x08
-    BINARY = 0x04  # data mode: binary instead of BCD
-    HOURS_24 = 0x02
-    DSE = 0x01
-
-
-INITIAL_B = RegisterB.HOURS_24
-INTERRUPT_ENABLES = RegisterB.PIE | RegisterB.AIE | RegisterB.UIE
-
-
-class RegisterC(enum.IntFlag):
-    IRQF = 0x80
-    PF = 0x40  # periodic
-    AF = 0x20  # alarm
-    UF = 0x10  # update ended
-
-
-REGISTER_D = 0x80  # VRT: the battery is fine
-PM = 0x80  # bit 7 of an hours value in 12-hour mode
-ALARM_DONT_CARE = 0xC0  # an alarm byte with both top bits set matches any value
-
-BASE_MEMORY_KIB = 640
-KIB = 1024
-MIB = 1024 * KIB
-GIB = 1024 * MIB
-
-_UNIX_EPOCH_ORDINAL = datetime.date(1970, 1, 1).toordinal()
-_FIRST_DAY = 1 - _UNIX_EPOCH_ORDINAL  # days from 1970 to 0001-01-01 (negative)
-_LAST_DAY = datetime.date.max.toordinal() - _UNIX_EPOCH_ORDINAL
-
-_CLOCK_REGISTERS = frozenset(
-    {
-        Register.SECONDS,
-        Register.MINUTES,
-        Register.HOURS,
-        Register.DAY_OF_WEEK,
-        Register.DAY_OF_MONTH,
-        Register.MONTH,
-        Register.YEAR,
-        Register.CENTURY,
-    }
-)
-
-
 def _to_ns(seconds: float) -> int:
     whole = int(seconds // 1)
     return whole * NS + round((seconds - whole) * NS)
-
-
-def _encode(value: int, binary: bool) -> int:
-    return value & 0xFF if binary else ((value // 10 % 10) << 4) | (value % 10)
-
-
-def _decode(value: int, binary: bool) -> int:
-    # Invalid BCD digits decode to large numbers, which the clamping below absorbs.
-    return value if binary else (value >> 4) * 10 + (value & 0x0F)
-
-
-def _encode_hours(hours: int, binary: bool, hours_24: bool) -> int:
-    if hours_24:
-        return _encode(hours, binary)
-    return _encode(hours % 12 or 12, binary) | (PM if hours >= 12 else 0)
-
-
-def _decode_hours(value: int, binary: bool, hours_24: bool) -> int:
-    if hours_24:
-        return _decode(value, binary)
-    return _decode(value & ~PM, binary) % 12 + (12 if value & PM else 0)
-
-
-class _Fields:
-    """A UTC time broken down into the values the clock registers hold."""
-
-    def __init__(self, seconds: int) -> None:
-        days, in_day = divmod(seconds, 86400)
-        days = min(max(days, _FIRST_DAY), _LAST_DAY)
-        date = datetime.date.fromordinal(days + _UNIX_EPOCH_ORDINAL)
-        self.year, self.month, self.day = date.year, date.month, date.day
-        self.weekday = date.isoweekday() % 7 + 1  # Sunday is 1
-        self.hour, rest = divmod(in_day, 3600)
-        self.minute, self.second = divmod(rest, 60)
-
-    def seconds(self) -> int:
-        """Back to seconds since 1970, clamping each field to a valid value."""
-        year = min(max(self.year, 1), 9999)
-        month = min(max(self.month, 1), 12)
-        day = min(max(self.day, 1), calendar.monthrange(year, month)[1])
-        days = datetime.date(year, month, day).toordinal() - _UNIX_EPOCH_ORDINAL
-        hour, minute, second = min(self.hour, 23), min(self.minute, 59), min(self.second, 59)
-        return days * 86400 + hour * 3600 + minute * 60 + second
 
 
 class CmosRtc:
@@ -326,7 +200,7 @@ class CmosRtc:
             self._wake.notify_all()  # the next event may have moved
 
     def _read_register(self, index: int, now: int) -> int:
-        if index in _CLOCK_REGISTERS:
+        if index in CLOCK_REGISTERS:
             return self._read_clock(index, now)
         if index == Register.A:
             uip = self._running() and self._guest_ns(now) % NS >= NS - UIP_NS
@@ -341,7 +215,7 @@ class CmosRtc:
         return self._ram[index]
 
     def _write_register(self, index: int, value: int, now: int) -> None:
-        if index in _CLOCK_REGISTERS:
+        if index in CLOCK_REGISTERS:
             self._write_clock(index, value, now)
         elif index in (Register.A, Register.B):
             was_running = self._running()
@@ -385,10 +259,10 @@ class CmosRtc:
         return bool(b & RegisterB.BINARY), bool(b & RegisterB.HOURS_24)
 
     def _read_clock(self, index: int, now: int) -> int:
-        fields = _Fields(self._guest_ns(now) // NS)
+        fields = ClockFields(self._guest_ns(now) // NS)
         binary, hours_24 = self._mode()
         if index == Register.HOURS:
-            return _encode_hours(fields.hour, binary, hours_24)
+            return encode_hours(fields.hour, binary, hours_24)
         value = {
             Register.SECONDS: fields.second,
             Register.MINUTES: fields.minute,
@@ -398,19 +272,19 @@ class CmosRtc:
             Register.YEAR: fields.year % 100,
             Register.CENTURY: fields.year // 100,
         }[Register(index)]
-        return _encode(value, binary)
+        return encode_field(value, binary)
 
     def _write_clock(self, index: int, raw: int, now: int) -> None:
         guest = self._guest_ns(now)
-        fields = _Fields(guest // NS)
+        fields = ClockFields(guest // NS)
         binary, hours_24 = self._mode()
-        value = _decode(raw, binary)
+        value = decode_field(raw, binary)
         if index == Register.SECONDS:
             fields.second = value
         elif index == Register.MINUTES:
             fields.minute = value
         elif index == Register.HOURS:
-            fields.hour = _decode_hours(raw, binary, hours_24)
+            fields.hour = decode_hours(raw, binary, hours_24)
         elif index == Register.DAY_OF_WEEK:
             self._weekday_adjust = (value - fields.weekday) % 7
             return
@@ -424,7 +298,7 @@ class CmosRtc:
             fields.year = value * 100 + fields.year % 100
         weekday = (fields.weekday - 1 + self._weekday_adjust) % 7
         seconds = fields.seconds()
-        self._weekday_adjust = (weekday - (_Fields(seconds).weekday - 1)) % 7
+        self._weekday_adjust = (weekday - (ClockFields(seconds).weekday - 1)) % 7
         if self._frozen is not None:
             self._frozen = seconds
         else:
@@ -452,9 +326,9 @@ class CmosRtc:
         binary, hours_24 = self._mode()
         targets: list[int | None] = []
         for index, values in (
-            (Register.HOURS_ALARM, {_encode_hours(h, binary, hours_24): h for h in range(24)}),
-            (Register.MINUTES_ALARM, {_encode(m, binary): m for m in range(60)}),
-            (Register.SECONDS_ALARM, {_encode(s, binary): s for s in range(60)}),
+            (Register.HOURS_ALARM, {encode_hours(h, binary, hours_24): h for h in range(24)}),
+            (Register.MINUTES_ALARM, {encode_field(m, binary): m for m in range(60)}),
+            (Register.SECONDS_ALARM, {encode_field(s, binary): s for s in range(60)}),
         ):
             alarm = self._ram[index]
             if alarm & ALARM_DONT_CARE == ALARM_DONT_CARE:
@@ -473,7 +347,7 @@ class CmosRtc:
         hour, minute, second = targets
         seconds = after + 1
         for _ in range(8):  # each step fixes one field, coarsest first
-            fields = _Fields(seconds)
+            fields = ClockFields(seconds)
             into_hour = fields.minute * 60 + fields.second
             if hour is not None and fields.hour != hour:
                 seconds += (hour - fields.hour) % 24 * 3600 - into_hour

@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pyvmm.devices import I8042
-from pyvmm.devices.i8042 import Command, Config, KeyboardCommand, OutputPort, Status
+from pyvmm.devices.i8042 import Command, Config, OutputPort, Status
+from pyvmm.devices.ps2_keyboard import KeyboardCommand
 from pyvmm.outcome import ExitKind
 
 ACK = 0xFA
@@ -138,31 +139,6 @@ def test_keyboard_identify_untranslated_and_translated() -> None:
     assert c.drain() == [ACK, 0xAB, 0x41]  # the controller translates 0x83 like the F7 key
 
 
-def test_keyboard_reset_and_simple_commands() -> None:
-    c = Controller()
-    keyboard = c.device.keyboard
-    c.send(KeyboardCommand.RESET)
-    assert c.drain() == [ACK, 0xAA]
-    c.send(KeyboardCommand.DISABLE)
-    assert c.drain() == [ACK]
-    assert not keyboard.scanning
-    c.send(KeyboardCommand.ENABLE)
-    assert c.drain() == [ACK]
-    assert keyboard.scanning
-    c.send(KeyboardCommand.SET_LEDS)
-    assert c.drain() == [ACK]
-    c.send(0x07)
-    assert c.drain() == [ACK]
-    assert keyboard.leds == 7
-    c.send(KeyboardCommand.SET_TYPEMATIC)
-    c.send(0x20)
-    assert c.drain() == [ACK, ACK]
-    assert keyboard.typematic == 0x20
-    c.send(KeyboardCommand.SET_DEFAULTS)
-    assert c.drain() == [ACK]
-    assert keyboard.typematic == 0x2B
-
-
 def test_keyboard_scan_code_set() -> None:
     c = Controller()
     c.set_config(Config.KBD_INT)
@@ -179,20 +155,6 @@ def test_keyboard_scan_code_set() -> None:
     for byte in (KeyboardCommand.SCAN_CODE_SET, 9):
         c.send(byte)
     assert c.drain() == [ACK, 0xFE]
-
-
-def test_keyboard_unknown_resend_and_echo() -> None:
-    c = Controller()
-    c.send(0xF1)  # not a keyboard command
-    c.send(0x12)  # nor is a plain byte
-    assert c.drain() == [0xFE, 0xFE]
-    c.send(KeyboardCommand.ECHO)
-    c.send(KeyboardCommand.RESEND)
-    assert c.drain() == [0xEE, 0xEE]
-    c.send(KeyboardCommand.KEY_MAKE)  # set 3: a list of keys follows, each acknowledged
-    c.send(0x1C)
-    c.send(0x32)
-    assert c.drain() == [ACK, ACK, ACK]
 
 
 def test_each_byte_is_a_new_interrupt_edge() -> None:

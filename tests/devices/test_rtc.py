@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pyvmm.devices import CmosRtc
-from pyvmm.devices.rtc import Port, Register, RegisterA, RegisterB, RegisterC
+from pyvmm.devices.rtc_registers import CLOCK_REGISTERS, Port, Register, RegisterA, RegisterB, RegisterC
 from pyvmm.errors import ConfigError
 
 # Thursday 29 February 2024, 13:45:07.25 UTC
@@ -54,17 +54,8 @@ class Rtc:
         self.device.write(Port.DATA, 1, value)
 
     def clock_registers(self) -> list[int]:
-        registers = (
-            Register.SECONDS,
-            Register.MINUTES,
-            Register.HOURS,
-            Register.DAY_OF_WEEK,
-            Register.DAY_OF_MONTH,
-            Register.MONTH,
-            Register.YEAR,
-            Register.CENTURY,
-        )
-        return [self.get(index) for index in registers]
+        """Seconds, minutes, hours, day of week, day, month, year, century: in index order."""
+        return [self.get(index) for index in sorted(CLOCK_REGISTERS)]
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ those fields. What it does describe:
 - RESET_REG / RESET_VALUE (flag RESET_REG_SUP): the reset register of the same device.
 - X_DSDT (and DSDT, as the table sits below 4 GiB).
 - IAPC_BOOT_ARCH: an 8042 and a CMOS RTC are present, VGA is not.
-- CENTURY: the CMOS RAM index of the century byte (0x32, `pyvmm.devices.rtc`); OSPM
+- CENTURY: the CMOS RAM index of the century byte (0x32, `pyvmm.devices.rtc_registers`); OSPM
   may ignore it on a hardware-reduced platform, but Linux reads it all the same.
 - SCI_INT: OSPM ignores it on a hardware-reduced platform; it is set to the PC's SCI
   line, IRQ 9, rather than 0, because Linux treats an interrupt source override whose
