@@ -11,6 +11,12 @@ from typing import Protocol
 from pyvmm.arch.x86.registers import Cr0, Efer, Rflags
 from pyvmm.kvm import x86
 
+# Plain ints for the mode test, which runs several times per emulated instruction:
+# `int & IntFlag` goes through the enum machinery.
+_CR0_PE = int(Cr0.PE)
+_EFER_LMA = int(Efer.LMA)
+_RFLAGS_VM = int(Rflags.VM)
+
 # kvm_regs fields by register number as encoded in instructions (SDM Vol. 2A §2.1.5).
 GPR_NAMES = (
     "rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
@@ -95,13 +101,13 @@ class CpuState:
     @property
     def mode(self) -> CpuMode:
         sregs = self.sregs
-        if not sregs.cr0 & Cr0.PE:
+        if not sregs.cr0 & _CR0_PE:
             return CpuMode.REAL
-        if sregs.efer & Efer.LMA:
+        if sregs.efer & _EFER_LMA:
             if sregs.cs.l:
                 return CpuMode.LONG64
             return CpuMode.COMPAT32 if sregs.cs.db else CpuMode.COMPAT16
-        if self.rflags & Rflags.VM:
+        if self.regs.rflags & _RFLAGS_VM:
             return CpuMode.VM86
         return CpuMode.PROTECTED32 if sregs.cs.db else CpuMode.PROTECTED16
 

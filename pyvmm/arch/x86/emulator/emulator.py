@@ -10,6 +10,7 @@ before they write). Instructions not covered raise `UnsupportedInstruction`.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 
@@ -62,11 +63,19 @@ REPAIRED_SYSCALL = "syscall-repaired"  # what `emulate` returns for a lost_sysca
 _formatter = Formatter(FormatterSyntax.INTEL)
 
 
-def mnemonic_name(mnemonic: int) -> str:
+@functools.cache
+def _mnemonic_names() -> dict[int, str]:
+    """iced's Mnemonic constants by value, built once: a scan of its ~1,600 names on
+    every emulated instruction used to cost more than the emulation itself."""
+    names: dict[int, str] = {}
     for name in dir(Mnemonic):
-        if not name.startswith("_") and getattr(Mnemonic, name) == mnemonic:
-            return name.lower()
-    return str(mnemonic)
+        if not name.startswith("_"):
+            names.setdefault(getattr(Mnemonic, name), name.lower())
+    return names
+
+
+def mnemonic_name(mnemonic: int) -> str:
+    return _mnemonic_names().get(mnemonic, str(mnemonic))
 
 
 class Emulator:
