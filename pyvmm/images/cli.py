@@ -42,12 +42,10 @@ def add_images_command(commands: Any) -> None:
     path.set_defaults(handler=_run_images_command)
 
     listing = sub.add_parser("list", help="show what the cache holds")
-
-
     listing.set_defaults(handler=_run_images_command)
 
 
 def _run_images_command(args: argparse.Namespace) -> int:
-    from pyvmm.images import commands
+    from pyvmm.images import commands  # loaded here: see the module docstring
 
     return commands.run(args)
