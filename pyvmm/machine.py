@@ -55,6 +55,9 @@ from pyvmm.vcpu import InstructionEmulator, VcpuRunner
 log = logging.getLogger(__name__)
 
 _JOIN_SECONDS = 5.0
+# Vector instructions the emulator runs on after one KVM could not (Emulator.run_ahead):
+# bounds how long a pending interrupt waits for the guest to be re-entered.
+_EMULATOR_RUN_AHEAD = 64
 
 
 def _disassemble(code: bytes, rip: int, bitness: int) -> str:
@@ -68,7 +71,7 @@ def _emulator(
 ) -> InstructionEmulator:
     from pyvmm.arch.x86.emulator import Emulator  # loads at a vCPU's first emulation failure
 
-    return Emulator(vcpu, memory, mmio=mmio, read_msrs=read_msrs)
+    return Emulator(vcpu, memory, mmio=mmio, read_msrs=read_msrs, run_ahead=_EMULATOR_RUN_AHEAD)
 
 
 class KvmIrqLine:

@@ -53,7 +53,7 @@ Disassembler = Callable[[bytes, int, int], str]
 class InstructionEmulator(Protocol):
     """Emulates the instruction at RIP that KVM could not (pyvmm.arch.x86.emulator)."""
 
-    def emulate(self, insn_bytes: bytes | None = None) -> str: ...
+    def emulate(self, insn_bytes: bytes | None = None) -> list[str]: ...
 
 
 def _thread_user_seconds_outside_guest() -> float:
@@ -275,11 +275,13 @@ class VcpuRunner:
         if flags & KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES and 0 < size <= 15:
             code = bytes(insn[:size])
         try:
-            mnemonic = self.emulator.emulate(code)
+            mnemonics = self.emulator.emulate(code)
         except VmmError as exc:
             self.emulation_failure = str(exc)
             return False
-        self.counters.emulated[mnemonic] += 1
+        emulated = self.counters.emulated
+        for mnemonic in mnemonics:
+            emulated[mnemonic] += 1
         return True
 
     def _where(self) -> str:

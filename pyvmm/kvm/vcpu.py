@@ -36,6 +36,8 @@ class Vcpu(FileDescriptor):
         self.id = vcpu_id
         self.run_mapping = mmap.mmap(fd, vm.kvm.vcpu_mmap_size(), mmap.MAP_SHARED)
         self.run_state = uapi.kvm_run.from_buffer(self.run_mapping)
+        # The XSAVE area's structure, sized once by KVM_CAP_XSAVE2 (kvm_xsave without it).
+        self._xsave_type: type[ctypes.Structure] | None = None
 
     def run(self) -> int:
         """KVM_RUN once; the exit reason, or `ExitReason.INTR` when a signal cut it short."""
@@ -122,10 +124,12 @@ class Vcpu(FileDescriptor):
 
     def get_xsave(self) -> ctypes.Structure:
         """The vCPU's XSAVE area; KVM_GET_XSAVE2 with the size KVM_CAP_XSAVE2 reports."""
-        size = self.vm.check_extension(Cap.XSAVE2)
-        if size:
-            return self._get("KVM_GET_XSAVE2", ioctls.KVM_GET_XSAVE2, x86.xsave_with(size)())
-        return self._get("KVM_GET_XSAVE", ioctls.KVM_GET_XSAVE, x86.kvm_xsave())
+        if self._xsave_type is None:
+            size = self.vm.check_extension(Cap.XSAVE2)
+            self._xsave_type = x86.xsave_with(size) if size else x86.kvm_xsave
+        if self._xsave_type is x86.kvm_xsave:
+            return self._get("KVM_GET_XSAVE", ioctls.KVM_GET_XSAVE, x86.kvm_xsave())
+        return self._get("KVM_GET_XSAVE2", ioctls.KVM_GET_XSAVE2, self._xsave_type())
 
     def set_xsave(self, area: ctypes.Structure) -> None:
         self._set("KVM_SET_XSAVE", ioctls.KVM_SET_XSAVE, area)

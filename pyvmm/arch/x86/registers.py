@@ -1,13 +1,17 @@
 """Control-register, EFER and RFLAGS bits, named once for the entry setup and the
 emulator (Intel SDM Vol. 3A
-§2.5 control registers, §2.2.1 IA32_EFER, Vol. 1 §3.4.3 EFLAGS)."""
+§2.5 control registers, §2.2.1 IA32_EFER, Vol. 1 §3.4.3 EFLAGS).
+
+They are `IntEnum`s, not `IntFlag`s: the emulator tests them several times per
+instruction, and `IntFlag` arithmetic goes through the enum machinery on every `&`
+and `|` (about a microsecond each), where an `IntEnum` member is a plain int to them."""
 
 from __future__ import annotations
 
 import enum
 
 
-class Cr0(enum.IntFlag):
+class Cr0(enum.IntEnum):
     PE = 1 << 0
     MP = 1 << 1
     EM = 1 << 2
@@ -19,7 +23,7 @@ class Cr0(enum.IntFlag):
     PG = 1 << 31
 
 
-class Cr4(enum.IntFlag):
+class Cr4(enum.IntEnum):
     VME = 1 << 0
     PSE = 1 << 4
     PAE = 1 << 5
@@ -33,14 +37,14 @@ class Cr4(enum.IntFlag):
     PKS = 1 << 24
 
 
-class Efer(enum.IntFlag):
+class Efer(enum.IntEnum):
     SCE = 1 << 0
     LME = 1 << 8
     LMA = 1 << 10
     NXE = 1 << 11
 
 
-class Rflags(enum.IntFlag):
+class Rflags(enum.IntEnum):
     CF = 1 << 0
     FIXED = 1 << 1
     PF = 1 << 2

@@ -1,8 +1,9 @@
 """User-space emulation of the instructions KVM hands back with
 KVM_EXIT_INTERNAL_ERROR / KVM_INTERNAL_ERROR_EMULATION.
 
-`Emulator(vcpu, memory).emulate(insn_bytes)` emulates the instruction at RIP and
-returns its mnemonic; the guest can then be re-entered. Layers, bottom up:
+`Emulator(vcpu, memory).emulate(insn_bytes)` emulates the instruction at RIP (and,
+with `run_ahead`, the vector instructions after a vector one) and returns their
+mnemonics; the guest can then be re-entered. Layers, bottom up:
 `registers` (bit names), `cpu_state` (the snapshot), `pagewalk` (SDM Vol. 3A ch. 4),
 `segmentation`, `mmu` (linear accesses split per page), `fetch` (bytes + iced-x86
 decoding), `context` (operands), `faults` (guest exceptions and their delivery), and

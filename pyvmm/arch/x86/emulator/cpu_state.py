@@ -11,8 +11,8 @@ from typing import Protocol
 from pyvmm.arch.x86.registers import Cr0, Efer, Rflags
 from pyvmm.kvm import x86
 
-# Plain ints for the mode test, which runs several times per emulated instruction:
-# `int & IntFlag` goes through the enum machinery.
+# Plain ints for the mode test, which runs several times per emulated instruction (an
+# enum member's attribute lookup costs more than the `&`).
 _CR0_PE = int(Cr0.PE)
 _EFER_LMA = int(Efer.LMA)
 _RFLAGS_VM = int(Rflags.VM)
@@ -156,6 +156,21 @@ class CpuState:
             if table.xcrs[index].xcr == XCR_XCR0:
                 return int(table.xcrs[index].value)
         return 1
+
+    # --- undoing one instruction ----------------------------------------------------------------
+
+    def checkpoint(self) -> tuple[bytes, bytes | None]:
+        """The general registers and the XSAVE area as they are now: what the vector
+        instructions the emulator runs ahead can change (they leave the segment and
+        control registers and XCR0 alone)."""
+        area = self._xsave_area
+        return bytes(self.regs), bytes(area) if area is not None else None
+
+    def restore(self, checkpoint: tuple[bytes, bytes | None]) -> None:
+        regs, area = checkpoint
+        ctypes.memmove(ctypes.addressof(self.regs), regs, len(regs))
+        if self._xsave_area is not None:
+            self._xsave_area[:] = area if area is not None else self._xsave_before
 
     # --- writing back -----------------------------------------------------------------------
 

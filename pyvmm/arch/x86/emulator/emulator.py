@@ -55,9 +55,13 @@ HANDLERS: dict[int, Handler] = {
     **xsave.HANDLERS,
 }
 
+# Vector instructions, which the emulator may run ahead (`Emulator._run_ahead`).
+RUN_AHEAD = frozenset({*sse_moves.HANDLERS, *vector_integer.HANDLERS})
+
 # Instructions iced marks as "CPL 0 only" that raise #UD rather than #GP(0) at CPL > 0.
 _UD_AT_CPL3 = {Mnemonic.CLAC, Mnemonic.STAC}
 DR6_BS = 1 << 14  # single-step (SDM Vol. 3A §18.2.3)
+DR7_ENABLE_BITS = 0xFF  # L0, G0 ... L3, G3 (SDM Vol. 3A §18.2.4)
 REPAIRED_SYSCALL = "syscall-repaired"  # what `emulate` returns for a lost_syscall repair
 
 _formatter = Formatter(FormatterSyntax.INTEL)
@@ -88,6 +92,8 @@ class Emulator:
     `read_msrs` (KVM_GET_MSRS), where given, makes the emulator first check each exit
     for a SYSCALL the host lost at CPL 3 and repair it (see `lost_syscall`); pass it
     only on hosts where `host_probe.syscall_reaches_cpl0()` is False.
+    `run_ahead`: after a vector instruction, how many of the vector instructions that
+    follow it to emulate before the guest goes on (see `_run_ahead`).
     """
 
     def __init__(
@@ -100,12 +106,14 @@ class Emulator:
         mmio: MmioAccess | None = None,
         exception_payload: bool = False,
         read_msrs: Callable[[list[int]], dict[int, int]] | None = None,
+        run_ahead: int = 0,
     ) -> None:
         self.vcpu = vcpu
         self.memory = memory
         self.mmio = mmio
         self.exception_payload = exception_payload
         self.read_msrs = read_msrs
+        self.run_ahead = run_ahead
         self._layout = xsave_layout
         self._maxphyaddr = maxphyaddr
         self.last_fault: InjectFault | None = None
@@ -136,8 +144,10 @@ class Emulator:
 
     # --- one instruction -----------------------------------------------------------------------
 
-    def emulate(self, insn_bytes: bytes | None = None) -> str:
-        """Emulate the instruction at the vCPU's RIP; returns its mnemonic.
+    def emulate(self, insn_bytes: bytes | None = None) -> list[str]:
+        """Emulate the instruction at the vCPU's RIP; returns the mnemonics of what was
+        emulated: that instruction, and the vector instructions run ahead after it
+        (`run_ahead`).
 
         `insn_bytes` are the bytes KVM reported with the exit (kvm_run.emulation_failure,
         when flag KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES is set); without
@@ -150,7 +160,7 @@ class Emulator:
         self.last_fault = None
         code, instruction = b"", None
         if self.read_msrs is not None and lost_syscall.repair(state, mmu, self.read_msrs):
-            return REPAIRED_SYSCALL
+            return [REPAIRED_SYSCALL]
         try:
             if state.mode is CpuMode.VM86:
                 raise NotCovered("virtual-8086 mode")
@@ -161,17 +171,54 @@ class Emulator:
             raise self._unsupported(state, code or insn_bytes or b"", instruction, str(exc)) from None
         except InjectFault as fault:
             self._deliver(fault)
-            return self._name(instruction)
+            return [self._name(instruction)]
         trap = ctx.pending
         tf = state.rflags & Rflags.TF
-        state.rip = instruction.next_ip & ((1 << state.bitness) - 1)
-        state.rflags &= ~Rflags.RF  # cleared once an instruction completes (SDM Vol. 3A §18.3.1.1)
+        self._retire(state, instruction)
+        names = [self._name(instruction)]
+        if trap is None and not tf and instruction.mnemonic in RUN_AHEAD and not self._breakpoints_armed():
+            names += self._run_ahead(state, mmu)
         state.write_back()
         if trap is not None:
             self._deliver(trap)
         elif tf:
             self._single_step()
-        return self._name(instruction)
+        return names
+
+    def _run_ahead(self, state: CpuState, mmu: Mmu) -> list[str]:
+        """Emulate the vector instructions that follow one KVM could not run, up to
+        `run_ahead` of them: a host that cannot run one in this mode fails on the next
+        too, and each failure costs an exit and a round of state ioctls. Stops before
+        anything else: an instruction that is not a vector one, not covered, faults,
+        traps, or cannot be fetched is left to the guest (and comes back here if KVM
+        fails on it), with the state as before it."""
+        names: list[str] = []
+        for _ in range(self.run_ahead):
+            checkpoint = state.checkpoint()
+            try:
+                _, instruction = fetch_and_decode(state, mmu, None)
+                if instruction.mnemonic not in RUN_AHEAD:
+                    break
+                ctx = Context(state, mmu, instruction, self.xsave_layout)
+                self._execute(ctx)
+            except (NotCovered, InjectFault):
+                state.restore(checkpoint)
+                break
+            if ctx.pending is not None:
+                state.restore(checkpoint)
+                break
+            self._retire(state, instruction)
+            names.append(self._name(instruction))
+        return names
+
+    def _breakpoints_armed(self) -> bool:
+        """DR7 enables a breakpoint: the instructions run ahead would not check them."""
+        return bool(self.run_ahead and self.vcpu.get_debugregs().dr7 & DR7_ENABLE_BITS)
+
+    @staticmethod
+    def _retire(state: CpuState, instruction: Instruction) -> None:
+        state.rip = instruction.next_ip & ((1 << state.bitness) - 1)
+        state.rflags &= ~Rflags.RF  # cleared once an instruction completes (SDM Vol. 3A §18.3.1.1)
 
     def _execute(self, ctx: Context) -> None:
         insn = ctx.insn

@@ -3,6 +3,11 @@ checked) before any byte is touched, so an access that straddles a page boundary
 either faults on its first bad page with nothing written or reaches every page
 (Intel SDM Vol. 3A §4.10.2.3 leaves the order open; this is one allowed order).
 Ranges that are not RAM go to an optional MMIO handler, in naturally sized pieces.
+
+An `Mmu` lives for one emulation (an instruction and those run ahead after it) and
+keeps the translations it walked, as the processor's TLB does (SDM Vol. 3A §4.10.2):
+per 4 KiB page, access kind and privilege, dropped when a register the walk depends
+on changes.
 """
 
 from __future__ import annotations
@@ -20,8 +25,11 @@ from pyvmm.arch.x86.emulator.pagewalk import (
     set_accessed_dirty,
     walk,
 )
-from pyvmm.arch.x86.registers import Efer
+from pyvmm.arch.x86.registers import Efer, Rflags
 from pyvmm.memory import GuestMemory
+
+_EFER_LMA = int(Efer.LMA)  # plain ints: tested on every access
+_RFLAGS_AC = int(Rflags.AC)  # SMAP: supervisor access rights depend on it
 
 
 class MmioAccess(Protocol):
@@ -101,6 +109,9 @@ class Mmu:
         self.memory = memory
         self.maxphyaddr = maxphyaddr
         self.mmio = mmio
+        # (linear page, kind, user) -> physical page, valid for `_tlb_registers`.
+        self._tlb: dict[tuple[int, AccessKind, bool], int] = {}
+        self._tlb_registers: tuple[int, ...] = ()
 
     def paging_context(self) -> PagingContext:
         sregs = self.state.sregs
@@ -117,21 +128,33 @@ class Mmu:
     def span(self, linear: int, size: int, kind: AccessKind, *, user: bool | None = None) -> Span:
         """Translate `size` bytes at `linear` for `kind`, every page before any byte is
         accessed. `user` defaults to CPL == 3 (an explicit access)."""
-        context = self.paging_context()
-        access = Access(kind, self.state.cpl == 3 if user is None else user)
-        wrap = MASK64 if context.efer & Efer.LMA else 0xFFFF_FFFF
-        translations = []
+        state = self.state
+        sregs = state.sregs
+        cpl = state.cpl
+        registers = (sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer, cpl, state.rflags & _RFLAGS_AC)
+        if registers != self._tlb_registers:
+            self._tlb.clear()
+            self._tlb_registers = registers
+        user = cpl == 3 if user is None else user
+        wrap = MASK64 if sregs.efer & _EFER_LMA else 0xFFFF_FFFF
+        pieces = []
         address, remaining = linear & wrap, size
         while remaining:
-            length = min(remaining, PAGE_SIZE - (address & (PAGE_SIZE - 1)))
-            translation = walk(context, self.memory, address, access)
-            # Flags are set page by page, as a walk would: a fault on the second page
-            # leaves the first one accessed (observed on hardware).
-            set_accessed_dirty(self.memory, translation, write=kind is AccessKind.WRITE)
-            translations.append((translation, length))
+            offset = address & (PAGE_SIZE - 1)
+            length = min(remaining, PAGE_SIZE - offset)
+            page = address - offset
+            physical_page = self._tlb.get((page, kind, user))
+            if physical_page is None:
+                translation = walk(self.paging_context(), self.memory, address, Access(kind, user))
+                # Flags are set page by page, as a walk would: a fault on the second page
+                # leaves the first one accessed (observed on hardware).
+                set_accessed_dirty(self.memory, translation, write=kind is AccessKind.WRITE)
+                physical_page = translation.physical - offset
+                self._tlb[(page, kind, user)] = physical_page
+            pieces.append((physical_page + offset, length))
             address = (address + length) & wrap
             remaining -= length
-        return Span(self.memory, self.mmio, [(t.physical, length) for t, length in translations])
+        return Span(self.memory, self.mmio, pieces)
 
     def read(self, linear: int, size: int, *, user: bool | None = None) -> bytes:
         return self.span(linear, size, AccessKind.READ, user=user).read()

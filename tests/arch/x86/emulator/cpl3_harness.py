@@ -273,12 +273,15 @@ class Cpl3Machine:
         events.flags = 0
         self.vcpu.set_vcpu_events(events)
 
-    def run(self, case: Case, *, emulate: bool, fetch: bool = False) -> Outcome:
+    def run(self, case: Case, *, emulate: bool, fetch: bool = False, run_ahead: int = 0) -> Outcome:
         """Run `case` natively (emulate=False) or through the emulator; `fetch` makes
-        the emulator fetch the instruction from guest memory instead of being given it."""
+        the emulator fetch the instruction from guest memory instead of being given it;
+        `run_ahead` is the emulator's (what it emulated is left in `emulated`)."""
         self.prepare(case)
+        self.emulated: list[str] = []
         if emulate:
-            Emulator(self.vcpu, self.memory).emulate(None if fetch else case.code)
+            emulator = Emulator(self.vcpu, self.memory, run_ahead=run_ahead)
+            self.emulated = emulator.emulate(None if fetch else case.code)
         reason = self.vcpu.run()
         regs = self.vcpu.get_regs()
         if reason != ExitReason.IO or self.vcpu.run_state.io.port != EXCEPTION_PORT:

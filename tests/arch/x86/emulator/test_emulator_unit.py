@@ -48,7 +48,7 @@ def gate(memory: GuestMemory, vector: int, dpl: int, present: int = 1) -> None:
     memory.write(IDT + 16 * vector, struct.pack("<QQ", low, 0))
 
 
-def emulate(vcpu: FakeVcpu, memory: GuestMemory, code: str, *, at: int = CODE, **regs: int) -> str:
+def emulate(vcpu: FakeVcpu, memory: GuestMemory, code: str, *, at: int = CODE, **regs: int) -> list[str]:
     insn = bytes.fromhex(code.replace(" ", ""))
     memory.write(at, insn)
     vcpu.regs.rip = at
@@ -67,7 +67,7 @@ def injected(vcpu: FakeVcpu) -> tuple[int, int | None]:
 def test_cmpxchg_flags_are_those_of_cmp(memory: GuestMemory, accumulator: int, current: int) -> None:
     vcpu = long_mode_vcpu(memory)
     memory.write_u8(DATA, current)
-    assert emulate(vcpu, memory, "0f b0 0b", rbx=DATA, rax=accumulator, rcx=0x42) == "cmpxchg"
+    assert emulate(vcpu, memory, "0f b0 0b", rbx=DATA, rax=accumulator, rcx=0x42) == ["cmpxchg"]
     _, status = sub(accumulator, current, 1)
     assert vcpu.regs.rflags & STATUS == status
     assert memory.read_u8(DATA) == (0x42 if accumulator == current else current)
@@ -94,7 +94,7 @@ def test_popcnt_clears_flags_and_sets_zf_for_zero(memory: GuestMemory) -> None:
 def test_int3_is_a_trap_delivered_after_rip(memory: GuestMemory) -> None:
     vcpu = long_mode_vcpu(memory)
     gate(memory, 3, dpl=3)
-    assert emulate(vcpu, memory, "cc") == "int3"
+    assert emulate(vcpu, memory, "cc") == ["int3"]
     assert injected(vcpu) == (3, None)
     assert vcpu.regs.rip == CODE + 1 and not vcpu.regs.rflags & RF
 
@@ -285,3 +285,29 @@ def test_compacted_offsets_follow_cpuid_alignment() -> None:
     assert layout.compacted_offsets(0b10_0010_0100) == {2: 576, 5: 832, 9: 896}
     assert layout.compacted_offsets(0b10_0010_0000) == {5: 576, 9: 640}
     assert layout.standard_size(0b111) == 832
+
+
+PADDD_TWICE = "66 0f fe c1 66 0f fe c1"  # paddd xmm0,xmm1 (twice)
+
+
+def test_run_ahead_writes_the_state_back_once(memory: GuestMemory) -> None:
+    vcpu = long_mode_vcpu(memory)
+    memory.write(CODE, bytes.fromhex(PADDD_TWICE))
+    vcpu.regs.rip = CODE
+    emulator = Emulator(vcpu, memory, xsave_layout=XsaveLayout.typical(), run_ahead=8)
+    assert emulator.emulate(None) == ["paddd", "paddd"]
+    assert vcpu.regs.rip == CODE + 8
+    assert vcpu.sets == {"regs": 1, "xsave": 1}
+
+
+def test_no_run_ahead_while_dr7_enables_a_breakpoint(memory: GuestMemory) -> None:
+    """An instruction breakpoint on the second instruction must still fire: only the
+    instruction KVM failed on is emulated."""
+    vcpu = long_mode_vcpu(memory)
+    memory.write(CODE, bytes.fromhex(PADDD_TWICE))
+    vcpu.regs.rip = CODE
+    vcpu.debugregs.db[0] = CODE + 4
+    vcpu.debugregs.dr7 = 0x2  # G0
+    emulator = Emulator(vcpu, memory, xsave_layout=XsaveLayout.typical(), run_ahead=8)
+    assert emulator.emulate(None) == ["paddd"]
+    assert vcpu.regs.rip == CODE + 4
