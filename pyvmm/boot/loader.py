@@ -11,11 +11,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pyvmm.boot.bzimage import load_bzimage
 from pyvmm.boot.elf import ElfClass, elf_class, is_elf
-from pyvmm.boot.elf64 import load_elf64
 from pyvmm.boot.entry import BootImages, EntryPoint
-from pyvmm.boot.flat import load_flat
 from pyvmm.boot.multiboot import find_header, load_multiboot
 from pyvmm.boot.setup_header import is_bzimage
 from pyvmm.errors import ImageError
@@ -44,17 +41,25 @@ def load(memory: GuestMemory, images: BootImages) -> EntryPoint:
         raise ImageError(f"{name}: kernel file is empty")
     initrd = read_image(images.initrd, "initrd") if images.initrd is not None else None
 
+    # The loaders of the other formats (and the decompressors) load with their format:
+    # they are a large part of the start-up of a small guest.
     if is_bzimage(kernel):
+        from pyvmm.boot.bzimage import load_bzimage
+
         entry = load_bzimage(memory, kernel, images, initrd)
     elif (header := find_header(kernel, name)) is not None:
         entry = load_multiboot(memory, kernel, images, initrd, header)
     elif is_elf(kernel) and elf_class(kernel) == ElfClass.ELF32:
         raise ImageError(f"{name}: 32-bit ELF without a Multiboot header is not bootable")
     elif is_elf(kernel):
+        from pyvmm.boot.elf64 import load_elf64
+
         entry = load_elf64(memory, kernel, images, initrd)  # refuses all but x86-64 ELF64
     elif initrd is not None:
         raise ImageError(f"{name}: a flat binary takes no initrd (got --initrd {images.initrd})")
     else:
+        from pyvmm.boot.flat import load_flat
+
         entry = load_flat(memory, kernel, name)
     for start, end, what in entry.loaded:
         log.debug("loaded %s at [%#x, %#x)", what, start, end)

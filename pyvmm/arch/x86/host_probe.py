@@ -22,12 +22,10 @@ release and KVM module parameters. `PYVMM_NO_PROBE_CACHE=1` ignores the file.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import signal
 import struct
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -189,7 +187,7 @@ def _host_identity() -> str:
                     parts.append(f"{module}.{parameter}={value.read().strip()}")
             except OSError:
                 continue
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+    return "\n".join(parts)  # kept as it is: hashing it would load OpenSSL on every start
 
 
 def _cache_file() -> Path:
@@ -214,6 +212,8 @@ def _remembered(name: str, probe: Callable[[], bool]) -> bool:
     if isinstance(answers.get(name), bool):
         return bool(answers[name])
     answer = probe()
+    import tempfile  # only when a probe ran: most starts read the file
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as file:
