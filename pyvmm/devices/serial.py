@@ -51,7 +51,10 @@ class Register(enum.IntEnum):
     DLM = 1  # divisor latch, high byte (DLAB = 1)
 
 
-class Ier(enum.IntFlag):
+# The register bits are IntEnums, not IntFlags: they are tested on every guest access
+# (twice per character sent), and IntFlag arithmetic costs about a microsecond an
+# operation where an IntEnum member is a plain int to `&` and `|`.
+class Ier(enum.IntEnum):
     """Interrupt enable register."""
 
     ERBFI = 0x01  # received data available (and character timeout)
@@ -76,7 +79,7 @@ class InterruptId(enum.IntEnum):
 IIR_FIFOS_ENABLED = 0xC0  # IIR bits 6-7 when FCR enabled the FIFOs: "this is a 16550A"
 
 
-class Fcr(enum.IntFlag):
+class Fcr(enum.IntEnum):
     """FIFO control register (write only)."""
 
     ENABLE = 0x01
@@ -90,7 +93,7 @@ class Fcr(enum.IntFlag):
 RX_TRIGGER_LEVELS = (1, 4, 8, 14)
 
 
-class Lcr(enum.IntFlag):
+class Lcr(enum.IntEnum):
     """Line control register. Word length, stop bits and parity only matter on a wire."""
 
     WORD_LENGTH_MASK = 0x03
@@ -102,7 +105,7 @@ class Lcr(enum.IntFlag):
     DLAB = 0x80  # divisor latch access
 
 
-class Mcr(enum.IntFlag):
+class Mcr(enum.IntEnum):
     """Modem control register."""
 
     DTR = 0x01
@@ -114,7 +117,7 @@ class Mcr(enum.IntFlag):
     ALL = DTR | RTS | OUT1 | OUT2 | LOOP
 
 
-class Lsr(enum.IntFlag):
+class Lsr(enum.IntEnum):
     """Line status register."""
 
     DR = 0x01  # data ready
@@ -129,7 +132,7 @@ class Lsr(enum.IntFlag):
     ERRORS = OE | PE | FE | BI
 
 
-class Msr(enum.IntFlag):
+class Msr(enum.IntEnum):
     """Modem status register: delta bits 0-3, line states 4-7."""
 
     DCTS = 0x01
