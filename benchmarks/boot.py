@@ -19,7 +19,12 @@ guest (tests/guests/mbinfo, which ends through isa-debug-exit) under pyvmm and u
 `qemu-system-x86_64 -M microvm` (same memory size), the median of several runs; pyvmm
 runs as its installed `pyvmm` command, with compiled bytecode.
 
+The stock kernel's rows boot it with `STOCK_SPEEDUPS` (pyvmm.images.stock: skip its
+init-time self-checks, which take more than half an hour on a software KVM) in every
+VMM alike; `--no-stock-speedups` boots it as it is.
+
     python benchmarks/boot.py [--flavours default,stock] [--cpus 1] [--trivial-runs 10]
+                              [--no-stock-speedups]
 
 It exits 0 whatever the numbers are and non-zero with one line on stderr when it
 cannot measure. Targets: exit handling <= 10% of a boot's wall time; the trivial
@@ -47,6 +52,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere: find pyvmm besid
     sys.path.insert(0, str(ROOT))
 
 from pyvmm.images.commands import build_with_progress  # noqa: E402
+from pyvmm.images.stock import STOCK_SPEEDUPS  # noqa: E402
 
 MARKER = b"pyvmm-init: ready"
 CMDLINE = "console=ttyS0 pyvmm.run=true"
@@ -128,9 +134,9 @@ def watch(
     return bytes(output), marker_at, ended, None if killed else status
 
 
-def pyvmm_boot(label: str, kernel: Path, initrd: Path, cpus: int, *extra: str) -> Boot:
+def pyvmm_boot(label: str, kernel: Path, initrd: Path, cpus: int, cmdline: str, *extra: str) -> Boot:
     command = [*PYVMM, "run", "--kernel", str(kernel), "--initrd", str(initrd), "--cpus", str(cpus),
-               "--memory", MEMORY, "--cmdline", CMDLINE, "--timeout", str(BOOT_TIMEOUT), "--stats",
+               "--memory", MEMORY, "--cmdline", cmdline, "--timeout", str(BOOT_TIMEOUT), "--stats",
                *extra]  # fmt: skip
     output, marker_at, ended, status = watch(command, BOOT_TIMEOUT + 60)
     text = output.decode(errors="replace")
@@ -141,10 +147,10 @@ def pyvmm_boot(label: str, kernel: Path, initrd: Path, cpus: int, *extra: str) -
     return Boot(label, marker_at, ended, status, failure, float(share[1]) / 100 if share else None, emulated)
 
 
-def qemu_boot(label: str, kernel: Path, initrd: Path, cpus: int) -> Boot:
+def qemu_boot(label: str, kernel: Path, initrd: Path, cpus: int, cmdline: str) -> Boot:
     command = ["qemu-system-x86_64", "-enable-kvm", "-M", "pc", "-smp", str(cpus),
                "-m", MEMORY, "-nodefaults", "-display", "none", "-no-reboot", "-serial", "stdio",
-               "-kernel", str(kernel), "-initrd", str(initrd), "-append", CMDLINE]  # fmt: skip
+               "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline]  # fmt: skip
     output, marker_at, ended, status = watch(command, QEMU_TIMEOUT, stuck_on=b"KVM internal error")
     text = output.decode(errors="replace")
     failure = "" if status == 0 else first_error(text) or f"no marker in {QEMU_TIMEOUT:.0f} s"
@@ -186,6 +192,9 @@ def main() -> int:
     parser.add_argument("--cpus", type=int, default=1)
     parser.add_argument("--vmms", default="pyvmm,qemu", help="comma-separated: pyvmm, qemu")
     parser.add_argument("--trivial-runs", type=int, default=10)
+    parser.add_argument("--stock-speedups", action=argparse.BooleanOptionalAction, default=True,
+                        help="boot the stock kernel with STOCK_SPEEDUPS (pyvmm.images.stock) on its command"
+                        " line, in every VMM (default: yes)")  # fmt: skip
     args = parser.parse_args()
     if shutil.which("qemu-system-x86_64") is None:
         raise BenchmarkError("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)")
@@ -200,12 +209,14 @@ def main() -> int:
     for flavour in filter(None, args.flavours.split(",")):
         images = build_with_progress(flavour)
         kernel, vmlinux, initrd = images.path("bzImage"), images.path("vmlinux"), images.path("initramfs")
+        cmdline = f"{CMDLINE} {STOCK_SPEEDUPS}" if flavour == "stock" and args.stock_speedups else CMDLINE
         runs = [
-            partial(pyvmm_boot, f"{flavour}: pyvmm, bzImage, host decompression", kernel, initrd, args.cpus),
+            partial(pyvmm_boot, f"{flavour}: pyvmm, bzImage, host decompression", kernel, initrd, args.cpus,
+                    cmdline),
             partial(pyvmm_boot, f"{flavour}: pyvmm, bzImage, guest decompression", kernel, initrd, args.cpus,
-                    "--kernel-decompress", "guest"),
-            partial(pyvmm_boot, f"{flavour}: pyvmm, vmlinux", vmlinux, initrd, args.cpus),
-            partial(qemu_boot, f"{flavour}: QEMU -M pc, bzImage", kernel, initrd, args.cpus),
+                    cmdline, "--kernel-decompress", "guest"),
+            partial(pyvmm_boot, f"{flavour}: pyvmm, vmlinux", vmlinux, initrd, args.cpus, cmdline),
+            partial(qemu_boot, f"{flavour}: QEMU -M pc, bzImage", kernel, initrd, args.cpus, cmdline),
         ]
         for run in runs:
             if run.func not in selected:

@@ -1,4 +1,5 @@
-"""Shared test fixtures: /dev/kvm availability and the built test guests."""
+"""Shared test fixtures: /dev/kvm availability, the built test guests, and the Linux
+boots that start in the background when the suite starts."""
 
 from __future__ import annotations
 
@@ -29,6 +30,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "kvm" in item.keywords:
             item.add_marker(skip)
+
+
+_background_modules: set[object] = set()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the selected Linux scenarios marked `background` (test_linux_guest.py)
+    now: each takes longer than the rest of the suite, which runs meanwhile."""
+    if not kvm_usable() or session.config.option.collectonly:
+        return
+    for item in session.items:
+        callspec = getattr(item, "callspec", None)
+        scenario = callspec.params.get("boot") if callspec is not None else None
+        if getattr(scenario, "background", False):
+            module = item.module  # type: ignore[attr-defined]
+            module.start_boot(scenario)
+            _background_modules.add(module)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    for module in _background_modules:
+        module.stop_boots()  # type: ignore[attr-defined]
 
 
 def pytest_report_header(config: pytest.Config) -> str:

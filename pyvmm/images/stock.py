@@ -27,6 +27,14 @@ HOST_PACKAGES = ("busybox-static", "kmod", "lz4")
 STOCK_MODULES = (
     "virtio_pci", "virtio_mmio", "virtio_blk", "virtio_net", "virtio_console", "virtio_rng", "ext4",
 )
+# Kernel command-line options that skip the stock kernel's own init-time self-checks,
+# which are pure kernel computation: negligible on VT-x/AMD-V, but most of its boot
+# where guest kernel code runs a thousand times slower (kvm_pvm, measured in
+# docs/boot.md). `cryptomgr.notests` skips the crypto manager's self-tests (modular
+# exponentiations of the DH and RSA tests); the blacklisted initcall looks up the
+# symbol of each of the ~38,000 ftrace call sites, holding the lock init waits for.
+# An offer, never a requirement: the kernel boots without them, only slower.
+STOCK_SPEEDUPS = "cryptomgr.notests initcall_blacklist=ftrace_check_for_weak_functions"
 
 
 @dataclass(frozen=True)
