@@ -30,7 +30,7 @@ from pyvmm.arch.x86.emulator import (
 )
 from pyvmm.arch.x86.emulator.context import Context
 from pyvmm.arch.x86.emulator.cpu_state import CpuMode, CpuState, VcpuAccess
-from pyvmm.arch.x86.emulator.errors import NotCovered, UnsupportedInstruction
+from pyvmm.arch.x86.emulator.errors import EmulatorError, NotCovered, UnsupportedInstruction
 from pyvmm.arch.x86.emulator.faults import InjectFault, Vector, deliver, gp
 from pyvmm.arch.x86.emulator.fetch import fetch_and_decode
 from pyvmm.arch.x86.emulator.handlers import Handler
@@ -190,8 +190,8 @@ class Emulator:
         `run_ahead` of them: a host that cannot run one in this mode fails on the next
         too, and each failure costs an exit and a round of state ioctls. Stops before
         anything else: an instruction that is not a vector one, not covered, faults,
-        traps, or cannot be fetched is left to the guest (and comes back here if KVM
-        fails on it), with the state as before it."""
+        traps, or cannot be fetched (or whose page walk finds something odd) is left to
+        the guest (and comes back here if KVM fails on it), with the state as before it."""
         names: list[str] = []
         for _ in range(self.run_ahead):
             checkpoint = state.checkpoint()
@@ -201,7 +201,7 @@ class Emulator:
                     break
                 ctx = Context(state, mmu, instruction, self.xsave_layout)
                 self._execute(ctx)
-            except (NotCovered, InjectFault):
+            except (NotCovered, InjectFault, EmulatorError):
                 state.restore(checkpoint)
                 break
             if ctx.pending is not None:
