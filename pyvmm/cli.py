@@ -58,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--kernel", help="Linux bzImage or vmlinux, Multiboot kernel, 64-bit ELF, or flat real-mode binary"
     )
+    run.add_argument(
+        "--kernel-format",
+        choices=("auto", "flat"),
+        default="auto",
+        help="auto (default): detect the kernel's format; flat: boot the file as a raw real-mode binary",
+    )
     run.add_argument("--initrd", help="initial ramdisk (Linux initrd, or Multiboot module 0)")
     run.add_argument(
         "--cmdline", help=f"kernel command line (default: {LINUX_CMDLINE!r} for pyvmm's guest, else empty)"
@@ -132,6 +138,7 @@ def _run(args: argparse.Namespace) -> int:
         console=_stdout,
         timeout=args.timeout,
         kernel_decompress=args.kernel_decompress,
+        kernel_format=args.kernel_format,
     )
     result = _boot(config)
     while result.exit.kind is ExitKind.REBOOT and args.on_reboot == "restart":

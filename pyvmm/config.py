@@ -45,6 +45,7 @@ class MachineConfig:
     timeout: float | None = None
     kvm_device: str = "/dev/kvm"
     kernel_decompress: str = "host"  # bzImages: "host" (pyvmm unpacks) or "guest"
+    kernel_format: str = "auto"  # "auto" (detect the format) or "flat" (raw real-mode binary)
 
     def memory_bytes(self) -> int:
         size = parse_size(self.memory) if isinstance(self.memory, str) else self.memory

@@ -214,6 +214,7 @@ class Machine:
             Path(config.initrd) if config.initrd is not None else None,
             config.cmdline,
             kernel_decompress=config.kernel_decompress,
+            kernel_format=config.kernel_format,
             rsdp_address=write_acpi_tables(memory, config.cpus),
         )
         self.entry = boot.load(memory, images)

@@ -28,6 +28,11 @@ class KernelDecompress(enum.StrEnum):
     GUEST = "guest"
 
 
+# "auto": detect bzImage, Multiboot, ELF64 (a 512-byte boot sector counts as flat);
+# "flat": the user says the file is a raw real-mode binary (QEMU has no such mode).
+KERNEL_FORMATS = ("auto", "flat")
+
+
 @dataclass(frozen=True)
 class BootImages:
     """What the user asked to boot.
@@ -42,6 +47,7 @@ class BootImages:
     cmdline: str = ""
     kernel_decompress: str = KernelDecompress.HOST
     rsdp_address: int | None = None
+    kernel_format: str = "auto"  # "auto" (detect) or "flat" (a raw real-mode binary)
 
     def __post_init__(self) -> None:
         choices = [mode.value for mode in KernelDecompress]
@@ -49,6 +55,9 @@ class BootImages:
             raise ConfigError(
                 f"kernel decompression {self.kernel_decompress!r} is not one of {', '.join(choices)}"
             )
+        if self.kernel_format not in KERNEL_FORMATS:
+            choices = ", ".join(KERNEL_FORMATS)
+            raise ConfigError(f"kernel format {self.kernel_format!r} is not one of {choices}")
         if self.rsdp_address is not None and not 0 < self.rsdp_address < 1 << 64:
             raise ConfigError(f"RSDP address {self.rsdp_address:#x} is not a 64-bit physical address")
 
