@@ -56,8 +56,8 @@ class BootImages:
                 f"kernel decompression {self.kernel_decompress!r} is not one of {', '.join(choices)}"
             )
         if self.kernel_format not in KERNEL_FORMATS:
-            choices = ", ".join(KERNEL_FORMATS)
-            raise ConfigError(f"kernel format {self.kernel_format!r} is not one of {choices}")
+            formats = ", ".join(KERNEL_FORMATS)
+            raise ConfigError(f"kernel format {self.kernel_format!r} is not one of {formats}")
         if self.rsdp_address is not None and not 0 < self.rsdp_address < 1 << 64:
             raise ConfigError(f"RSDP address {self.rsdp_address:#x} is not a 64-bit physical address")
 
