@@ -60,11 +60,15 @@ class _Area:
             if end > start and (start, end) not in self.spans:
                 self.spans[(start, end)] = ctx.mmu.span(base + start, end - start, kind)
 
+    # An empty range has no span: a component the instruction touches none of in this
+    # mode (Hi16_ZMM outside 64-bit mode, `_component_bytes`) reads as nothing and
+    # takes no bytes, but keeps its place in XSTATE_BV.
     def read(self, start: int, end: int) -> bytes:
-        return self.spans[(start, end)].read()
+        return self.spans[(start, end)].read() if end > start else b""
 
     def write(self, start: int, data: bytes | bytearray) -> None:
-        self.spans[(start, start + len(data))].write(data)
+        if data:
+            self.spans[(start, start + len(data))].write(data)
 
 
 def _checks(ctx: Context, *, supervisor: bool) -> tuple[int, int]:
