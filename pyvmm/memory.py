@@ -130,8 +130,25 @@ class GuestMemory:
         region.mapping[offset : offset + length] = data
 
     def fill(self, gpa: int, length: int, byte: int = 0) -> None:
-        """Set a range to one byte value (zeroing page tables, boot structures)."""
-        self.write(gpa, bytes([byte]) * length)
+        """Set a range to one byte value in place, allocating nothing on the host.
+
+        The length can come from an image (an ELF bss of gigabytes), so no buffer of
+        that size is built. Zeros: the whole pages inside the range are dropped with
+        madvise(MADV_DONTNEED), after which a private anonymous mapping reads zeros
+        and holds no host memory until touched (madvise(2)); the partial pages at
+        either end, and any other value, are set with memset on the mapping.
+        """
+        if not 0 <= byte <= 0xFF:
+            raise ValueError(f"fill byte {byte} is not in 0..255")
+        region, offset = self._locate(gpa, length)
+        end = offset + length
+        first, last = -(-offset // PAGE_SIZE) * PAGE_SIZE, end // PAGE_SIZE * PAGE_SIZE
+        if byte == 0 and first < last:
+            ctypes.memset(region.host_address + offset, 0, first - offset)
+            region.mapping.madvise(mmap.MADV_DONTNEED, first, last - first)
+            ctypes.memset(region.host_address + last, 0, end - last)
+        else:
+            ctypes.memset(region.host_address + offset, byte, length)
 
     def read_u8(self, gpa: int) -> int:
         return self.read(gpa, 1)[0]

@@ -93,3 +93,53 @@ def test_dirty_log_reports_pages_the_guest_wrote() -> None:
         assert {0x5000, 0x9000} <= dirty
         assert memory.read_u8(0x5000) == 1 and memory.read_u8(0x9000) == 2
         vcpu.close()
+
+
+def resident_bytes() -> int:
+    """This process's resident set now (proc(5), /proc/self/statm field 2)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * PAGE_SIZE
+
+
+def test_fill_zeroes_gigabytes_without_host_memory() -> None:
+    """A bss of 1 GiB (an ELF's p_memsz) costs neither a Python buffer nor RSS."""
+    import tracemalloc
+
+    memory = GuestMemory([(0, 2 * GiB)])
+    try:
+        memory.write(0x1000, b"\x11" * 0x2000)  # the edges of the range, and a page inside it
+        memory.write(0x1000 + GiB, b"\x22" * 0x2000)
+        resident = resident_bytes()
+        tracemalloc.start()
+        try:
+            memory.fill(0x1001, GiB)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < MiB
+        assert resident_bytes() - resident < 16 * MiB
+        assert memory.read(0x1000, 1) == b"\x11"
+        assert memory.read(0x1001, 0x2000) == bytes(0x2000)
+        assert memory.read(0x1000 + GiB, 2) == b"\x00\x22"  # the last byte filled, the first after it
+        assert memory.read(GiB - 4, 8) == bytes(8)
+    finally:
+        memory.close()
+
+
+@pytest.mark.parametrize(
+    ("gpa", "length", "byte"), [(0, 3 * PAGE_SIZE, 0xAB), (5, 7, 0), (PAGE_SIZE - 1, 2, 0), (0, 0, 0)]
+)
+def test_fill_sets_exactly_the_range(gpa: int, length: int, byte: int) -> None:
+    memory = GuestMemory([(0, 4 * PAGE_SIZE)])
+    try:
+        memory.write(0, b"\x5a" * 4 * PAGE_SIZE)
+        memory.fill(gpa, length, byte)
+        expected = bytearray(b"\x5a" * 4 * PAGE_SIZE)
+        expected[gpa : gpa + length] = bytes([byte]) * length
+        assert memory.read(0, 4 * PAGE_SIZE) == expected
+        with pytest.raises(GuestMemoryError):
+            memory.fill(3 * PAGE_SIZE, PAGE_SIZE + 1)
+        with pytest.raises(ValueError, match="fill byte 256"):
+            memory.fill(0, 1, 256)
+    finally:
+        memory.close()
