@@ -91,7 +91,10 @@ class TerminalConsole:
         self._running = False
         self._thread.join(1.0)
         if self._saved is not None:
-            termios.tcsetattr(self.fd, termios.TCSADRAIN, self._saved)
+            try:
+                termios.tcsetattr(self.fd, termios.TCSADRAIN, self._saved)
+            except (termios.error, OSError):  # the terminal has gone (SIGHUP, EIO under nohup)
+                pass
 
     def _read_loop(self) -> None:
         while self._running:

@@ -31,6 +31,7 @@ from pyvmm.arch.x86.layout import (
 from pyvmm.boot import BootImages
 from pyvmm.bus import MmioBus, PortBus
 from pyvmm.config import MachineConfig
+from pyvmm.console_tail import CONSOLE_TAIL_BYTES, ConsoleTail
 from pyvmm.devices import I8042, CmosRtc, DebugExit, FwCfg, PortSink, PowerControl, Serial16550
 from pyvmm.devices.debug_exit import DEBUG_EXIT_LENGTH, DEBUG_EXIT_PORT
 from pyvmm.devices.fw_cfg import FW_CFG_LENGTH, FW_CFG_PORT
@@ -97,8 +98,9 @@ class RunResult:
     """How a run ended: the outcome, the console output and the exit statistics."""
 
     exit: GuestExit
-    console: bytes
+    console: bytes  # the last `CONSOLE_TAIL_BYTES` (1 MiB) the guest printed on COM1
     stats: ExitStats
+    console_dropped: int = 0  # bytes printed before that tail (streamed, not kept)
 
     @property
     def status(self) -> int:
@@ -125,7 +127,7 @@ class Machine:
         self.entry: boot.EntryPoint | None = None
         self._kvm: Kvm | None = None
         self._vm: Vm | None = None
-        self._console = bytearray()
+        self._console = ConsoleTail(CONSOLE_TAIL_BYTES)
         self._pending_input = bytearray()
         self._torn_down = False
         self._outcome: GuestExit | None = None
@@ -153,7 +155,7 @@ class Machine:
     # --- console ------------------------------------------------------------------------
 
     def _console_output(self, data: bytes) -> None:
-        self._console += data
+        self._console.append(data)
         if self.config.console is not None:
             try:
                 self.config.console(data)
@@ -177,8 +179,9 @@ class Machine:
 
     @property
     def console_output(self) -> bytes:
-        """Everything the guest has printed on its serial console so far."""
-        return bytes(self._console)
+        """What the guest has printed on its serial console so far: the last
+        `CONSOLE_TAIL_BYTES` of it (`MachineConfig.console` streams all of it)."""
+        return self._console.bytes()
 
     # --- building -----------------------------------------------------------------------
 
@@ -278,10 +281,11 @@ class Machine:
             raise ConfigError("a Machine runs once; create a new one to boot again")
         self._started_at = time.monotonic()
         try:
-            self._build()
-            for runner in self.runners:
-                runner.start()
-            self._wait()
+            if not self._stopping:  # stop() before run(): nothing to build
+                self._build()
+                for runner in self.runners:
+                    runner.start()
+                self._wait()
         except KeyboardInterrupt:
             self.stop(GuestExit(ExitKind.STOPPED, "interrupted"))
         finally:
@@ -289,11 +293,14 @@ class Machine:
             self._ended_at = time.monotonic()
             self._teardown()
         assert self._outcome is not None
-        return RunResult(self._outcome, bytes(self._console), self.stats())
+        console, dropped = self._console.snapshot()
+        return RunResult(self._outcome, console, self.stats(), dropped)
 
     def _wait(self) -> None:
+        """Wait for the guest to end; the timeout counts from `run()`, loading included."""
         timeout = self.config.timeout
-        if not self._done.wait(timeout):
+        remaining = None if timeout is None else timeout - (time.monotonic() - self._started_at)
+        if not self._done.wait(None if remaining is None else max(0.0, remaining)):
             self.stop(GuestExit(ExitKind.STOPPED, f"timed out after {timeout} s"))
 
     def stats(self) -> ExitStats:
