@@ -171,7 +171,7 @@ def run_pyvmm(guest: Guest, memory: int, seconds: float) -> Sample:
     from pyvmm.kvm import KvmError
     from pyvmm.outcome import ExitKind
 
-    machine = Machine(MachineConfig(kernel=guest.path, memory=memory))
+    machine = Machine(MachineConfig(kernel=guest.path, memory=memory, kernel_format="flat"))
     outcome: list[RunResult] = []
     failure: list[BaseException] = []
 
@@ -233,7 +233,8 @@ def pyvmm_rss_kib(guest: Guest, memory: str) -> int:
     """VmRSS of `pyvmm run` once it has run `guest` for RSS_SETTLE_SECONDS."""
     path = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
-    command = [sys.executable, "-m", "pyvmm", "run", "--kernel", str(guest.path), "--memory", memory]
+    command = [sys.executable, "-m", "pyvmm", "run", "--kernel", str(guest.path), "--kernel-format", "flat"]
+    command += ["--memory", memory]
     process = subprocess.Popen(
         command,
         cwd=ROOT,

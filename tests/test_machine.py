@@ -81,7 +81,7 @@ def test_multiboot_initrd_is_module_zero(multiboot_run: tuple[RunResult, bytes])
 
 
 def test_real_mode_flat_binary(guests: Path) -> None:
-    result = boot(guests / "realmode.bin")
+    result = boot(guests / "realmode.bin", kernel_format="flat")
     assert "hello from real mode" in result.console_text
     assert result.exit.code == 0x2A and result.status == 0x55
 

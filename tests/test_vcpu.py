@@ -17,8 +17,8 @@ from pyvmm.machine import RunResult
 pytestmark = pytest.mark.kvm
 
 
-def run(path: Path) -> RunResult:
-    return Machine(MachineConfig(kernel=path, timeout=60)).run()
+def run(path: Path, kernel_format: str = "auto") -> RunResult:
+    return Machine(MachineConfig(kernel=path, timeout=60, kernel_format=kernel_format)).run()
 
 
 def test_string_port_io_in_both_directions(tmp_path: Path) -> None:
@@ -41,7 +41,7 @@ def test_string_port_io_in_both_directions(tmp_path: Path) -> None:
         "66ef"  # out dx, eax
         "f4"  # hlt
     )
-    result = run(write(tmp_path, "strio.bin", code))
+    result = run(write(tmp_path, "strio.bin", code), kernel_format="flat")
     assert result.console == b"QEMU"
     assert result.exit.kind is ExitKind.DEBUG_EXIT and result.exit.code == 0x11
     assert result.status == 0x23
@@ -154,7 +154,9 @@ def test_console_input_before_and_after_the_run(tmp_path: Path) -> None:
         "ee"  # out dx, al
         "f4"  # hlt
     )
-    machine = Machine(MachineConfig(kernel=write(tmp_path, "read.bin", code), timeout=60))
+    machine = Machine(
+        MachineConfig(kernel=write(tmp_path, "read.bin", code), timeout=60, kernel_format="flat")
+    )
     machine.send_input(b"Z")
     result = machine.run()
     assert result.exit.code == ord("Z")

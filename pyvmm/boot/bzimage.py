@@ -44,15 +44,15 @@ HEAP_END_PTR = HEAP_END - 0x200
 def load_bzimage(memory: GuestMemory, data: bytes, images: BootImages, initrd: bytes | None) -> EntryPoint:
     """Boot a bzImage file, decompressed by pyvmm or by the kernel itself."""
     image = parse_bzimage(data, str(images.kernel))
-    command_line(images.cmdline, image)  # fail before a second of decompression
+    command_line(images.cmdline_bytes, image)  # fail before a second of decompression
     if images.kernel_decompress == KernelDecompress.GUEST:
         return load_compressed(memory, image, images, initrd)
     return load_decompressed(memory, image, images, initrd)
 
 
-def command_line(cmdline: str, image: BzImage) -> bytes:
+def command_line(cmdline: bytes, image: BzImage) -> bytes:
     """The NUL-terminated command line, at most cmdline_size bytes (boot.rst)."""
-    length = len(cmdline.encode())
+    length = len(cmdline)
     if length > image.cmdline_limit:
         raise ImageError(
             f"{image.name}: kernel command line is {length} bytes; this kernel takes at most "
@@ -98,7 +98,7 @@ def load_compressed(
             f"{name}: no 64-bit entry point (xloadflags XLF_KERNEL_64 clear, protocol {image.protocol}); "
             "boot it with --kernel-decompress host"
         )
-    cmdline = command_line(images.cmdline, image)
+    cmdline = command_line(images.cmdline_bytes, image)
     load, runtime = _placement(memory, image)
     end = max(load + len(image.kernel), runtime + image.init_size)
     loaded = [(load, load + len(image.kernel), f"{name} protected-mode kernel")]

@@ -70,7 +70,7 @@ def load_vmlinux(
     if elf.elf_class is not ElfClass.ELF64:
         raise ImageError(f"{name}: not a 64-bit ELF file")
     cmdline_limit = min(bzimage.cmdline_limit, CMDLINE_MAX - 1) if bzimage else CMDLINE_MAX - 1
-    cmdline = c_string(images.cmdline, f"{images.kernel}: kernel command line", cmdline_limit)
+    cmdline = c_string(images.cmdline_bytes, f"{images.kernel}: kernel command line", cmdline_limit)
     loaded = load_segments(memory, kernel, elf.loadable(), name, RESERVED)
     pvh = pvh_entry(kernel, elf, name)
     entry = pvh if pvh is not None else elf.entry

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,18 +34,32 @@ class KernelDecompress(enum.StrEnum):
 KERNEL_FORMATS = ("auto", "flat")
 
 
+def encode_text(text: str | bytes, what: str) -> bytes:
+    """The bytes a guest gets for a command line or file name: bytes as given, as
+    Linux takes them; a str as the user typed it (command-line arguments reach
+    Python decoded with the file system encoding and surrogateescape, and
+    os.fsencode gives the original bytes back, even when they are not UTF-8)."""
+    if isinstance(text, bytes):
+        return text
+    try:
+        return os.fsencode(text)
+    except UnicodeEncodeError as exc:  # a lone surrogate that no byte stands for
+        raise ConfigError(f"{what} cannot be encoded as bytes: {exc.reason} at index {exc.start}") from None
+
+
 @dataclass(frozen=True)
 class BootImages:
     """What the user asked to boot.
 
     `kernel_decompress` matters only for bzImages ("host" or "guest", see
-    `KernelDecompress`). `rsdp_address`, when the machine wrote ACPI tables, is handed
+    `KernelDecompress`). `cmdline` is str or bytes; every loader uses
+    `cmdline_bytes`. `rsdp_address`, when the machine wrote ACPI tables, is handed
     to Linux (zero page `acpi_rsdp_addr`, PVH `rsdp_paddr`).
     """
 
     kernel: Path
     initrd: Path | None = None
-    cmdline: str = ""
+    cmdline: str | bytes = ""
     kernel_decompress: str = KernelDecompress.HOST
     rsdp_address: int | None = None
     kernel_format: str = "auto"  # "auto" (detect) or "flat" (a raw real-mode binary)
@@ -60,6 +75,12 @@ class BootImages:
             raise ConfigError(f"kernel format {self.kernel_format!r} is not one of {formats}")
         if self.rsdp_address is not None and not 0 < self.rsdp_address < 1 << 64:
             raise ConfigError(f"RSDP address {self.rsdp_address:#x} is not a 64-bit physical address")
+        self.cmdline_bytes  # noqa: B018 (refuse an unencodable command line here, once)
+
+    @property
+    def cmdline_bytes(self) -> bytes:
+        """The command line as the guest gets it (before any loader adds its NUL)."""
+        return encode_text(self.cmdline, "kernel command line")
 
 
 @dataclass

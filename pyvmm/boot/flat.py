@@ -3,6 +3,10 @@
 The BIOS Boot Specification 1.01 §6.5.1 loads the boot sector at 0000:7C00, jumps
 there in real mode and passes the boot drive in DL; docs/boot.md keeps that entry
 state and lets the image run up to the VGA window at `BIOS_AREA_START`.
+
+A raw binary has no header to recognise it by, so pyvmm boots one only when the
+user says so (kernel format "flat") or when it is a boot sector as a BIOS checks
+it (§6.5.1 and the PC BIOS before it): 512 bytes ending in the signature 55 AA.
 """
 
 from __future__ import annotations
@@ -15,6 +19,13 @@ from pyvmm.memory import GuestMemory
 
 FLAT_MAX_SIZE = BIOS_AREA_START - FLAT_LOAD_ADDRESS
 BOOT_DRIVE = 0x80  # DL at entry: the first hard disk, as a BIOS reports it
+BOOT_SECTOR_SIZE = 512
+BOOT_SIGNATURE = b"\x55\xaa"  # the last two bytes of a bootable sector
+
+
+def is_boot_sector(data: bytes) -> bool:
+    """A 512-byte image that ends in the boot signature 55 AA."""
+    return len(data) == BOOT_SECTOR_SIZE and data[-len(BOOT_SIGNATURE) :] == BOOT_SIGNATURE
 
 
 def load_flat(memory: GuestMemory, data: bytes, name: str) -> EntryPoint:

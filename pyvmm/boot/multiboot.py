@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import enum
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -257,9 +258,16 @@ def _write_information(
 ) -> tuple[int, list[tuple[int, int, str]]]:
     """Build the information block above the kernel; returns its address and ranges."""
     name = str(images.kernel)
-    command_line = c_string(f"{name} {images.cmdline}" if images.cmdline else name)
+    # File names as bytes, as the user gave them (os.fsencode), like the command line.
+    cmdline = images.cmdline_bytes
+    kernel_name = os.fsencode(images.kernel)
+    command_line = c_string(
+        kernel_name + b" " + cmdline if cmdline else kernel_name, f"{name}: kernel command line"
+    )
     loader_name = c_string(LOADER_NAME, "boot loader name")
-    module_name = c_string(str(images.initrd), "initrd file name") if initrd is not None else b""
+    module_name = b""
+    if initrd is not None and images.initrd is not None:
+        module_name = c_string(os.fsencode(images.initrd), f"{images.initrd}: initrd file name")
     entries = memory_map(memory)
 
     # Block layout: info, mmap, module list, strings; the module on the next page.

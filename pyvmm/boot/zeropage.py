@@ -18,6 +18,7 @@ import ctypes
 import enum
 
 from pyvmm.arch.x86.layout import CMDLINE_ADDRESS, CMDLINE_MAX, ZERO_PAGE_ADDRESS
+from pyvmm.boot.entry import encode_text
 from pyvmm.boot.memory_map import memory_map
 from pyvmm.errors import ConfigError, ImageError
 from pyvmm.memory import GuestMemory
@@ -151,9 +152,12 @@ class BootParams(ctypes.LittleEndianStructure):
     ]
 
 
-def c_string(text: str, what: str = "kernel command line", limit: int = CMDLINE_MAX - 1) -> bytes:
-    """`text` as a NUL-terminated string of at most `limit` bytes before the NUL."""
-    encoded = text.encode()
+def c_string(text: str | bytes, what: str = "kernel command line", limit: int = CMDLINE_MAX - 1) -> bytes:
+    """`text` as a NUL-terminated string of at most `limit` bytes before the NUL.
+
+    Bytes go as they are; a str is encoded as `encode_text` does for every loader.
+    """
+    encoded = encode_text(text, what)
     if b"\0" in encoded:
         raise ImageError(f"{what} contains a NUL character")
     if len(encoded) > limit:
@@ -161,7 +165,7 @@ def c_string(text: str, what: str = "kernel command line", limit: int = CMDLINE_
     return encoded + b"\0"
 
 
-def write_command_line(memory: GuestMemory, cmdline: str) -> int:
+def write_command_line(memory: GuestMemory, cmdline: str | bytes) -> int:
     """Put the NUL-terminated command line at `CMDLINE_ADDRESS`; returns its address."""
     memory.write(CMDLINE_ADDRESS, c_string(cmdline))
     return CMDLINE_ADDRESS
@@ -217,7 +221,7 @@ def write_boot_params(memory: GuestMemory, params: BootParams) -> int:
     return ZERO_PAGE_ADDRESS
 
 
-def write_zero_page(memory: GuestMemory, cmdline: str, initrd: tuple[int, int] | None) -> int:
+def write_zero_page(memory: GuestMemory, cmdline: str | bytes, initrd: tuple[int, int] | None) -> int:
     """Write boot_params and the command line; `initrd` is (address, size) or None.
 
     Returns the zero page's guest address, for RSI at a 64-bit entry.

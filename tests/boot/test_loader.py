@@ -17,6 +17,9 @@ from pyvmm.boot.elf import elf_notes, parse_elf
 from pyvmm.errors import ImageError
 from pyvmm.memory import GuestMemory
 
+# A boot sector as a PC BIOS takes one: 512 bytes ending in 55 AA (code: hlt).
+BOOT_SECTOR = b"\xf4" + bytes(509) + b"\x55\xaa"
+
 
 def write(tmp_path: Path, name: str, data: bytes) -> Path:
     path = tmp_path / name
@@ -26,7 +29,7 @@ def write(tmp_path: Path, name: str, data: bytes) -> Path:
 
 def test_flat_binary(memory: GuestMemory, tmp_path: Path) -> None:
     data = code(0x200)
-    entry = load(memory, BootImages(write(tmp_path, "boot.bin", data)))
+    entry = load(memory, BootImages(write(tmp_path, "boot.bin", data), kernel_format="flat"))
     assert entry.mode is CpuMode.REAL16
     assert entry.rip == 0x7C00
     assert entry.registers == {"rdx": 0x80, "rsp": 0x7C00}
@@ -35,26 +38,26 @@ def test_flat_binary(memory: GuestMemory, tmp_path: Path) -> None:
 
 def test_largest_flat_binary(memory: GuestMemory, tmp_path: Path) -> None:
     data = code(0x98400)
-    load(memory, BootImages(write(tmp_path, "big.bin", data)))
+    load(memory, BootImages(write(tmp_path, "big.bin", data), kernel_format="flat"))
     assert memory.read(0x9FFFF, 1) == data[-1:]
 
 
 def test_flat_binary_too_big(memory: GuestMemory, tmp_path: Path) -> None:
     with pytest.raises(ImageError, match=r"big.bin: flat binary is 0x98401 bytes; at most 0x98400 fit"):
-        load(memory, BootImages(write(tmp_path, "big.bin", bytes(0x98401))))
+        load(memory, BootImages(write(tmp_path, "big.bin", bytes(0x98401)), kernel_format="flat"))
 
 
 def test_flat_binary_beyond_small_ram(tmp_path: Path) -> None:
     memory = GuestMemory([(0, 0x8000)])
     try:
         with pytest.raises(ImageError, match=r"flat binary needs RAM up to 0x8c00"):
-            load(memory, BootImages(write(tmp_path, "b.bin", bytes(0x1000))))
+            load(memory, BootImages(write(tmp_path, "b.bin", bytes(0x1000)), kernel_format="flat"))
     finally:
         memory.close()
 
 
 def test_flat_binary_with_initrd(memory: GuestMemory, tmp_path: Path) -> None:
-    images = BootImages(write(tmp_path, "b.bin", b"\xf4"), write(tmp_path, "rd", b"x"))
+    images = BootImages(write(tmp_path, "b.bin", b"\xf4"), write(tmp_path, "rd", b"x"), kernel_format="flat")
     with pytest.raises(ImageError, match=r"b.bin: a flat binary takes no initrd"):
         load(memory, images)
 
@@ -66,7 +69,54 @@ def test_detection(memory: GuestMemory, tmp_path: Path) -> None:
     )
     assert load(memory, BootImages(write(tmp_path, "aout", aout_kernel()))).mode is CpuMode.PROTECTED32
     assert load(memory, BootImages(write(tmp_path, "k64", elf64))).mode is CpuMode.LONG64
-    assert load(memory, BootImages(write(tmp_path, "flat", b"\xf4"))).mode is CpuMode.REAL16
+    assert load(memory, BootImages(write(tmp_path, "mbr", BOOT_SECTOR))).mode is CpuMode.REAL16
+    assert (
+        load(memory, BootImages(write(tmp_path, "flat", b"\xf4"), kernel_format="flat")).mode
+        is CpuMode.REAL16
+    )
+
+
+def test_boot_sector_boots_without_a_format(memory: GuestMemory, tmp_path: Path) -> None:
+    entry = load(memory, BootImages(write(tmp_path, "mbr.img", BOOT_SECTOR)))
+    assert entry.mode is CpuMode.REAL16 and entry.rip == 0x7C00
+    assert memory.read(0x7C00, 512) == BOOT_SECTOR
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"pyvmm\n",  # a text file, as /etc/hostname
+        BOOT_SECTOR[:-1] + b"\x00",  # 512 bytes without the signature
+        BOOT_SECTOR + b"\x90",  # the signature at 510, but not a 512-byte image
+        BOOT_SECTOR[:-2] + b"\xaa\x55",  # the signature byte-swapped
+        code(0x1000),
+    ],
+)
+def test_unrecognised_file_is_refused(memory: GuestMemory, tmp_path: Path, data: bytes) -> None:
+    path = write(tmp_path, "hostname", data)
+    expected = (
+        f"^{path}: not a kernel pyvmm recognises \\({len(data)} bytes, starting {data[:8].hex(' ')}\\): "
+        "expected a Linux bzImage, a Multiboot kernel, an x86-64 ELF kernel or a 512-byte boot sector "
+        "ending in 55 AA; to boot a raw real-mode binary say --kernel-format flat$"
+    )
+    with pytest.raises(ImageError, match=expected):
+        load(memory, BootImages(path))
+    assert not any(memory.read(0x7C00, len(data)))  # nothing was loaded
+    assert load(memory, BootImages(path, kernel_format="flat")).mode is CpuMode.REAL16
+
+
+def test_flat_format_skips_detection(memory: GuestMemory, tmp_path: Path) -> None:
+    """A raw binary may hold any bytes, a Multiboot header's or ELF's included."""
+    for data in (multiboot_elf().build(), Elf([Seg(0x200000, b"\x90")], 0x200000, bits=64).build()):
+        entry = load(memory, BootImages(write(tmp_path, "raw.bin", data), kernel_format="flat"))
+        assert entry.mode is CpuMode.REAL16
+        assert memory.read(0x7C00, len(data)) == data
+
+
+def test_boot_sector_takes_no_initrd(memory: GuestMemory, tmp_path: Path) -> None:
+    images = BootImages(write(tmp_path, "mbr.img", BOOT_SECTOR), write(tmp_path, "rd", b"x"))
+    with pytest.raises(ImageError, match=r"mbr.img: a flat binary takes no initrd"):
+        load(memory, images)
 
 
 def test_elf32_without_multiboot_header(memory: GuestMemory, tmp_path: Path) -> None:
