@@ -8,11 +8,18 @@ ones (as on a PC with nothing on the bus), writes are counted and dropped.
 Each range keeps its own read/write counters for `--stats`. Counters are plain
 integers bumped from vCPU threads; a lost increment under contention is acceptable
 for statistics and keeps a lock off the exit path.
+
+Ranges change while the guest runs (a PCI BAR moves, a device is added): writers take
+the bus's lock and publish a new immutable lookup (a tuple of starts and ranges for
+the MMIO bus, one slice assignment of the 64 Ki port table, which the GIL makes
+atomic), so a vCPU thread looking a range up never takes a lock and never sees a
+half-made table: it finds the range as it was before the change or after it.
 """
 
 from __future__ import annotations
 
 import bisect
+import threading
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -76,39 +83,80 @@ class BusStats:
     unclaimed: BusRange
 
 
-@dataclass
+class BusConflictError(ConfigError):
+    """A range that would overlap another, or does not fit the bus."""
+
+
+@dataclass(frozen=True)
+class _Lookup:
+    """One published state of a bus: ranges sorted by base, and their bases."""
+
+    starts: tuple[int, ...] = ()
+    ranges: tuple[BusRange, ...] = ()
+
+
 class Bus:
     """A sorted set of non-overlapping ranges over one address space."""
 
-    name: str
-    limit: int
-    _ranges: list[BusRange] = field(default_factory=list)
-    _starts: list[int] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.unclaimed = BusRange(0, self.limit, _Unclaimed(), "unclaimed")
+    def __init__(self, name: str, limit: int) -> None:
+        self.name = name
+        self.limit = limit
+        self.unclaimed = BusRange(0, limit, _Unclaimed(), "unclaimed")
+        self.retired: list[BusRange] = []  # removed ranges, kept for their counters
+        self._lookup = _Lookup()
+        self._lock = threading.Lock()  # serialises writers; readers take none
 
     def insert(self, base: int, length: int, device: BusDevice, name: str) -> BusRange:
         """Claim [base, base + length) for `device`; ranges may not overlap."""
-        if length <= 0 or base < 0 or base + length > self.limit:
-            raise ConfigError(f"{self.name} range {base:#x}+{length:#x} for {name} is invalid")
-        index = bisect.bisect_right(self._starts, base)
-        neighbours = self._ranges[max(index - 1, 0) : index + 1]
-        for other in neighbours:
-            if base < other.end and other.base < base + length:
-                raise ConfigError(
-                    f"{self.name} range {base:#x}+{length:#x} for {name} overlaps {other.name}"
-                )
         entry = BusRange(base, length, device, name)
-        self._ranges.insert(index, entry)
-        self._starts.insert(index, base)
+        with self._lock:
+            self._publish(self._with(self._lookup.ranges, entry))
         return entry
+
+    def remove(self, entry: BusRange) -> None:
+        """Give `entry`'s addresses back to the unclaimed range."""
+        with self._lock:
+            ranges = self._lookup.ranges
+            if entry not in ranges:
+                raise BusConflictError(f"{self.name} range {entry.name} is not on the bus")
+            self._publish(tuple(other for other in ranges if other is not entry))
+            self.retired.append(entry)
+
+    def move(self, entry: BusRange, base: int) -> BusRange:
+        """Move `entry` to `base` in one step (a BAR the guest reprogrammed): the new
+        range, with the same device and name; on a conflict nothing changes."""
+        moved = BusRange(base, entry.length, entry.device, entry.name)
+        with self._lock:
+            ranges = self._lookup.ranges
+            if entry not in ranges:
+                raise BusConflictError(f"{self.name} range {entry.name} is not on the bus")
+            self._publish(self._with(tuple(other for other in ranges if other is not entry), moved))
+            self.retired.append(entry)
+        return moved
+
+    def _with(self, ranges: tuple[BusRange, ...], entry: BusRange) -> tuple[BusRange, ...]:
+        """`ranges` plus `entry`, sorted, after checking it fits and overlaps nothing."""
+        base, length = entry.base, entry.length
+        if length <= 0 or base < 0 or base + length > self.limit:
+            raise BusConflictError(f"{self.name} range {base:#x}+{length:#x} for {entry.name} is invalid")
+        starts = [other.base for other in ranges]
+        index = bisect.bisect_right(starts, base)
+        for other in ranges[max(index - 1, 0) : index + 1]:
+            if base < other.end and other.base < base + length:
+                raise BusConflictError(
+                    f"{self.name} range {base:#x}+{length:#x} for {entry.name} overlaps {other.name}"
+                )
+        return (*ranges[:index], entry, *ranges[index:])
+
+    def _publish(self, ranges: tuple[BusRange, ...]) -> None:
+        self._lookup = _Lookup(tuple(entry.base for entry in ranges), ranges)
 
     def find(self, address: int, size: int) -> BusRange:
         """The range an access falls in, or the unclaimed range."""
-        index = bisect.bisect_right(self._starts, address) - 1
+        lookup = self._lookup  # one read: the lookup is never changed in place
+        index = bisect.bisect_right(lookup.starts, address) - 1
         if index >= 0:
-            entry = self._ranges[index]
+            entry = lookup.ranges[index]
             if address + size <= entry.end:
                 return entry
         return self.unclaimed
@@ -120,7 +168,7 @@ class Bus:
         self.find(address, size).write(address, size, value)
 
     def stats(self) -> BusStats:
-        return BusStats(list(self._ranges), self.unclaimed)
+        return BusStats([*self._lookup.ranges, *self.retired], self.unclaimed)
 
 
 class PortBus(Bus):
@@ -128,12 +176,16 @@ class PortBus(Bus):
 
     def __init__(self) -> None:
         super().__init__("port", PORT_SPACE)
-        self.table: list[BusRange] = [self.unclaimed] * PORT_SPACE  # port -> range, read by vCPUs
+        # port -> range, read by vCPU threads without a lock; the list object never
+        # changes (the exit loop keeps a reference), its contents are replaced whole.
+        self.table: list[BusRange] = [self.unclaimed] * PORT_SPACE
 
-    def insert(self, base: int, length: int, device: BusDevice, name: str) -> BusRange:
-        entry = super().insert(base, length, device, name)
-        self.table[base : base + length] = [entry] * length
-        return entry
+    def _publish(self, ranges: tuple[BusRange, ...]) -> None:
+        super()._publish(ranges)
+        table = [self.unclaimed] * PORT_SPACE
+        for entry in ranges:
+            table[entry.base : entry.end] = [entry] * entry.length
+        self.table[:] = table  # one slice assignment: atomic under the GIL
 
     def find(self, address: int, size: int) -> BusRange:
         entry = self.table[address & 0xFFFF]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
-from pyvmm.bus import MmioBus, PortBus
+from pyvmm.bus import BusConflictError, BusRange, MmioBus, PortBus
 from pyvmm.errors import ConfigError
 
 
@@ -56,3 +58,64 @@ def test_overlaps_are_refused() -> None:
     bus.insert(0x2000, 0x10, Recorder(), "d")  # adjacent is fine
     assert bus.read(0x2008, 8) == 0x48
     assert bus.read(0x3000, 8) == (1 << 64) - 1
+
+
+@pytest.mark.parametrize("bus_type", [PortBus, MmioBus])
+def test_a_range_moves_and_goes(bus_type: type[PortBus] | type[MmioBus]) -> None:
+    bus, device = bus_type(), Recorder()
+    entry = bus.insert(0x100, 8, device, "bar")
+    bus.write(0x104, 1, 1)
+    moved = bus.move(entry, 0x200)
+    assert bus.read(0x104, 1) == 0xFF  # the old place is empty
+    bus.write(0x204, 1, 2)
+    assert device.writes == [(4, 1, 1), (4, 1, 2)]
+    bus.remove(moved)
+    assert bus.read(0x204, 1) == 0xFF
+    names = [(r.name, r.writes) for r in bus.stats().ranges]
+    assert names == [("bar", 1), ("bar", 1)]  # the counters of retired ranges stay
+
+
+@pytest.mark.parametrize("bus_type", [PortBus, MmioBus])
+def test_a_move_onto_another_range_changes_nothing(bus_type: type[PortBus] | type[MmioBus]) -> None:
+    bus = bus_type()
+    entry = bus.insert(0x100, 8, Recorder(), "a")
+    bus.insert(0x200, 8, Recorder(), "b")
+    with pytest.raises(BusConflictError, match="overlaps b"):
+        bus.move(entry, 0x204)
+    assert bus.find(0x100, 1) is entry
+    with pytest.raises(BusConflictError):
+        bus.remove(BusRange(0x300, 1, Recorder(), "never inserted"))
+
+
+@pytest.mark.parametrize("bus_type", [PortBus, MmioBus])
+def test_lookups_during_moves_see_the_range_before_or_after(bus_type: type[PortBus] | type[MmioBus]) -> None:
+    """A vCPU thread looking up while another thread moves a BAR back and forth, with a
+    neighbour inserted and removed meanwhile: every lookup finds a whole range."""
+    bus = bus_type()
+    entry = bus.insert(0x1000, 0x10, Recorder(), "bar")
+    stop = threading.Event()
+    seen: set[str] = set()
+    errors: list[BaseException] = []
+
+    def look() -> None:
+        try:
+            while not stop.is_set():
+                for address in (0x1008, 0x2008):
+                    found = bus.find(address, 4)
+                    assert found.base <= address and address + 4 <= found.end
+                    seen.add(found.name)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=look)
+    thread.start()
+    try:
+        for round_ in range(200):
+            entry = bus.move(entry, 0x2000 if round_ % 2 == 0 else 0x1000)
+            neighbour = bus.insert(0x3000, 0x10, Recorder(), "neighbour")
+            bus.remove(neighbour)
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors
+    assert seen == {"bar", "unclaimed"}
