@@ -1,30 +1,187 @@
-"""`MachineConfig`: everything a user chooses about a VM, checked once."""
+"""`MachineConfig`: everything a user chooses about a VM, checked once.
+
+Each field has one `check_<field>` function here. `MachineConfig` runs them all when
+it is made and again in `validate()` (attributes may change in between), and the CLI
+builds its argument types on the same functions, so a value means the same thing and
+is refused with the same words from Python and from the command line. Nothing here
+touches KVM: every check runs before a VM resource is taken.
+"""
 
 from __future__ import annotations
 
+import math
+import os
 import re
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, fields
+from typing import Any, TypeGuard
 
 from pyvmm.arch.x86.layout import MiB
+from pyvmm.boot.entry import KERNEL_FORMATS, KernelDecompress
 from pyvmm.errors import ConfigError
 
 DEFAULT_MEMORY = 256 * MiB
 MIN_MEMORY = 2 * MiB
 MAX_MEMORY = 1 << 46  # 64 TiB: far beyond what a host gives, yet rules out typos
+PAGE_SIZE = 4096
+
+# Linux's KVM_MAX_VCPUS on x86 (arch/x86/include/asm/kvm_host.h, 1024 since 5.15): no
+# host's KVM allows more, so a larger count is a typo. The host's own limit
+# (KVM_CAP_MAX_VCPUS, possibly lower) is checked when the Machine is built.
+MAX_CPUS = 1024
+
+# Ten years: longer is a typo, and threading's waits refuse more than TIMEOUT_MAX
+# (OverflowError) on any host, so the ceiling is whichever is smaller.
+MAX_TIMEOUT = min(10 * 365 * 24 * 3600, threading.TIMEOUT_MAX)
 
 _UNITS = {"": MiB, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_SIZE = re.compile(r"^\s*(\d+)\s*(?:([KMGT])(?:i?B)?|(B))?\s*$", re.IGNORECASE)
+# ASCII digits only: `\d` would also take other scripts' digits, which int() accepts.
+_SIZE = re.compile(r"\s*([0-9]+)\s*(?:([KMGT])(?:i?B)?|(B))?\s*", re.IGNORECASE | re.ASCII)
+_MAX_SIZE_DIGITS = 20  # 64 TiB in bytes has 14; past 20 is no size, and int() stops at 4300
+
+
+def _describe(value: object) -> str:
+    """`value` for an error message, kept short: a user may pass anything, of any size."""
+    try:
+        text = repr(value)
+    except Exception:  # an object's own __repr__ may fail; the message must not
+        return f"a {type(value).__name__}"
+    return text if len(text) <= 60 else f"{text[:40]}... ({type(value).__name__})"
 
 
 def parse_size(text: str) -> int:
-    """A memory size as QEMU's -m takes it: a number, MiB by default, or with B/K/M/G/T."""
-    match = _SIZE.match(text)
+    """A memory size as QEMU's -m takes it: a number, MiB by default, or with B/K/M/G/T.
+
+    Absurd sizes (more than `MAX_MEMORY`) are refused here, so that no caller carries
+    a number with thousands of digits any further.
+    """
+    match = _SIZE.fullmatch(text)
     if not match:
-        raise ConfigError(f"cannot read memory size {text!r}: use e.g. 256M, 1G or 512 (MiB)")
+        raise ConfigError(f"cannot read memory size {_describe(text)}: use e.g. 256M, 1G or 512 (MiB)")
     number, unit, byte_unit = match.groups()
-    return int(number) * _UNITS[(unit or byte_unit or "").upper()]
+    too_large = ConfigError(f"memory size {_describe(text)} is more than pyvmm gives a guest (64 TiB)")
+    if len(number.lstrip("0")) > _MAX_SIZE_DIGITS:  # before int(): it takes long, then refuses
+        raise too_large
+    size = int(number) * _UNITS[(unit or byte_unit or "").upper()]
+    if size > MAX_MEMORY:
+        raise too_large
+    return size
+
+
+def _is_integer(value: object) -> TypeGuard[int]:
+    """An int that is not a bool (True is an int to Python, never a count to a user)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_path(value: object, what: str = "a file path") -> str | os.PathLike[str]:
+    """A file name: str or os.PathLike giving str, not empty, no NUL, encodable.
+
+    A str that came from the command line may hold surrogate escapes for bytes that
+    are not UTF-8 (PEP 383); `os.fsencode` turns those back into the user's bytes, and
+    refuses only what no file name can be (e.g. a lone surrogate such as U+D800).
+    """
+    if not isinstance(value, (str, os.PathLike)):
+        raise ConfigError(f"expected {what} (str or os.PathLike), got {_describe(value)}")
+    name = os.fspath(value)
+    if not isinstance(name, str):  # a PathLike may give bytes, which Path() refuses
+        raise ConfigError(f"expected {what} naming a str path, got {_describe(value)}")
+    if not name:
+        raise ConfigError(f"expected {what}, got an empty one")
+    if "\0" in name:
+        raise ConfigError(f"{what} may not contain NUL characters: {_describe(name)}")
+    try:
+        os.fsencode(name)
+    except UnicodeEncodeError:
+        raise ConfigError(f"{what} cannot be encoded as a file name: {_describe(name)}") from None
+    return value
+
+
+def check_kernel(value: object) -> str | os.PathLike[str]:
+    return check_path(value, "a kernel file path")
+
+
+def check_initrd(value: object) -> str | os.PathLike[str] | None:
+    return None if value is None else check_path(value, "an initrd file path or None")
+
+
+def check_cmdline(value: object) -> str:
+    """The kernel command line, a str encodable as arguments are (UTF-8, surrogate escapes).
+
+    Its length limit depends on the boot protocol and is checked by the loader.
+    """
+    if not isinstance(value, str):
+        raise ConfigError(f"expected a str, got {_describe(value)}")
+    try:
+        encoded = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise ConfigError(f"cannot encode {_describe(value)} as bytes (UTF-8)") from None
+    if b"\0" in encoded:
+        raise ConfigError("the kernel command line may not contain NUL bytes")
+    return value
+
+
+def check_cpus(value: object) -> int:
+    if not _is_integer(value):
+        raise ConfigError(f"expected a whole number of vCPUs, got {_describe(value)}")
+    if not 1 <= value <= MAX_CPUS:
+        raise ConfigError(f"expected at least 1 and at most {MAX_CPUS} vCPUs, got {value}")
+    return value
+
+
+def check_memory(value: object) -> int:
+    """The guest's RAM in bytes, from an int (bytes) or a size text (`parse_size`)."""
+    if isinstance(value, str):
+        size = parse_size(value)
+    elif _is_integer(value):
+        size = value
+    else:  # a float (268435456.0) is refused: it would only fail later, in mmap
+        raise ConfigError(f"expected a size in bytes (int) or a text such as '256M', got {_describe(value)}")
+    if not MIN_MEMORY <= size <= MAX_MEMORY:
+        raise ConfigError(f"memory size {size} bytes is out of range ({MIN_MEMORY // MiB} MiB to 64 TiB)")
+    if size % PAGE_SIZE:
+        raise ConfigError(f"memory size {size} bytes is not a whole number of 4 KiB pages")
+    return size
+
+
+def check_console(value: object) -> Callable[[bytes], object] | None:
+    if value is not None and not callable(value):
+        raise ConfigError(f"expected a callable taking bytes, or None, got {_describe(value)}")
+    return value
+
+
+def check_timeout(value: object) -> float | None:
+    """None (no timeout) or a finite number of seconds, above 0, at most `MAX_TIMEOUT`."""
+    if value is None:
+        return None
+    expected = "expected a positive finite number of seconds"
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ConfigError(f"{expected}, got {_describe(value)}")
+    # nan compares false with everything, so it is tested by name; math.isfinite is
+    # for floats only (it cannot convert an int past 1e308), ints are compared exactly.
+    if (isinstance(value, float) and not math.isfinite(value)) or value <= 0:
+        raise ConfigError(f"{expected}, got {_describe(value)}")
+    if value > MAX_TIMEOUT:
+        raise ConfigError(f"{expected} of at most {MAX_TIMEOUT} (10 years), got {_describe(value)}")
+    return value
+
+
+def check_kvm_device(value: object) -> str | os.PathLike[str]:
+    return check_path(value, "a KVM device path")
+
+
+def _check_choice(value: object, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ConfigError(f"expected one of {', '.join(map(repr, choices))}, got {_describe(value)}")
+    return value
+
+
+def check_kernel_decompress(value: object) -> str:
+    return _check_choice(value, tuple(mode.value for mode in KernelDecompress))
+
+
+def check_kernel_format(value: object) -> str:
+    return _check_choice(value, KERNEL_FORMATS)
 
 
 @dataclass
@@ -33,34 +190,53 @@ class MachineConfig:
 
     `console` receives the guest's serial output as it is produced (for example
     ``sys.stdout.buffer.write``); the output is also kept in `RunResult.console`.
-    `timeout` (seconds) stops the VM if it has not ended by then.
+    `timeout` (seconds) stops the VM if it has not ended by then. Every field is
+    checked when the config is made and again by `validate()`: a wrong one raises
+    `ConfigError` naming it, before any KVM resource is taken.
     """
 
-    kernel: Path | str
-    initrd: Path | str | None = None
+    kernel: str | os.PathLike[str]
+    initrd: str | os.PathLike[str] | None = None
     cmdline: str = ""
     cpus: int = 1
     memory: int | str = DEFAULT_MEMORY
     console: Callable[[bytes], object] | None = None
     timeout: float | None = None
-    kvm_device: str = "/dev/kvm"
+    kvm_device: str | os.PathLike[str] = "/dev/kvm"
     kernel_decompress: str = "host"  # bzImages: "host" (pyvmm unpacks) or "guest"
     kernel_format: str = "auto"  # "auto" (detect the format) or "flat" (raw real-mode binary)
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def memory_bytes(self) -> int:
-        size = parse_size(self.memory) if isinstance(self.memory, str) else self.memory
-        if not MIN_MEMORY <= size <= MAX_MEMORY:
-            raise ConfigError(f"memory size {size} bytes is out of range ({MIN_MEMORY // MiB} MiB to 64 TiB)")
-        if size % (4096):
-            raise ConfigError(f"memory size {size} bytes is not a whole number of 4 KiB pages")
+        """The guest's RAM in bytes."""
+        size: int = _checked(self, "memory", check_memory)
         return size
 
     def validate(self) -> None:
         """Raise `ConfigError` on anything wrong that can be seen without KVM."""
-        self.memory_bytes()
-        if not isinstance(self.cpus, int) or self.cpus < 1:
-            raise ConfigError(f"the number of vCPUs must be at least 1, not {self.cpus!r}")
-        if self.timeout is not None and self.timeout <= 0:
-            raise ConfigError("the timeout must be a positive number of seconds")
-        if "\0" in self.cmdline:
-            raise ConfigError("the kernel command line may not contain NUL bytes")
+        for field in fields(self):
+            _checked(self, field.name, _CHECKS[field.name])
+
+
+def _checked(config: MachineConfig, name: str, check: Callable[[Any], Any]) -> Any:
+    """`check` applied to one field; its error names the field."""
+    try:
+        return check(getattr(config, name))
+    except ConfigError as exc:
+        raise ConfigError(f"MachineConfig.{name}: {exc}") from None
+
+
+_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "kernel": check_kernel,
+    "initrd": check_initrd,
+    "cmdline": check_cmdline,
+    "cpus": check_cpus,
+    "memory": check_memory,
+    "console": check_console,
+    "timeout": check_timeout,
+    "kvm_device": check_kvm_device,
+    "kernel_decompress": check_kernel_decompress,
+    "kernel_format": check_kernel_format,
+}

@@ -68,7 +68,8 @@ class FileDescriptor:
 class Kvm(FileDescriptor):
     """An open /dev/kvm."""
 
-    def __init__(self, path: str = DEFAULT_DEVICE) -> None:
+    def __init__(self, path: str | os.PathLike[str] = DEFAULT_DEVICE) -> None:
+        path = os.fspath(path)  # a str from here on: it names the device in every message
         try:
             fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:
