@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
@@ -12,6 +13,10 @@ from pathlib import Path
 import pytest
 from guest_code import SPIN, multiboot_image, write
 from terminal import Terminal
+
+from pyvmm.cli import build_parser, main
+from pyvmm.config import DEFAULT_MEMORY, MAX_CPUS, MAX_TIMEOUT, MachineConfig
+from pyvmm.errors import ConfigError
 
 PYVMM = [sys.executable, "-m", "pyvmm"]
 
@@ -49,19 +54,69 @@ def test_missing_kernel(tmp_path: Path) -> None:
     assert_one_line_error(pyvmm("run", "--kernel", str(tmp_path / "nope")), "nope")
 
 
-@pytest.mark.parametrize("size", ["0", "-5", "lots", "1.5G", "1Q", "99999999T"])
-def test_bad_memory_sizes(guests: Path, size: str) -> None:
-    assert_one_line_error(pyvmm("run", "--kernel", str(guests / "hello.elf"), "--memory", size), "memory")
+NINES = pytest.param("9" * 5000, id="5000 nines")  # past int()'s 4300 digits
 
 
-@pytest.mark.parametrize("cpus", ["0", "-1", "two"])
-def test_bad_cpu_counts(guests: Path, cpus: str) -> None:
-    assert_one_line_error(pyvmm("run", "--kernel", str(guests / "hello.elf"), "--cpus", cpus))
+def usage_error(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    """`pyvmm run --kernel k ARGS...` in this process: it must stop at the parser with
+    status 2 and one `pyvmm: error: ... (see pyvmm run --help)` line. That line."""
+    with pytest.raises(SystemExit) as caught:
+        main(["run", "--kernel", "no-such-kernel", *args])
+    assert caught.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("pyvmm: error: ") and lines[0].endswith(" (see pyvmm run --help)"), lines[0]
+    return lines[0]
 
 
-@pytest.mark.kvm
-def test_more_cpus_than_kvm_allows(guests: Path) -> None:
-    assert_one_line_error(pyvmm("run", "--kernel", str(guests / "hello.elf"), "--cpus", "100000"), "at most")
+@pytest.mark.parametrize(
+    "size", ["0", "-5", "lots", "1.5G", "1Q", "99999999T", "65T", "4097B", "\u0662\u0665\u0666M", NINES]
+)
+def test_bad_memory_sizes(capsys: pytest.CaptureFixture[str], size: str) -> None:
+    line = usage_error(capsys, "--memory", size)
+    assert "argument --memory: " in line and len(line) < 300
+
+
+@pytest.mark.parametrize("cpus", ["0", "-1", "two", "1.5", "1025", "99999", "100000", NINES])
+def test_bad_cpu_counts(capsys: pytest.CaptureFixture[str], cpus: str) -> None:
+    assert "argument --cpus: " in usage_error(capsys, "--cpus", cpus)
+
+
+def test_more_cpus_than_any_kvm_allows(capsys: pytest.CaptureFixture[str]) -> None:
+    line = usage_error(capsys, "--cpus", "99999")
+    assert f"at most {MAX_CPUS} vCPUs, got 99999" in line
+
+
+@pytest.mark.parametrize(
+    "seconds",
+    ["inf", "-inf", "infinity", "1e309", "99999999999999", "nan", "-nan", "0", "-0", "-1", "", NINES],
+)
+def test_bad_timeouts(capsys: pytest.CaptureFixture[str], seconds: str) -> None:
+    assert "argument --timeout: " in usage_error(capsys, "--timeout", seconds)
+
+
+def test_the_cli_refuses_in_machine_configs_words(capsys: pytest.CaptureFixture[str]) -> None:
+    line = usage_error(capsys, "--timeout", "nan")
+    with pytest.raises(ConfigError) as caught:
+        MachineConfig(kernel="vmlinuz", timeout=math.nan)
+    words = str(caught.value).removeprefix("MachineConfig.timeout: ")
+    assert line == f"pyvmm: error: argument --timeout: {words} (see pyvmm run --help)"
+
+
+def test_good_numbers_are_read() -> None:
+    args = build_parser().parse_args(
+        ["run", "--kernel", "k", "--cpus", str(MAX_CPUS), "--memory", "1G", "--timeout", "1e-3"]
+    )
+    assert (args.cpus, args.memory, args.timeout) == (MAX_CPUS, 1 << 30, 0.001)
+    assert build_parser().parse_args(["run"]).memory == DEFAULT_MEMORY
+    assert build_parser().parse_args(["run", "--timeout", str(MAX_TIMEOUT)]).timeout == MAX_TIMEOUT
+
+
+def test_a_bad_number_is_a_usage_error_end_to_end() -> None:
+    """The whole command, as a user runs it: status 2, one line, no traceback."""
+    result = pyvmm("run", "--kernel", "x", "--timeout", "inf")
+    assert_one_line_error(result, "pyvmm: error: argument --timeout:", "got inf")
+    assert result.returncode == 2
 
 
 def test_malformed_image(tmp_path: Path) -> None:
