@@ -6,12 +6,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import NoReturn
+from collections.abc import Callable
+from typing import NoReturn, TypeVar
 
 from pyvmm import __version__
-from pyvmm.config import DEFAULT_MEMORY, MachineConfig
+from pyvmm.config import DEFAULT_MEMORY, MAX_CPUS, MachineConfig, check_cpus, check_memory, check_timeout
 from pyvmm.console import TerminalConsole, write_all
-from pyvmm.errors import VmmError
+from pyvmm.errors import ConfigError, VmmError
 from pyvmm.images import DEFAULT, STOCK
 from pyvmm.images.cli import add_images_command
 from pyvmm.kvm import KvmError
@@ -26,21 +27,41 @@ LINUX_CMDLINE = "console=ttyS0"  # pyvmm's own guest: its console is COM1
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        self.exit(STATUS_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+        # "pyvmm: error:" like every other error; the help hint names the subcommand.
+        self.exit(STATUS_USAGE, f"pyvmm: error: {message} (see {self.prog} --help)\n")
 
 
-def _positive_int(text: str) -> int:
+# Argument types: the text is read here, the value is checked by MachineConfig's own
+# check for the field (pyvmm.config), so both refuse the same values in the same words.
+_T = TypeVar("_T")
+
+
+def _checked(check: Callable[[object], _T], value: object) -> _T:
     try:
-        return int(text)
+        return check(value)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _cpus(text: str) -> int:
+    try:
+        number = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    return _checked(check_cpus, number)
+
+
+def _memory(text: str) -> int:
+    return _checked(check_memory, text)
 
 
 def _seconds(text: str) -> float:
     try:
-        return float(text)
+        seconds = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, not {text!r}") from None
+    _checked(check_timeout, seconds)
+    return seconds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,9 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="which of pyvmm's guests to boot without --kernel: the kernel built from Debian's"
         " linux-source (default) or Debian's stock cloud kernel",
     )
-    run.add_argument("--cpus", type=_positive_int, default=1, help="number of vCPUs (default 1)")
+    run.add_argument("--cpus", type=_cpus, default=1, help=f"number of vCPUs, 1 to {MAX_CPUS} (default 1)")
     run.add_argument(
-        "--memory", default=f"{DEFAULT_MEMORY >> 20}M", help="guest RAM, e.g. 256M or 1G (default 256M)"
+        "--memory",
+        type=_memory,
+        default=f"{DEFAULT_MEMORY >> 20}M",
+        help="guest RAM, e.g. 256M or 1G (default 256M)",
     )
     run.add_argument(
         "--kernel-decompress",
@@ -91,7 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="exit",
         help="when the guest reboots: end pyvmm with status 64 (default), or boot it again in a fresh VM",
     )
-    run.add_argument("--timeout", type=_seconds, help="stop the guest after this many seconds")
+    run.add_argument(
+        "--timeout", type=_seconds, help="stop the guest after this many seconds (at most 10 years)"
+    )
     run.add_argument("--stats", action="store_true", help="print exit statistics when the guest ends")
     run.set_defaults(handler=_run)
     add_images_command(commands)
