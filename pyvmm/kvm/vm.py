@@ -80,10 +80,14 @@ class Vm(FileDescriptor):
         checked_ioctl(self.fd, "KVM_IRQ_LINE", ioctls.KVM_IRQ_LINE, request)
 
     def signal_msi(self, address: int, data: int) -> int:
+        """KVM_SIGNAL_MSI (api.rst §4.71, KVM_CAP_SIGNAL_MSI, in-kernel irqchip): inject one
+        MSI message. Greater than 0 when delivered, 0 when the guest blocked it."""
         request = uapi.kvm_msi(address_lo=address & 0xFFFF_FFFF, address_hi=address >> 32, data=data)
         return checked_ioctl(self.fd, "KVM_SIGNAL_MSI", ioctls.KVM_SIGNAL_MSI, request)
 
     def set_gsi_routing(self, entries: list[uapi.kvm_irq_routing_entry]) -> None:
+        """KVM_SET_GSI_ROUTING (api.rst §4.52, KVM_CAP_IRQ_ROUTING): replace the whole
+        routing table, the irqchip routes KVM_CREATE_IRQCHIP installed included."""
         table = uapi.irq_routing_with(len(entries))()
         table.nr = len(entries)
         for index, entry in enumerate(entries):
@@ -116,9 +120,22 @@ class Vm(FileDescriptor):
 
     # --- eventfds ----------------------------------------------------------------------
 
-    def irqfd(self, eventfd: int, gsi: int, *, deassign: bool = False) -> None:
-        flags = uapi.KVM_IRQFD_FLAG_DEASSIGN if deassign else 0
-        request = uapi.kvm_irqfd(fd=eventfd, gsi=gsi, flags=flags)
+    def irqfd(
+        self, eventfd: int, gsi: int, *, resample_fd: int | None = None, deassign: bool = False
+    ) -> None:
+        """KVM_IRQFD (api.rst §4.75, KVM_CAP_IRQFD): a write to `eventfd` raises `gsi`.
+
+        With `resample_fd` (KVM_CAP_IRQFD_RESAMPLE) the GSI stays asserted until the
+        guest's EOI, which deasserts it and signals `resample_fd`: a level line.
+        Deassigning needs the same `eventfd` and `gsi`, never the resample fd.
+        """
+        if deassign:
+            flags, resample = uapi.KVM_IRQFD_FLAG_DEASSIGN, 0
+        elif resample_fd is not None:
+            flags, resample = uapi.KVM_IRQFD_FLAG_RESAMPLE, resample_fd
+        else:
+            flags, resample = 0, 0
+        request = uapi.kvm_irqfd(fd=eventfd, gsi=gsi, flags=flags, resamplefd=resample)
         checked_ioctl(self.fd, "KVM_IRQFD", ioctls.KVM_IRQFD, request)
 
     def ioeventfd(
@@ -131,13 +148,17 @@ class Vm(FileDescriptor):
         datamatch: int | None = None,
         deassign: bool = False,
     ) -> None:
+        """KVM_IOEVENTFD (api.rst §4.59, KVM_CAP_IOEVENTFD): a guest write of `length`
+        bytes (0: any, with KVM_CAP_IOEVENTFD_ANY_LENGTH) at `address` (a port with
+        `pio`) signals `eventfd` instead of exiting; with `datamatch` only that value
+        does. Deassigning needs the same address, length, fd, space and datamatch."""
         flags = uapi.KVM_IOEVENTFD_FLAG_PIO if pio else 0
         if datamatch is not None:
             flags |= uapi.KVM_IOEVENTFD_FLAG_DATAMATCH
         if deassign:
             flags |= uapi.KVM_IOEVENTFD_FLAG_DEASSIGN
         request = uapi.kvm_ioeventfd(
-            datamatch=datamatch or 0, addr=address, len=length, fd=eventfd, flags=flags
+            datamatch=0 if datamatch is None else datamatch, addr=address, len=length, fd=eventfd, flags=flags
         )
         checked_ioctl(self.fd, "KVM_IOEVENTFD", ioctls.KVM_IOEVENTFD, request)
 

@@ -40,6 +40,8 @@ STRUCTS = {
     "kvm_dirty_log": uapi.kvm_dirty_log,
     "kvm_irq_level": uapi.kvm_irq_level,
     "kvm_msi": uapi.kvm_msi,
+    "kvm_irq_routing_irqchip": uapi.kvm_irq_routing_irqchip,
+    "kvm_irq_routing_msi": uapi.kvm_irq_routing_msi,
     "kvm_irq_routing_entry": uapi.kvm_irq_routing_entry,
     "kvm_irq_routing": uapi.kvm_irq_routing,
     "kvm_ioeventfd": uapi.kvm_ioeventfd,
@@ -72,7 +74,23 @@ OFFSETS = {
     "kvm_sregs.apic_base": x86.kvm_sregs.apic_base.offset,
     "kvm_fpu.mxcsr": x86.kvm_fpu.mxcsr.offset,
     "kvm_irq_routing_entry.u": uapi.kvm_irq_routing_entry.u.offset,
+    "kvm_irq_routing_entry.u.msi.data": uapi.kvm_irq_routing_entry.u.offset
+    + uapi.kvm_irq_routing_msi.data.offset,
+    "kvm_irq_routing_entry.u.irqchip.pin": uapi.kvm_irq_routing_entry.u.offset
+    + uapi.kvm_irq_routing_irqchip.pin.offset,
+    "kvm_irq_routing.entries": ctypes.sizeof(uapi.kvm_irq_routing),
+    "kvm_msi.devid": uapi.kvm_msi.devid.offset,
+    "kvm_irqfd.resamplefd": uapi.kvm_irqfd.resamplefd.offset,
+    "kvm_ioeventfd.fd": uapi.kvm_ioeventfd.fd.offset,
+    "kvm_ioeventfd.flags": uapi.kvm_ioeventfd.flags.offset,
 }
+
+# Flag and type constants used with the eventfd and routing ioctls, and every Cap.
+CONSTANTS = {
+    name: getattr(uapi, name)
+    for name in dir(uapi)
+    if name.startswith(("KVM_IRQFD_FLAG_", "KVM_IOEVENTFD_FLAG_", "KVM_IRQ_ROUTING_", "KVM_MSI_"))
+} | {f"KVM_CAP_{cap.name}": int(cap) for cap in uapi.Cap}
 
 IOCTLS = [name for name in dir(ioctls) if name.startswith("KVM_")]
 
@@ -91,6 +109,8 @@ def c_view(tmp_path_factory: pytest.TempPathFactory) -> dict[str, int]:
         lines.append(f'printf("offset {expression} %zu\\n", offsetof(struct {struct_name}, {member}));')
     for name in IOCTLS:
         lines.append(f'printf("ioctl {name} %lu\\n", (unsigned long)({name}));')
+    for name in CONSTANTS:
+        lines.append(f'printf("constant {name} %lu\\n", (unsigned long)({name}));')
     lines.append("return 0; }")
     work = tmp_path_factory.mktemp("uapi")
     source, binary = work / "layout.c", work / "layout"
@@ -117,3 +137,7 @@ def test_field_offset_matches_header(c_view: dict[str, int], expression: str) ->
 def test_ioctl_number_matches_header(c_view: dict[str, int], name: str) -> None:
     assert getattr(ioctls, name) == c_view[f"ioctl {name}"], name
 
+
+@pytest.mark.parametrize("name", sorted(CONSTANTS))
+def test_constant_matches_header(c_view: dict[str, int], name: str) -> None:
+    assert CONSTANTS[name] == c_view[f"constant {name}"], name
