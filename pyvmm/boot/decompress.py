@@ -166,9 +166,27 @@ def _zstd(stream: bytes, size: int, what: str) -> bytes:
     # The kernel's zstd22 uses windows up to 128 MiB; allow the format's largest.
     decoder = zstandard.ZstdDecompressor(max_window_size=1 << 31)
     try:
-        # One byte more than announced shows a payload that is larger than its trailer.
-        return decoder.decompress(stream, max_output_size=size + 1, allow_extra_data=True)
+        # A frame that declares its content size (RFC 8878 §3.1.1.1.4) is decompressed
+        # into a buffer of that size whatever max_output_size says: hold it to the
+        # trailer first, or a 20-byte header could ask the host for terabytes.
+        declared = zstandard.frame_content_size(stream)
+        if declared >= 0 and declared != size:
+            raise ImageError(
+                f"{what} declares {declared:#x} bytes in its zstd frame header but its size trailer "
+                f"says {size:#x}"
+            )
+        return decoder.decompress(stream, max_output_size=size, allow_extra_data=True)
     except zstandard.ZstdError as exc:
+        # Output past max_output_size and a broken frame give the same error; a
+        # bounded read of one byte more than announced tells them apart.
+        try:
+            longer = len(decoder.stream_reader(stream, read_across_frames=False).read(size + 1)) > size
+        except zstandard.ZstdError:
+            longer = False
+        if longer:
+            raise ImageError(
+                f"{what} decompresses to more than the {size:#x} bytes its size trailer says"
+            ) from None
         raise _corrupt(what, exc) from None
 
 

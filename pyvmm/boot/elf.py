@@ -267,8 +267,10 @@ def load_segments(
             if overlaps((segment.paddr, segment.end), (start, end)):
                 raise ImageError(f"{name}: {what} overlaps [{start:#x}, {end:#x}), {holds}")
     loaded = []
+    file = memoryview(data)  # slices of the file, not copies of them
     for segment in segments:
-        memory.write(segment.paddr, data[segment.offset : segment.offset + segment.filesz])
+        memory.write(segment.paddr, file[segment.offset : segment.offset + segment.filesz])
+        # In place: memsz comes from the file and may be gigabytes (GuestMemory.fill).
         memory.fill(segment.paddr + segment.filesz, segment.memsz - segment.filesz)
         loaded.append((segment.paddr, segment.end, f"{name} segment {segment.index}"))
     return loaded

@@ -3,16 +3,24 @@ kernel build makes, the LZ4 legacy frame and lzop containers, and the errors."""
 
 from __future__ import annotations
 
+import bz2
+import functools
 import gzip
+import lzma
 import struct
+import tracemalloc
 import zlib
+from pathlib import Path
 
 import lz4.block  # type: ignore[import-untyped]
 import pytest
-from boot.linux_images import FORMATS, LZ4_LEGACY_MAGIC, MiB, compress, lz4_legacy, lzop, payload
+import zstandard
+from boot.linux_images import FORMATS, LZ4_LEGACY_MAGIC, BzImage, MiB, compress, lz4_legacy, lzop, payload
 
+from pyvmm.boot import BootImages, load
 from pyvmm.boot.decompress import Compression, decompress, split_payload
 from pyvmm.errors import ImageError
+from pyvmm.memory import GuestMemory
 
 DATA = b"\x7fELF" + bytes(range(256)) * 64 + bytes(5000) + b"vmlinux" * 300
 
@@ -157,3 +165,52 @@ def test_corrupt_lzo_block() -> None:
     raw[header_end + 12 : header_end + 28] = b"\xff" * 16
     with pytest.raises(ImageError, match=r"^k: lzo payload is corrupt: "):
         unpack(bytes(raw) + struct.pack("<I", len(DATA)))
+
+
+# Decompression bombs: 80 MiB of zeros in a few KiB, more than the 64 MiB guest. The
+# fast levels keep the set of them under 3 s to build.
+BOMB_SIZE = 80 * MiB
+BOMBS = {
+    "gzip": lambda data: gzip.compress(data, 1, mtime=0),
+    "bzip2": lambda data: bz2.compress(data, 1),
+    "lzma": lambda data: lzma.compress(data, lzma.FORMAT_ALONE, preset=0),
+    "xz": lambda data: lzma.compress(data, lzma.FORMAT_XZ, preset=0),
+    "lz4": lz4_legacy,
+    "zstd": lambda data: zstandard.ZstdCompressor(level=1, write_content_size=False).compress(data),
+    "zstd-content-size": lambda data: zstandard.ZstdCompressor(level=1).compress(data),  # RFC 8878 FCS
+    "lzo": lambda data: lzop(data, block=8 * MiB),
+}
+
+
+@functools.cache
+def bomb(kind: str) -> bytes:
+    return BOMBS[kind](bytes(BOMB_SIZE))
+
+
+@pytest.mark.parametrize("kind", list(BOMBS))
+def test_a_payload_that_inflates_past_its_trailer_stops_early(
+    kind: str, memory: GuestMemory, tmp_path: Path
+) -> None:
+    """The trailer says 1 MiB; the stream holds 80. Decompression stops at the trailer's
+    size (one lz4 block of 8 MiB at most past it), not at the end of the stream."""
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(BzImage(bomb(kind) + struct.pack("<I", MiB)).build())
+    tracemalloc.start()
+    try:
+        with pytest.raises(ImageError, match=r"vmlinuz: zstd|vmlinuz: " + kind.split("-")[0]) as info:
+            load(memory, BootImages(kernel))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert "size trailer" in str(info.value)
+    assert peak < 24 * MiB, f"{peak >> 20} MiB of host memory for a 1 MiB kernel"
+
+
+@pytest.mark.parametrize("kind", ["gzip", "zstd-content-size"])
+def test_a_payload_bigger_than_ram_is_refused_before_decompression(
+    kind: str, memory: GuestMemory, tmp_path: Path
+) -> None:
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(BzImage(bomb(kind) + struct.pack("<I", BOMB_SIZE)).build())
+    with pytest.raises(ImageError, match=r"kernel too big for RAM: the \w+ payload unpacks to 80 MiB"):
+        load(memory, BootImages(kernel))

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import struct
+import tracemalloc
 from pathlib import Path
 
 import pytest
-from boot.boot_images import Elf, Seg, code
+from boot.boot_images import Elf, Seg, code, multiboot_header
 
 from pyvmm.arch.x86.layout import CMDLINE_ADDRESS, ZERO_PAGE_ADDRESS
 from pyvmm.boot import BootImages, CpuMode, load
@@ -98,3 +99,36 @@ def test_initrd_too_big(memory: GuestMemory, tmp_path: Path) -> None:
 def test_too_long_cmdline(memory: GuestMemory, tmp_path: Path) -> None:
     with pytest.raises(ImageError, match="command line is 65536 bytes"):
         load(memory, BootImages(write(tmp_path, "k", kernel64()), cmdline="x" * 0x10000))
+
+
+def resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:  # proc(5): resident pages, second field
+        return int(statm.read().split()[1]) * 4096
+
+
+@pytest.mark.parametrize("bits", [64, 32])
+def test_a_2_gib_bss_is_zeroed_in_place(tmp_path: Path, bits: int) -> None:
+    """p_memsz of 2 GiB (an ELF64 kernel, or a Multiboot ELF32 one): no host buffer of
+    that size, no RSS for it, and every byte of it reads zero."""
+    paddr, bss = 0x1000000, 2 << 30
+    extra = {} if bits == 64 else {"after_headers": multiboot_header()}
+    kernel = Elf([Seg(paddr, code(0x500), memsz=0x500 + bss)], entry=paddr, bits=bits, **extra).build()
+    memory = GuestMemory([(0, 3 << 30)])
+    try:
+        for gpa in (paddr + 0x500, paddr + 0x500 + bss // 2, paddr + 0x500 + bss - 8):
+            memory.write(gpa, b"\xcc" * 8)  # what an earlier boot left there
+        resident = resident_bytes()
+        tracemalloc.start()
+        try:
+            entry = load(memory, BootImages(write(tmp_path, "k.elf", kernel)))
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert entry.mode is (CpuMode.LONG64 if bits == 64 else CpuMode.PROTECTED32)
+        assert peak < 16 << 20, f"{peak >> 20} MiB allocated to load a {len(kernel)}-byte kernel"
+        assert resident_bytes() - resident < 64 << 20
+        for gpa in (paddr + 0x500, paddr + 0x500 + bss // 2, paddr + 0x500 + bss - 8):
+            assert memory.read(gpa, 8) == bytes(8)
+        assert memory.read(paddr, 0x500) == code(0x500)
+    finally:
+        memory.close()
