@@ -17,6 +17,7 @@ import struct
 from collections.abc import Callable
 
 from pyvmm.arch.x86.emulator.cpu_state import CpuMode, CpuState
+from pyvmm.arch.x86.emulator.errors import EmulatorError, NotCovered
 from pyvmm.arch.x86.emulator.faults import InjectFault, Vector
 from pyvmm.arch.x86.emulator.mmu import Mmu
 from pyvmm.arch.x86.msrs import Msr
@@ -53,7 +54,10 @@ def repair(state: CpuState, mmu: Mmu, read_msrs: Callable[[list[int]], dict[int,
         ):
             return False
         error, rip, cs, rflags, rsp, _ss = _FRAME.unpack(mmu.read(state.gpr(4), _FRAME.size, user=False))
-    except InjectFault:
+    except (InjectFault, NotCovered, EmulatorError):
+        # What cannot be read (not mapped, protection keys, a page table outside RAM,
+        # MMIO without a handler) is no lost syscall's frame: the instruction's own
+        # emulation, which follows, meets and reports it as it does on any host.
         return False
     msrs = read_msrs(_SYSCALL_MSRS)
     lstar = msrs.get(Msr.IA32_LSTAR)

@@ -230,4 +230,3 @@ HANDLERS: dict[int, Handler] = {
     **_forms(["VINSERTI128", "VINSERTF128"], insert_128),
     Mnemonic.VZEROUPPER: zero_upper,
 }
-

@@ -13,6 +13,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from pyvmm.arch.x86.emulator.errors import NotCovered
 from pyvmm.kvm.x86 import kvm_cpuid_entry2
 
 # Legacy region (SDM Vol. 1 Table 13-1) and header (§13.4.2).
@@ -91,7 +92,12 @@ class XsaveLayout:
         return mask
 
     def component(self, index: int) -> Component:
-        return self.components[index]
+        """Component `index`; one KVM did not describe (XCR0 enables state that CPUID
+        leaf 0DH does not place) cannot be emulated, it is no reason to crash."""
+        try:
+            return self.components[index]
+        except KeyError:
+            raise NotCovered(f"XSAVE state component {index} missing from KVM's XSAVE layout") from None
 
     def standard_size(self, bitmap: int) -> int:
         """Bytes an XSAVE area needs in the standard format for components `bitmap`."""

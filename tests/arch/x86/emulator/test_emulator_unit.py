@@ -249,14 +249,17 @@ def test_mmio_outside_ram(memory: GuestMemory) -> None:
 def test_emulated_atomics_do_not_interleave(memory: GuestMemory) -> None:
     memory.write(CODE, bytes.fromhex("f0 0f c1 03"))
 
-    def worker() -> None:
-        vcpu = long_mode_vcpu(memory)
+    def worker(vcpu: FakeVcpu) -> None:
         emulator = Emulator(vcpu, memory, xsave_layout=XsaveLayout.typical())
         for _ in range(200):
             vcpu.regs.rip, vcpu.regs.rax, vcpu.regs.rbx = CODE, 1, DATA + 0x100
             emulator.emulate(bytes.fromhex("f0 0f c1 03"))
 
-    threads = [threading.Thread(target=worker) for _ in range(4)]
+    # The vCPUs (and so the page tables, which each one rebuilds in the shared memory)
+    # are made before any thread runs: a table zeroed under a running walk is a #PF,
+    # not an increment.
+    vcpus = [long_mode_vcpu(memory) for _ in range(4)]
+    threads = [threading.Thread(target=worker, args=(vcpu,)) for vcpu in vcpus]
     for thread in threads:
         thread.start()
     for thread in threads:
