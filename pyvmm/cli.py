@@ -10,7 +10,15 @@ from collections.abc import Callable
 from typing import NoReturn, TypeVar
 
 from pyvmm import __version__
-from pyvmm.config import DEFAULT_MEMORY, MAX_CPUS, MachineConfig, check_cpus, check_memory, check_timeout
+from pyvmm.config import (
+    DEFAULT_MEMORY,
+    MAX_CPUS,
+    MachineConfig,
+    check_cpus,
+    check_memory,
+    check_path,
+    check_timeout,
+)
 from pyvmm.console import TerminalConsole, write_all
 from pyvmm.errors import ConfigError, VmmError
 from pyvmm.images import DEFAULT, STOCK
@@ -55,6 +63,11 @@ def _memory(text: str) -> int:
     return _checked(check_memory, text)
 
 
+def _file(text: str) -> str:
+    _checked(check_path, text)
+    return text
+
+
 def _seconds(text: str) -> float:
     try:
         seconds = float(text)
@@ -77,7 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
         " built once and cached, to a shell on this terminal.",
     )
     run.add_argument(
-        "--kernel", help="Linux bzImage or vmlinux, Multiboot kernel, 64-bit ELF, or flat real-mode binary"
+        "--kernel",
+        type=_file,
+        help="Linux bzImage or vmlinux, Multiboot kernel, 64-bit ELF, or flat real-mode binary",
     )
     run.add_argument(
         "--kernel-format",
@@ -85,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="auto (default): detect the kernel's format; flat: boot the file as a raw real-mode binary",
     )
-    run.add_argument("--initrd", help="initial ramdisk (Linux initrd, or Multiboot module 0)")
+    run.add_argument("--initrd", type=_file, help="initial ramdisk (Linux initrd, or Multiboot module 0)")
     run.add_argument(
         "--cmdline", help=f"kernel command line (default: {LINUX_CMDLINE!r} for pyvmm's guest, else empty)"
     )

@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields
 from typing import Any, TypeGuard
 
 from pyvmm.arch.x86.layout import MiB
-from pyvmm.boot.entry import KERNEL_FORMATS, KernelDecompress
+from pyvmm.boot.entry import KERNEL_FORMATS, KernelDecompress, encode_text
 from pyvmm.errors import ConfigError
 
 DEFAULT_MEMORY = 256 * MiB
@@ -105,18 +105,15 @@ def check_initrd(value: object) -> str | os.PathLike[str] | None:
     return None if value is None else check_path(value, "an initrd file path or None")
 
 
-def check_cmdline(value: object) -> str:
-    """The kernel command line, a str encodable as arguments are (UTF-8, surrogate escapes).
+def check_cmdline(value: object) -> str | bytes:
+    """The kernel command line: bytes as given (as Linux takes them), or a str that
+    `encode_text` can turn into the bytes the user typed (surrogate escapes included).
 
     Its length limit depends on the boot protocol and is checked by the loader.
     """
-    if not isinstance(value, str):
-        raise ConfigError(f"expected a str, got {_describe(value)}")
-    try:
-        encoded = value.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        raise ConfigError(f"cannot encode {_describe(value)} as bytes (UTF-8)") from None
-    if b"\0" in encoded:
+    if not isinstance(value, (str, bytes)):  # a bytearray could change after the check
+        raise ConfigError(f"expected str or bytes, got {_describe(value)}")
+    if b"\0" in encode_text(value, "the kernel command line"):
         raise ConfigError("the kernel command line may not contain NUL bytes")
     return value
 
@@ -190,14 +187,15 @@ class MachineConfig:
 
     `console` receives the guest's serial output as it is produced (for example
     ``sys.stdout.buffer.write``); the output is also kept in `RunResult.console`.
-    `timeout` (seconds) stops the VM if it has not ended by then. Every field is
+    `timeout` (seconds) stops the VM if it has not ended by then. `cmdline` may be
+    bytes, given to the kernel as they are. Every field is
     checked when the config is made and again by `validate()`: a wrong one raises
     `ConfigError` naming it, before any KVM resource is taken.
     """
 
     kernel: str | os.PathLike[str]
     initrd: str | os.PathLike[str] | None = None
-    cmdline: str = ""
+    cmdline: str | bytes = ""
     cpus: int = 1
     memory: int | str = DEFAULT_MEMORY
     console: Callable[[bytes], object] | None = None

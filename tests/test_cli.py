@@ -95,6 +95,11 @@ def test_bad_timeouts(capsys: pytest.CaptureFixture[str], seconds: str) -> None:
     assert "argument --timeout: " in usage_error(capsys, "--timeout", seconds)
 
 
+@pytest.mark.parametrize("flag", ["--kernel", "--initrd"])
+def test_an_empty_file_name(capsys: pytest.CaptureFixture[str], flag: str) -> None:
+    assert f"argument {flag}: expected a file path, got an empty one" in usage_error(capsys, flag, "")
+
+
 def test_the_cli_refuses_in_machine_configs_words(capsys: pytest.CaptureFixture[str]) -> None:
     line = usage_error(capsys, "--timeout", "nan")
     with pytest.raises(ConfigError) as caught:

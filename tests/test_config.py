@@ -97,9 +97,13 @@ def test_the_longest_timeout_is_one_threading_can_wait_for() -> None:
     assert threading.Lock().acquire(timeout=timeout)
 
 
-@pytest.mark.parametrize("cmdline", [None, 7, ["quiet"], "a\0b", "\ud800", bytearray(b"quiet")])
+@pytest.mark.parametrize("cmdline", [None, 7, ["quiet"], "a\0b", b"a\0b", "\ud800", bytearray(b"quiet")])
 def test_bad_cmdline(cmdline: object) -> None:
     refused("cmdline", cmdline=cmdline)
+
+
+def test_a_bytes_cmdline_is_taken_as_given() -> None:
+    assert MachineConfig(kernel="vmlinuz", cmdline=b"root=/dev/vda \xff").cmdline == b"root=/dev/vda \xff"
 
 
 @pytest.mark.parametrize("console", [b"", 1, "print"])
@@ -279,9 +283,9 @@ def _path_verdict(value: object) -> Verdict:
 
 
 def _cmdline_verdict(value: object) -> Verdict:
-    if not isinstance(value, str):
-        return False
-    return "\0" not in value and _fs_encodable(value)
+    if isinstance(value, bytes):
+        return b"\0" not in value
+    return isinstance(value, str) and "\0" not in value and _fs_encodable(value)
 
 
 def _is_int(value: object) -> bool:
@@ -464,3 +468,22 @@ def test_valid_configs_boot_the_demo_guest(
     assert "Hello from the pyvmm demo guest!" in result.console_text
     assert result.exit.kind is ExitKind.POWEROFF, result.exit.describe()
     assert b"".join(streamed) == (result.console if console else b"")
+
+
+@pytest.mark.kvm
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    code=st.integers(min_value=0, max_value=100),
+    word=st.binary(min_size=1, max_size=12).filter(lambda word: min(word) > 0x20),  # no blank, no NUL
+    as_bytes=st.booleans(),
+)
+def test_a_valid_cmdline_reaches_the_guest_as_its_bytes(
+    guests: Path, code: int, word: bytes, as_bytes: bool
+) -> None:
+    """bytes as given, and a str as the bytes it stands for (os.fsdecode, as argv is)."""
+    cmdline = b"exit=%d " % code + word
+    kernel = guests / "mbinfo.elf"
+    config = MachineConfig(kernel=kernel, cmdline=cmdline if as_bytes else os.fsdecode(cmdline), timeout=60)
+    result = Machine(config).run()
+    assert b"cmdline=" + os.fsencode(kernel) + b" " + cmdline + b"\n" in result.console.replace(b"\r", b"")
+    assert result.exit.kind is ExitKind.DEBUG_EXIT and result.exit.code == code, result.exit.describe()
