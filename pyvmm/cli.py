@@ -4,8 +4,10 @@ exit status; the guest's own end becomes the exit status (see `pyvmm.outcome`)."
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
+import time
 from collections.abc import Callable
 from typing import NoReturn, TypeVar
 
@@ -21,6 +23,7 @@ from pyvmm.config import (
 )
 from pyvmm.console import TerminalConsole, write_all
 from pyvmm.errors import ConfigError, VmmError
+from pyvmm.host_signals import stop_on_signals
 from pyvmm.images import DEFAULT, STOCK
 from pyvmm.images.cli import add_images_command
 from pyvmm.kvm import KvmError
@@ -29,7 +32,6 @@ from pyvmm.outcome import ExitKind, GuestExit
 
 STATUS_USAGE = 2
 STATUS_FAILURE = 1
-_QUIET_ENDINGS = (ExitKind.POWEROFF, ExitKind.DEBUG_EXIT)
 LINUX_CMDLINE = "console=ttyS0"  # pyvmm's own guest: its console is COM1
 
 
@@ -155,17 +157,67 @@ def _guest(args: argparse.Namespace) -> tuple[str, str | None, str]:
     return str(images.path("bzImage")), initrd, cmdline
 
 
-def _boot(config: MachineConfig) -> RunResult:
-    """One run of a fresh VM, with the terminal as its console when there is one."""
-    machine = Machine(config)
-    if not sys.stdin.isatty():
-        return machine.run()
+class _Run:
+    """One `pyvmm run`: boots the guest, boots it again after a reboot when asked,
+    within one deadline for the whole run, and stops it on SIGTERM or SIGHUP."""
 
-    def quit_from_console() -> None:
-        machine.stop(GuestExit(ExitKind.STOPPED, "quit from the console (C-a x)"))
+    def __init__(self, config: MachineConfig, restart: bool) -> None:
+        self.config = config
+        self.restart = restart
+        self.deadline = None if config.timeout is None else time.monotonic() + config.timeout
+        self.machine: Machine | None = None
+        self.signal: str | None = None
 
-    with TerminalConsole(machine.send_input, quit_from_console):
-        return machine.run()
+    def stop_for_signal(self, name: str) -> None:
+        self.signal = name
+        if self.machine is not None:
+            self.machine.stop(self._signal_exit())
+
+    def _signal_exit(self) -> GuestExit:
+        return GuestExit(ExitKind.STOPPED, f"terminated by {self.signal}")
+
+    def run(self) -> RunResult:
+        with stop_on_signals(self.stop_for_signal):
+            result = self._boot()
+            while result.exit.kind is ExitKind.REBOOT and self.restart and not self._over():
+                _say("the guest rebooted; starting it again")
+                result = self._boot()
+        kind = result.exit.kind
+        stopped = kind is ExitKind.STOPPED or (kind is ExitKind.REBOOT and self.restart)
+        if stopped and self.signal is None and self._over():  # the whole run's timeout
+            result = dataclasses.replace(
+                result, exit=GuestExit(ExitKind.STOPPED, f"timed out after {self.config.timeout} s")
+            )
+        return result
+
+    def _over(self) -> bool:
+        """A signal came, or the whole run's timeout has passed."""
+        return self.signal is not None or (self.deadline is not None and time.monotonic() >= self.deadline)
+
+    def _boot(self) -> RunResult:
+        """One run of a fresh VM, with the terminal as its console when there is one."""
+        config = self.config
+        if self.deadline is not None:  # what is left of the whole run's timeout
+            config = dataclasses.replace(config, timeout=max(self.deadline - time.monotonic(), 1e-3))
+        machine = self.machine = Machine(config)
+        if self.signal is not None:  # a signal came while the machine was being made
+            machine.stop(self._signal_exit())
+        if not sys.stdin.isatty():
+            return machine.run()
+
+        def quit_from_console() -> None:
+            machine.stop(GuestExit(ExitKind.STOPPED, "quit from the console (C-a x)"))
+
+        with TerminalConsole(machine.send_input, quit_from_console):
+            return machine.run()
+
+
+def _say(line: str) -> None:
+    """A line on stderr; with the terminal gone (SIGHUP, EIO) there is no one to tell."""
+    try:
+        print(f"pyvmm: {line}", file=sys.stderr, flush=True)
+    except OSError:
+        pass
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -181,14 +233,12 @@ def _run(args: argparse.Namespace) -> int:
         kernel_decompress=args.kernel_decompress,
         kernel_format=args.kernel_format,
     )
-    result = _boot(config)
-    while result.exit.kind is ExitKind.REBOOT and args.on_reboot == "restart":
-        print("pyvmm: the guest rebooted; starting it again", file=sys.stderr)
-        result = _boot(config)
+    result = _Run(config, restart=args.on_reboot == "restart").run()
     if args.stats:
-        print(result.stats.table(), file=sys.stderr)
-    if result.exit.kind not in _QUIET_ENDINGS:
-        print(f"pyvmm: guest ended: {result.exit.describe()}", file=sys.stderr)
+        _say(result.stats.table())
+    if result.exit.kind is not ExitKind.POWEROFF:
+        # Debug-exit too: its status can equal one of pyvmm's own (README, "Exit status").
+        _say(f"guest ended: {result.exit.describe()}")
     return result.status
 
 
