@@ -29,27 +29,17 @@ from pyvmm.arch.x86.layout import (
     MMIO_HOLE_START,
 )
 from pyvmm.boot import BootImages
-from pyvmm.bus import MmioBus, PortBus
+from pyvmm.bus import MmioBus
 from pyvmm.config import MachineConfig
 from pyvmm.console_tail import CONSOLE_TAIL_BYTES, ConsoleTail
-from pyvmm.devices import I8042, CmosRtc, DebugExit, FwCfg, PortSink, PowerControl, Serial16550
-from pyvmm.devices.debug_exit import DEBUG_EXIT_LENGTH, DEBUG_EXIT_PORT
-from pyvmm.devices.fw_cfg import FW_CFG_LENGTH, FW_CFG_PORT
-from pyvmm.devices.i8042 import AUX_IRQ, I8042_COMMAND_PORT, I8042_DATA_PORT, I8042_PORT_LENGTH, KEYBOARD_IRQ
-from pyvmm.devices.ports import IO_DELAY_PORT, POST_CODE_PORT
-from pyvmm.devices.power import (
-    PM1A_CNT_LENGTH,
-    PM1A_CNT_PORT,
-    SLEEP_PORTS_BASE,
-    SLEEP_PORTS_LENGTH,
-    SleepControl,
-)
-from pyvmm.devices.rtc import RTC_IRQ, RTC_PORT, RTC_PORT_LENGTH
-from pyvmm.devices.serial import COM1_IRQ, COM1_PORT, SERIAL_PORT_LENGTH
+from pyvmm.device_manager import DeviceManager
+from pyvmm.devices import CmosRtc, Serial16550
 from pyvmm.errors import ConfigError
 from pyvmm.kvm import Cap, Kvm, Vcpu, Vm
 from pyvmm.memory import GuestMemory, split_around_hole
 from pyvmm.outcome import ExitKind, GuestExit, InterruptLine
+from pyvmm.platform import PC_PLATFORM, PlatformContext
+from pyvmm.resources import ResourceAllocator
 from pyvmm.stats import ExitStats, collect
 from pyvmm.vcpu import InstructionEmulator, VcpuRunner
 
@@ -118,8 +108,9 @@ class Machine:
     def __init__(self, config: MachineConfig) -> None:
         config.validate()
         self.config = config
-        self.ports = PortBus()
-        self.mmio = MmioBus()
+        self.devices = DeviceManager(ResourceAllocator(config.memory_bytes()))
+        self.ports = self.devices.ports
+        self.mmio = self.devices.mmio
         self.runners: list[VcpuRunner] = []
         self.serial: Serial16550 | None = None
         self.rtc: CmosRtc | None = None
@@ -218,7 +209,7 @@ class Machine:
             config.cmdline,
             kernel_decompress=config.kernel_decompress,
             kernel_format=config.kernel_format,
-            rsdp_address=write_acpi_tables(memory, config.cpus),
+            rsdp_address=write_acpi_tables(memory, config.cpus, devices=self.devices.aml()),
         )
         self.entry = boot.load(memory, images)
         log.info("booting %s: %s", images.kernel, self.entry.description or self.entry.mode.value)
@@ -247,29 +238,17 @@ class Machine:
             )  # fmt: skip
 
     def _attach_devices(self, vm: Vm, memory: GuestMemory, has_irqchip: bool) -> None:
-        """The PC devices of docs/boot.md, on the port bus."""
+        """The PC platform's devices (pyvmm.platform), on the buses."""
+
         def line(gsi: int) -> InterruptLine:
             return KvmIrqLine(vm, gsi) if has_irqchip else NoIrqLine()
 
-        self.serial = Serial16550(line(COM1_IRQ), self._console_output)
-        fw_cfg = FwCfg(memory, memory.size, self.config.cpus, self.config.cpus)
-        ports = self.ports
-        ports.insert(COM1_PORT, SERIAL_PORT_LENGTH, self.serial, "serial (COM1)")
-        ports.insert(DEBUG_EXIT_PORT, DEBUG_EXIT_LENGTH, DebugExit(self.stop), "debug-exit")
-        ports.insert(PM1A_CNT_PORT, PM1A_CNT_LENGTH, PowerControl(self.stop), "pm1a-control")
-        ports.insert(SLEEP_PORTS_BASE, SLEEP_PORTS_LENGTH, SleepControl(self.stop), "acpi-sleep")
-        ports.insert(FW_CFG_PORT, FW_CFG_LENGTH, fw_cfg, "fw_cfg")
-        ports.insert(POST_CODE_PORT, 1, PortSink(), "post-code")
-        ports.insert(IO_DELAY_PORT, 1, PortSink(), "io-delay")
-        keyboard = I8042(self.stop, line(KEYBOARD_IRQ), line(AUX_IRQ))
-        ports.insert(I8042_DATA_PORT, I8042_PORT_LENGTH, keyboard.data_port(), "i8042 data")
-        ports.insert(I8042_COMMAND_PORT, I8042_PORT_LENGTH, keyboard.command_port(), "i8042 command")
-        self.rtc = CmosRtc(line(RTC_IRQ))
-        below_4g = sum(end - start for start, end in memory.ram_ranges() if end <= MMIO_HOLE_START)
-        self.rtc.set_memory_size(below_4g, memory.size - below_4g)
-        ports.insert(RTC_PORT, RTC_PORT_LENGTH, self.rtc, "cmos-rtc")
+        context = PlatformContext(memory, self.config.cpus, self.stop, line, self._console_output)
+        self.devices.add_all(row(context) for row in PC_PLATFORM)
+        self.serial = self.devices.model(Serial16550)
+        self.rtc = self.devices.model(CmosRtc)
         with self._lock:
-            if self._pending_input:
+            if self._pending_input and self.serial is not None:
                 self.serial.feed(bytes(self._pending_input))
                 self._pending_input.clear()
 
@@ -320,8 +299,7 @@ class Machine:
             if runner.thread.is_alive():
                 log.error("vCPU %d did not stop; leaving its resources to the process exit", runner.vcpu.id)
                 return
-        if self.rtc is not None:
-            self.rtc.close()  # its interrupt thread must not outlive the VM
+        self.devices.close()  # before the VM: device threads (the RTC's timer) must not outlive it
         for runner in self.runners:
             runner.vcpu.close()
         if self._vm is not None:

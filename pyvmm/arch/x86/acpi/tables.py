@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pyvmm.arch.x86.acpi.aml import Aml
-from pyvmm.arch.x86.acpi.dsdt import build_dsdt, platform_devices
+from pyvmm.arch.x86.acpi.dsdt import build_dsdt
 from pyvmm.arch.x86.acpi.errors import AcpiError
 from pyvmm.arch.x86.acpi.fadt import DEFAULT_BOOT_ARCH, BootArch, build_fadt
 from pyvmm.arch.x86.acpi.madt import TIMER_GSI_KVM_DEFAULT, build_madt
@@ -83,15 +83,16 @@ def _align(address: int) -> int:
 def build_acpi_tables(
     cpus: int,
     *,
-    extra_devices: Sequence[Aml] = (),
+    devices: Sequence[Aml] = (),
     timer_gsi: int = TIMER_GSI_KVM_DEFAULT,
     boot_arch: BootArch = DEFAULT_BOOT_ARCH,
     base: int = ACPI_AREA_START,
     limit: int = ACPI_AREA_END,
 ) -> AcpiTables:
     """All tables for a guest with `cpus` vCPUs, laid out from `base` (the RSDP) to at
-    most `limit`. `extra_devices` are AML objects (devices) added to ``\\_SB_``."""
-    dsdt = build_dsdt(cpus, [*platform_devices(), *extra_devices])
+    most `limit`. `devices` are the AML objects of the machine's devices, for ``\\_SB_``
+    (`DeviceManager.aml()`)."""
+    dsdt = build_dsdt(cpus, devices)
     madt = build_madt(cpus, timer_gsi=timer_gsi)
     # Every table but the DSDT has a size known before the addresses are: lay out first.
     xsdt_address = _align(base + RSDP_SIZE)
@@ -121,16 +122,16 @@ def write_acpi_tables(
     memory: GuestMemory,
     cpus: int,
     *,
-    extra_devices: Sequence[Aml] = (),
+    devices: Sequence[Aml] = (),
     timer_gsi: int = TIMER_GSI_KVM_DEFAULT,
     boot_arch: BootArch = DEFAULT_BOOT_ARCH,
 ) -> int:
     """Write the RSDP and every table into the BIOS area of `memory`; the RSDP's address.
 
-    `extra_devices`: AML device objects for ``\\_SB_`` (e.g. virtio-mmio ``LNRO0005``
-    devices). `timer_gsi`: where ISA IRQ 0 reaches the IOAPIC (see `madt`).
+    `devices`: the AML device objects of the machine's devices, for ``\\_SB_``.
+    `timer_gsi`: where ISA IRQ 0 reaches the IOAPIC (see `madt`).
     """
-    built = build_acpi_tables(cpus, extra_devices=extra_devices, timer_gsi=timer_gsi, boot_arch=boot_arch)
+    built = build_acpi_tables(cpus, devices=devices, timer_gsi=timer_gsi, boot_arch=boot_arch)
     for entry in built.tables:
         memory.write(entry.address, entry.data)
     log.debug("ACPI tables for %d vCPUs at [%#x, %#x)", cpus, built.rsdp_address, built.end)

@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from pc_platform import pc_devices
 
 from pyvmm.arch.x86.acpi import build_acpi_tables
 from pyvmm.arch.x86.acpi.aml import Device, EisaId, Method, Name, Package, Return, Scope, definition_block
@@ -132,7 +133,9 @@ def test_x2apic_madt_disassembles_cleanly(iasl: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("cpus", [1, 8, 64])
 def test_dsdt_disassembles_to_the_devices_and_compiles_back(iasl: str, tmp_path: Path, cpus: int) -> None:
     extra = [virtio_mmio(0, 0xD000_0000, 5), virtio_mmio(1, 0xD000_0200, 6)]
-    dsl = disassemble(iasl, build_acpi_tables(cpus, extra_devices=extra).table("DSDT").data, "dsdt", tmp_path)
+    with pc_devices() as platform:
+        devices = [*platform.aml(), *extra]
+    dsl = disassemble(iasl, build_acpi_tables(cpus, devices=devices).table("DSDT").data, "dsdt", tmp_path)
 
     assert re.search(r"Name \(_S5, Package \(0x02\).*?\{\s*0x05,\s*Zero\s*\}", dsl, re.DOTALL)
     assert "Scope (\\_SB)" in dsl

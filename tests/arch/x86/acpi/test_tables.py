@@ -8,6 +8,7 @@ import struct
 from collections.abc import Iterator
 
 import pytest
+from pc_platform import pc_devices
 
 from pyvmm.arch.x86.acpi import (
     ACPI_AREA_END,
@@ -170,7 +171,8 @@ def test_madt_uses_x2apic_structures_from_apic_id_255() -> None:
 
 @pytest.mark.parametrize("cpus", CPU_COUNTS)
 def test_dsdt_has_a_processor_device_per_cpu_and_the_platform_devices(cpus: int) -> None:
-    dsdt = build_acpi_tables(cpus).table("DSDT").data
+    with pc_devices() as platform:
+        dsdt = build_acpi_tables(cpus, devices=platform.aml()).table("DSDT").data
     for cpu in range(cpus):
         assert f"C{cpu:03X}".encode() in dsdt
     assert f"C{cpus:03X}".encode() not in dsdt
@@ -188,7 +190,7 @@ def test_without_an_rtc_the_fadt_names_no_century_register() -> None:
 def test_extra_devices_land_in_the_dsdt() -> None:
     virtio = Device("VR00", [Name("_HID", "LNRO0005"), Name("_UID", 0)])
     plain = build_acpi_tables(1).table("DSDT").data
-    dsdt = build_acpi_tables(1, extra_devices=[virtio]).table("DSDT").data
+    dsdt = build_acpi_tables(1, devices=[virtio]).table("DSDT").data
     assert virtio.encode() in dsdt
     assert len(dsdt) == len(plain) + len(virtio.encode())
 

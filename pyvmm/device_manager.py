@@ -1,0 +1,63 @@
+"""The device manager: owns the buses, the resource allocator and the devices, puts
+each device's ranges on its bus, and gathers the ACPI they contribute."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from typing import TypeVar
+
+from pyvmm.arch.x86.acpi.aml import Aml
+from pyvmm.bus import Bus, MmioBus, PortBus
+from pyvmm.devices.device import AddressSpace, Device, PlacedDevice
+from pyvmm.resources import ResourceAllocator
+
+log = logging.getLogger(__name__)
+_Model = TypeVar("_Model")
+
+
+class DeviceManager:
+    """Every device of one machine, in the order they were added."""
+
+    def __init__(self, resources: ResourceAllocator) -> None:
+        self.ports = PortBus()
+        self.mmio = MmioBus()
+        self.resources = resources
+        self.devices: list[Device] = []
+
+    def bus(self, space: AddressSpace) -> Bus:
+        return self.ports if space is AddressSpace.PORT else self.mmio
+
+    def add(self, device: Device) -> Device:
+        """Claim the device's ranges (from the allocator, then on the bus) and keep it."""
+        for region in device.regions():
+            window = self.resources.ports if region.space is AddressSpace.PORT else None
+            if window is not None:
+                window.reserve(region.base, region.length)
+            self.bus(region.space).insert(region.base, region.length, region.handler, region.label)
+        self.devices.append(device)
+        log.debug("device %s: %s", device.name, [(r.space.value, r.base, r.length) for r in device.regions()])
+        return device
+
+    def add_all(self, devices: Iterable[Device]) -> None:
+        for device in devices:
+            self.add(device)
+
+    def model(self, kind: type[_Model]) -> _Model | None:
+        """The first device model of type `kind` (e.g. the UART), if there is one."""
+        for device in self.devices:
+            if isinstance(device, PlacedDevice) and isinstance(device.model, kind):
+                return device.model
+        return None
+
+    def aml(self) -> Sequence[Aml]:
+        """What the devices contribute to the DSDT's ``\\_SB_``, in device order."""
+        return [term for device in self.devices for term in device.aml()]
+
+    def close(self) -> None:
+        """Close every device, the last added first; one failing does not stop the rest."""
+        for device in reversed(self.devices):
+            try:
+                device.close()
+            except Exception:
+                log.exception("closing device %s failed", device.name)

@@ -1,0 +1,88 @@
+"""The platform's resources, handed out from one place: I/O ports, the 32-bit MMIO
+window in the hole below 4 GiB, a 64-bit MMIO window above RAM, and PCI slots.
+
+Fixed resources (the PC's legacy ports) are reserved first; what PCI BARs and
+virtio-mmio devices get is allocated around them, so no two devices can ever be given
+overlapping ranges. GSIs are handed out by `pyvmm.interrupts`' allocator.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+from pyvmm.arch.x86.layout import KVM_IDENTITY_MAP_ADDRESS, MMIO_HOLE_END, MMIO_HOLE_START, GiB
+from pyvmm.errors import ConfigError
+
+# PCI I/O BARs from 0xC000 up, as QEMU's PC places them: clear of every ISA device.
+PCI_IO_WINDOW = (0xC000, 0x10000)
+IOAPIC_ADDRESS = 0xFEC0_0000  # the IOAPIC, HPET and local APIC pages start here
+# The 32-bit MMIO window: the hole below 4 GiB up to the IOAPIC; KVM's TSS and
+# identity-map pages (0xFFFBC000...) lie above it.
+MMIO32_WINDOW = (MMIO_HOLE_START, IOAPIC_ADDRESS)
+MMIO64_SIZE = 64 * GiB
+PCI_SLOTS = 32
+
+
+class ResourceError(ConfigError):
+    """A window is full, or a fixed range is already taken."""
+
+
+@dataclass
+class AddressWindow:
+    """First-fit allocation of aligned ranges inside [start, end)."""
+
+    name: str
+    start: int
+    end: int
+    _taken: list[tuple[int, int]] = field(default_factory=list)  # sorted (base, end)
+
+    def reserve(self, base: int, length: int) -> int:
+        """Take exactly [base, base + length), or raise `ResourceError`."""
+        if length <= 0 or base < self.start or base + length > self.end:
+            window = f"[{self.start:#x}, {self.end:#x})"
+            raise ResourceError(f"{self.name}: {base:#x}+{length:#x} is outside {window}")
+        index = bisect.bisect_right(self._taken, (base, base + length))
+        for other_base, other_end in self._taken[max(index - 1, 0) : index + 1]:
+            if base < other_end and other_base < base + length:
+                raise ResourceError(f"{self.name}: {base:#x}+{length:#x} is already taken")
+        self._taken.insert(index, (base, base + length))
+        return base
+
+    def allocate(self, length: int, align: int = 1) -> int:
+        """The lowest free `align`-aligned base with room for `length`."""
+        if length <= 0 or align <= 0 or align & (align - 1):
+            raise ResourceError(f"{self.name}: cannot allocate {length:#x} bytes aligned to {align:#x}")
+        candidate = -(-self.start // align) * align
+        for base, end in self._taken:
+            if candidate + length <= base:
+                break
+            candidate = max(candidate, -(-end // align) * align)
+        if candidate + length > self.end:
+            raise ResourceError(f"{self.name}: no room for {length:#x} bytes aligned to {align:#x}")
+        return self.reserve(candidate, length)
+
+    def release(self, base: int) -> None:
+        self._taken = [entry for entry in self._taken if entry[0] != base]
+
+
+class ResourceAllocator:
+    """Every address range and PCI slot of one machine."""
+
+    def __init__(self, ram_end: int) -> None:
+        self.ports = AddressWindow("I/O ports", 0, 0x10000)
+        self.pci_io = AddressWindow("PCI I/O window", *PCI_IO_WINDOW)
+        self.mmio32 = AddressWindow("32-bit MMIO window", *MMIO32_WINDOW)
+        mmio64_start = max(-(-ram_end // GiB) * GiB, MMIO_HOLE_END)
+        self.mmio64 = AddressWindow("64-bit MMIO window", mmio64_start, mmio64_start + MMIO64_SIZE)
+        self._slots = [False] * PCI_SLOTS
+        assert MMIO32_WINDOW[1] <= KVM_IDENTITY_MAP_ADDRESS
+
+    def pci_slot(self, slot: int | None = None) -> int:
+        """A free PCI slot on bus 0 (`slot`, or the lowest free one)."""
+        candidates = range(PCI_SLOTS) if slot is None else [slot]
+        for candidate in candidates:
+            if 0 <= candidate < PCI_SLOTS and not self._slots[candidate]:
+                self._slots[candidate] = True
+                return candidate
+        raise ResourceError(f"PCI slot {slot} is taken" if slot is not None else "all 32 PCI slots are taken")

@@ -1,0 +1,52 @@
+"""The resource allocator: windows, alignment, fixed reservations, PCI slots."""
+
+from __future__ import annotations
+
+import pytest
+
+from pyvmm.arch.x86.layout import GiB, MiB
+from pyvmm.resources import MMIO32_WINDOW, AddressWindow, ResourceAllocator, ResourceError
+
+
+def test_first_fit_respects_alignment_and_reservations() -> None:
+    window = AddressWindow("w", 0x1000, 0x10000)
+    assert window.reserve(0x1000, 0x100) == 0x1000
+    assert window.allocate(0x1000, 0x1000) == 0x2000
+    assert window.allocate(0x10, 0x10) == 0x1100  # fits in the gap before 0x2000
+    with pytest.raises(ResourceError, match="already taken"):
+        window.reserve(0x2800, 0x10)
+    window.release(0x2000)
+    assert window.reserve(0x2800, 0x10) == 0x2800
+
+
+def test_a_full_window_and_bad_requests_are_errors() -> None:
+    window = AddressWindow("w", 0, 0x100)
+    window.allocate(0x100)
+    with pytest.raises(ResourceError, match="no room"):
+        window.allocate(1)
+    for length, align in ((0, 1), (16, 3), (-1, 1)):
+        with pytest.raises(ResourceError):
+            window.allocate(length, align)
+    with pytest.raises(ResourceError, match="outside"):
+        window.reserve(0xF0, 0x20)
+
+
+def test_windows_of_a_machine() -> None:
+    resources = ResourceAllocator(6 * GiB + 5 * MiB)
+    assert resources.mmio64.start == 7 * GiB  # above RAM, 1 GiB aligned
+    bar = resources.mmio32.allocate(0x4000, 0x4000)
+    assert MMIO32_WINDOW[0] <= bar < MMIO32_WINDOW[1]
+    assert resources.pci_io.allocate(0x40, 0x40) == 0xC000
+    assert ResourceAllocator(256 * MiB).mmio64.start == 4 * GiB
+
+
+def test_pci_slots() -> None:
+    resources = ResourceAllocator(256 * MiB)
+    assert resources.pci_slot(0) == 0
+    assert resources.pci_slot() == 1
+    with pytest.raises(ResourceError, match="taken"):
+        resources.pci_slot(1)
+    for _ in range(30):
+        resources.pci_slot()
+    with pytest.raises(ResourceError, match="all 32"):
+        resources.pci_slot()
