@@ -83,7 +83,10 @@ def check_path(value: object, what: str = "a file path") -> str | os.PathLike[st
     """
     if not isinstance(value, (str, os.PathLike)):
         raise ConfigError(f"expected {what} (str or os.PathLike), got {_describe(value)}")
-    name = os.fspath(value)
+    try:
+        name = os.fspath(value)
+    except TypeError:  # its __fspath__ gave neither str nor bytes
+        name = None
     if not isinstance(name, str):  # a PathLike may give bytes, which Path() refuses
         raise ConfigError(f"expected {what} naming a str path, got {_describe(value)}")
     if not name:

@@ -41,6 +41,11 @@ class BytesPath(os.PathLike[bytes]):
         return b"/boot/vmlinuz"
 
 
+class NumberPath(os.PathLike[str]):
+    def __fspath__(self) -> str:
+        return 5  # type: ignore[return-value]  # a broken PathLike: os.fspath raises TypeError
+
+
 def refused(field: str, **options: object) -> str:
     """Make a config with `options`; it must be refused for `field`. The message."""
     options.setdefault("kernel", "vmlinuz")
@@ -54,7 +59,9 @@ def refused(field: str, **options: object) -> str:
 # --- issue 11, item 5: each value the issue names -----------------------------------------
 
 
-@pytest.mark.parametrize("kernel", [None, b"/boot/vmlinuz", 42, "", "vm\0linuz", BytesPath(), "\ud800"])
+@pytest.mark.parametrize(
+    "kernel", [None, b"/boot/vmlinuz", 42, "", "vm\0linuz", BytesPath(), NumberPath(), "\ud800"]
+)
 def test_bad_kernel(kernel: object) -> None:
     refused("kernel", kernel=kernel)
 
