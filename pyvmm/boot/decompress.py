@@ -150,12 +150,26 @@ def _bzip2(stream: bytes, size: int, what: str) -> bytes:
     return _bounded(bz2.BZ2Decompressor(), stream, size, what)
 
 
+# The dictionary liblzma allocates is the size the stream's header declares (up to
+# 4 GiB in .lzma, 1.5 GiB in .xz), whatever the output. Allow what the kernel's own
+# build uses (lzma -9: 64 MiB; scripts/xz_wrap.sh: 32 MiB), or the output's size if
+# larger (a dictionary never needs to exceed the data), plus the decoder's tables.
+LZMA_DICTIONARY_ALLOWANCE = 64 << 20
+LZMA_TABLES = 1 << 20
+
+
+def _lzma_memlimit(size: int) -> int:
+    return max(size, LZMA_DICTIONARY_ALLOWANCE) + LZMA_TABLES
+
+
 def _lzma(stream: bytes, size: int, what: str) -> bytes:
-    return _bounded(lzma.LZMADecompressor(lzma.FORMAT_ALONE), stream, size, what)
+    decoder = lzma.LZMADecompressor(lzma.FORMAT_ALONE, memlimit=_lzma_memlimit(size))
+    return _bounded(decoder, stream, size, what)
 
 
 def _xz(stream: bytes, size: int, what: str) -> bytes:
-    return _bounded(lzma.LZMADecompressor(lzma.FORMAT_XZ), stream, size, what)
+    decoder = lzma.LZMADecompressor(lzma.FORMAT_XZ, memlimit=_lzma_memlimit(size))
+    return _bounded(decoder, stream, size, what)
 
 
 def _zstd(stream: bytes, size: int, what: str) -> bytes:

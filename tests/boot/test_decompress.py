@@ -214,3 +214,17 @@ def test_a_payload_bigger_than_ram_is_refused_before_decompression(
     kernel.write_bytes(BzImage(bomb(kind) + struct.pack("<I", BOMB_SIZE)).build())
     with pytest.raises(ImageError, match=r"kernel too big for RAM: the \w+ payload unpacks to 80 MiB"):
         load(memory, BootImages(kernel))
+
+
+def test_lzma_dictionary_size_from_the_header_is_bounded() -> None:
+    """A .lzma header may declare a 4 GiB dictionary, which liblzma would allocate."""
+    stream = bytearray(lzma.compress(DATA, lzma.FORMAT_ALONE, preset=0))
+    stream[1:5] = struct.pack("<I", 0xFFFF_FF00)  # after the properties byte: the dictionary size
+    tracemalloc.start()
+    try:
+        with pytest.raises(ImageError, match=r"^k: lzma payload is corrupt: Memory usage limit"):
+            unpack(bytes(stream) + struct.pack("<I", len(DATA)))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 96 * MiB
