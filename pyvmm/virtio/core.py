@@ -1,0 +1,174 @@
+"""The transport-independent part of every virtio transport (virtio 1.2 §2.1, §2.2,
+§3.1): feature negotiation, the device status, the queues, activation, reset, and
+DEVICE_NEEDS_RESET. virtio-pci and virtio-mmio map their registers onto this.
+
+The rules enforced here, once for both transports:
+- features are offered and accepted in 32-bit windows (§4.1.4.3, §4.2.2); the
+  driver may only accept offered features, and only before FEATURES_OK (§2.2);
+- FEATURES_OK sticks only if VERSION_1 was accepted (a legacy driver is refused:
+  pyvmm's devices are modern-only, §7.1) and nothing unoffered was (§3.1.1);
+- status bits are only ever set, except by a reset (writing 0, §2.1.2 / §2.4);
+- a queue is checked when the driver makes it ready (after FEATURES_OK, so the ring
+  features are known), and DRIVER_OK activates the device once;
+- any guest fault in a queue (`VirtqueueError`) sets DEVICE_NEEDS_RESET and sends
+  a configuration change notification (§2.1.2); the device stays quiet until reset.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from pyvmm.memory import GuestMemory
+from pyvmm.virtio.device import Activation, Interrupt, VirtioDevice
+from pyvmm.virtio.errors import VirtqueueError
+from pyvmm.virtio.queue import Virtqueue
+from pyvmm.virtio.spec import DeviceStatus, Feature
+
+log = logging.getLogger(__name__)
+
+# The reserved features (§6) every pyvmm transport offers on top of the device's own.
+TRANSPORT_FEATURES = int(Feature.VERSION_1 | Feature.INDIRECT_DESC | Feature.EVENT_IDX)
+_DRIVER_OK = int(DeviceStatus.DRIVER_OK)
+_FEATURES_OK = int(DeviceStatus.FEATURES_OK)
+_NEEDS_RESET = int(DeviceStatus.DEVICE_NEEDS_RESET)
+_FAILED = int(DeviceStatus.FAILED)
+_STATUS_BITS = 0xFF
+
+
+class VirtioCore:
+    """The state a transport keeps for one device."""
+
+    def __init__(self, device: VirtioDevice, memory: GuestMemory, interrupt: Interrupt) -> None:
+        self.device = device
+        self.memory = memory
+        self.interrupt = interrupt
+        self.offered = device.device_features() | TRANSPORT_FEATURES
+        self.queues = [Virtqueue(memory, size) for size in device.queue_sizes]
+        self._lock = threading.RLock()  # vCPU threads program it; the I/O thread notifies
+        self.reset()
+
+    # --- status and reset -----------------------------------------------------------
+
+    def reset(self) -> None:
+        """Device reset (§2.4): status 0, nothing negotiated, every queue unprogrammed."""
+        with self._lock:
+            self.status = 0
+            self.accepted = 0  # the driver's feature bits
+            self.device_feature_select = 0
+            self.driver_feature_select = 0
+            self.queue_select = 0
+            self.config_generation = 0
+            self.active = False
+            for queue in self.queues:
+                queue.reset()
+            self.device.reset()
+
+    def write_status(self, value: int) -> None:
+        """The driver wrote the device status field."""
+        value &= _STATUS_BITS
+        with self._lock:
+            if value == 0:
+                self.reset()
+                return
+            if value & ~self.status & _FEATURES_OK and not self._features_acceptable():
+                value &= ~_FEATURES_OK  # §3.1.1 step 6: the driver re-reads and sees it unset
+            self.status |= value & ~_NEEDS_RESET  # bits are never cleared but by reset
+            if self.status & _DRIVER_OK and not self.active and not self.status & (_FAILED | _NEEDS_RESET):
+                self._activate()
+
+    def _features_acceptable(self) -> bool:
+        if not self.accepted & Feature.VERSION_1:
+            log.info("%s: the driver did not accept VERSION_1 (a legacy driver): refused", self.device.name)
+            return False
+        if self.accepted & ~self.offered:
+            log.info("%s: the driver accepted features never offered: %#x", self.device.name,
+                     self.accepted & ~self.offered)  # fmt: skip
+            return False
+        return True
+
+    def _activate(self) -> None:
+        if not self.status & _FEATURES_OK:
+            self.needs_reset("DRIVER_OK without FEATURES_OK")
+            return
+        self.active = True
+        self.device.activate(Activation(self.memory, self.queues, self.accepted, self.interrupt))
+
+    def needs_reset(self, reason: str) -> None:
+        """The device cannot go on until the driver resets it (§2.1.2)."""
+        with self._lock:
+            log.warning("%s: needs reset: %s", self.device.name, reason)
+            self.status |= _NEEDS_RESET
+            self.active = False
+            notify = bool(self.status & _DRIVER_OK)
+        if notify:
+            self.interrupt.config_changed()
+
+    # --- features -----------------------------------------------------------------
+
+    def device_features_window(self) -> int:
+        """The 32 offered feature bits selected by `device_feature_select`."""
+        select = self.device_feature_select
+        return (self.offered >> (32 * select)) & 0xFFFF_FFFF if select < 2 else 0
+
+    def write_driver_features(self, value: int) -> None:
+        """The driver accepted the 32 bits selected by `driver_feature_select`; ignored
+        once FEATURES_OK is set (§2.2: negotiation is over) or for windows past 63."""
+        with self._lock:
+            select = self.driver_feature_select
+            if self.status & _FEATURES_OK or select >= 2:
+                return
+            shift = 32 * select
+            self.accepted = (self.accepted & ~(0xFFFF_FFFF << shift)) | ((value & 0xFFFF_FFFF) << shift)
+
+    def driver_features_window(self) -> int:
+        select = self.driver_feature_select
+        return (self.accepted >> (32 * select)) & 0xFFFF_FFFF if select < 2 else 0
+
+    # --- queues -------------------------------------------------------------------
+
+    def selected_queue(self) -> Virtqueue | None:
+        """The queue `queue_select` names, or None past the last one (reads as size 0)."""
+        select = self.queue_select
+        return self.queues[select] if 0 <= select < len(self.queues) else None
+
+    def enable_queue(self) -> None:
+        """The driver set the selected queue ready (§4.1.4.3 queue_enable, §4.2.2
+        QueueReady): check its rings now; a bad one means DEVICE_NEEDS_RESET."""
+        with self._lock:
+            queue = self.selected_queue()
+            if queue is None or queue.ready or not self.queue_programmable():
+                return
+            try:
+                queue.enable(self.accepted)
+            except VirtqueueError as error:
+                self.needs_reset(str(error))
+
+    def queue_programmable(self) -> bool:
+        """Queue registers may be written between FEATURES_OK and DRIVER_OK (§3.1.1)."""
+        return not self.status & _DRIVER_OK
+
+    def notify(self, index: int) -> None:
+        """An available buffer notification for queue `index` (any thread)."""
+        if not self.active or not 0 <= index < len(self.queues):
+            return  # §2.7.13.3: notifications for unknown or idle queues are ignored
+        try:
+            self.device.notify(index)
+        except VirtqueueError as error:
+            self.needs_reset(str(error))
+
+    # --- configuration space ----------------------------------------------------------
+
+    def read_config(self, offset: int, size: int) -> int:
+        """`size` bytes of the device configuration space; past its end reads as 0."""
+        data = self.device.config()
+        if offset < 0 or offset + size > len(data):
+            return 0
+        return int.from_bytes(data[offset : offset + size], "little")
+
+    def write_config(self, offset: int, size: int, value: int) -> None:
+        data = self.device.config()
+        if offset < 0 or offset + size > len(data):
+            return
+        self.device.write_config(offset, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
+        self.config_generation = (self.config_generation + 1) & 0xFF
