@@ -4,6 +4,8 @@ table's masks, the PBA, and what the platform hears."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pyvmm.pci.bar import BarKind, BarSpec
 from pyvmm.pci.capabilities import walk
@@ -154,3 +156,30 @@ def test_misaligned_table_offset_is_refused() -> None:
         MsixCapability(
             device.capabilities, MsixTable(1), table_bar=0, table_offset=4, pba_bar=0, pba_offset=0
         )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 0x900), st.sampled_from([1, 2, 3, 4, 8]), st.integers(0, 2**64 - 1), st.booleans()
+        )
+    )
+)
+def test_any_table_access_is_defined(ops: list[tuple[int, int, int, bool]]) -> None:
+    table = MsixTable(5)
+    sink = Sink()
+    table.sink = sink
+    table.set_control(True, False)
+    for offset, size, value, write in ops:
+        region, start = (table.pba, 0x800) if offset >= 0x800 else (table.table, 0)
+        if write:
+            region.write(offset - start, size, value)
+        else:
+            assert 0 <= region.read(offset - start, size) < 1 << (8 * size)
+        table.signal(offset % 5)
+    for index in range(5):
+        control = table.table.read(16 * index + 12, 4)
+        assert control in (0, 1)  # reserved bits stay 0
+        assert table.table.read(16 * index, 4) & 3 == 0
+        assert not (table.pending(index) and not table.vector(index).masked)  # unmasked never pends
