@@ -19,6 +19,15 @@ from typing import Any, TypeGuard
 
 from pyvmm.arch.x86.layout import MiB
 from pyvmm.boot.entry import KERNEL_FORMATS, KernelDecompress, encode_text
+from pyvmm.device_config import (
+    CONSOLES,
+    TRANSPORTS,
+    DiskConfig,
+    NetConfig,
+    check_disks,
+    check_nets,
+    check_test_devices,
+)
 from pyvmm.errors import ConfigError
 
 DEFAULT_MEMORY = 256 * MiB
@@ -184,6 +193,20 @@ def check_kernel_format(value: object) -> str:
     return _check_choice(value, KERNEL_FORMATS)
 
 
+def check_transport(value: object) -> str:
+    return _check_choice(value, TRANSPORTS)
+
+
+def check_console_device(value: object) -> str:
+    return _check_choice(value, CONSOLES)
+
+
+def check_switch(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"expected True or False, got {_describe(value)}")
+    return value
+
+
 @dataclass
 class MachineConfig:
     """A VM to build: what to boot, how many vCPUs, how much RAM, where the console goes.
@@ -206,6 +229,12 @@ class MachineConfig:
     kvm_device: str | os.PathLike[str] = "/dev/kvm"
     kernel_decompress: str = "host"  # bzImages: "host" (pyvmm unpacks) or "guest"
     kernel_format: str = "auto"  # "auto" (detect the format) or "flat" (raw real-mode binary)
+    disks: tuple[DiskConfig, ...] = ()  # virtio-blk: /dev/vda, /dev/vdb, ...
+    nets: tuple[NetConfig, ...] = ()  # virtio-net on TAP devices: eth0, eth1, ...
+    rng: bool = False  # virtio-rng from the host's os.urandom
+    console_device: str = "serial"  # the interactive console: COM1, or virtio-console (hvc0)
+    transport: str = "pci"  # the virtio devices' transport: "pci" or "mmio"
+    test_devices: tuple[str, ...] = ()  # QEMU's "pci-testdev" and "pc-testdev"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -240,4 +269,10 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "kvm_device": check_kvm_device,
     "kernel_decompress": check_kernel_decompress,
     "kernel_format": check_kernel_format,
+    "disks": check_disks,
+    "nets": check_nets,
+    "rng": check_switch,
+    "console_device": check_console_device,
+    "transport": check_transport,
+    "test_devices": check_test_devices,
 }

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from pyvmm import ExitKind, Machine, MachineConfig
 from pyvmm.config import MAX_CPUS, MAX_MEMORY, MAX_TIMEOUT, MIN_MEMORY, parse_size
+from pyvmm.device_config import DiskConfig, NetConfig
 from pyvmm.errors import ConfigError
 
 MiB = 1 << 20
@@ -351,6 +352,18 @@ VERDICTS: dict[str, Callable[[object], Verdict]] = {
     "kvm_device": _path_verdict,
     "kernel_decompress": _choice_verdict(("host", "guest")),
     "kernel_format": _choice_verdict(("auto", "flat")),
+    "disks": lambda value: isinstance(value, (tuple, list))
+    and len(value) <= 16
+    and all(isinstance(disk, DiskConfig) for disk in value),
+    "nets": lambda value: isinstance(value, (tuple, list))
+    and len(value) <= 8
+    and all(isinstance(net, NetConfig) for net in value),
+    "rng": lambda value: isinstance(value, bool),
+    "console_device": _choice_verdict(("serial", "virtio")),
+    "transport": _choice_verdict(("pci", "mmio")),
+    "test_devices": lambda value: isinstance(value, (tuple, list))
+    and all(isinstance(name, str) and name in ("pci-testdev", "pc-testdev") for name in value)
+    and len(set(value)) == len(value),
 }
 # Values near each field's valid ones; _judged adds the edge values and anything at all.
 NEAR = {
@@ -367,6 +380,14 @@ NEAR = {
     "kvm_device": _paths,
     "kernel_decompress": st.sampled_from(["host", "guest", "Host", "", "host "]),
     "kernel_format": st.sampled_from(["auto", "flat", "elf", "", "Flat"]),
+    "disks": st.lists(
+        st.sampled_from([DiskConfig("a.img"), DiskConfig("b", readonly=True), "a.img"]), max_size=18
+    ),
+    "nets": st.lists(st.sampled_from([NetConfig(), NetConfig("tap0"), "tap0"]), max_size=10),
+    "rng": st.sampled_from([True, False, 1, 0, None, "on"]),
+    "console_device": st.sampled_from(["serial", "virtio", "hvc0", ""]),
+    "transport": st.sampled_from(["pci", "mmio", "PCI", "ccw"]),
+    "test_devices": st.lists(st.sampled_from(["pci-testdev", "pc-testdev", "edu"]), max_size=3),
 }
 FIELD_STRATEGIES = {name: _judged(NEAR[name], VERDICTS[name]) for name in NEAR}
 FIELD_STRATEGIES["memory"] = st.one_of(FIELD_STRATEGIES["memory"], _memory_texts())
