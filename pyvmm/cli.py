@@ -22,6 +22,7 @@ from pyvmm.config import (
     check_timeout,
 )
 from pyvmm.console import TerminalConsole, write_all
+from pyvmm.device_config import CONSOLES, TEST_DEVICES, TRANSPORTS, DiskConfig, NetConfig
 from pyvmm.errors import ConfigError, VmmError
 from pyvmm.host_signals import stop_on_signals
 from pyvmm.images import DEFAULT, STOCK
@@ -44,13 +45,22 @@ class _Parser(argparse.ArgumentParser):
 # Argument types: the text is read here, the value is checked by MachineConfig's own
 # check for the field (pyvmm.config), so both refuse the same values in the same words.
 _T = TypeVar("_T")
+_V = TypeVar("_V")
 
 
-def _checked(check: Callable[[object], _T], value: object) -> _T:
+def _checked(check: Callable[[_V], _T], value: _V) -> _T:
     try:
         return check(value)
     except ConfigError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _disk(text: str) -> DiskConfig:
+    return _checked(DiskConfig.parse, text)
+
+
+def _net(text: str) -> NetConfig:
+    return _checked(NetConfig.parse, text)
 
 
 def _cpus(text: str) -> int:
@@ -134,6 +144,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--timeout", type=_seconds, help="stop the guest after this many seconds (at most 10 years)"
+    )
+    devices = run.add_argument_group("devices (virtio, on PCI unless --transport mmio)")
+    devices.add_argument(
+        "--disk",
+        action="append",
+        type=_disk,
+        default=[],
+        metavar="PATH[,readonly=on][,serial=ID]",
+        help="a raw disk image as virtio-blk (/dev/vda, /dev/vdb, ... in order); repeatable",
+    )
+    devices.add_argument(
+        "--net",
+        action="append",
+        type=_net,
+        default=[],
+        metavar="tap[=NAME][,mac=MAC]",
+        help="virtio-net on TAP device NAME (without NAME, as root: one pyvmm creates and removes)",
+    )
+    devices.add_argument("--rng", action="store_true", help="virtio-rng fed from the host's urandom")
+    devices.add_argument(
+        "--console",
+        choices=CONSOLES,
+        default="serial",
+        help="the guest's interactive console: serial (COM1, default) or virtio (hvc0)",
+    )
+    devices.add_argument(
+        "--transport", choices=TRANSPORTS, default="pci", help="virtio transport: pci (default) or mmio"
+    )
+    devices.add_argument(
+        "--device",
+        action="append",
+        choices=TEST_DEVICES,
+        default=[],
+        help="one of QEMU's test devices, for test suites written against QEMU; repeatable",
     )
     run.add_argument("--stats", action="store_true", help="print exit statistics when the guest ends")
     run.set_defaults(handler=_run)
@@ -232,6 +276,12 @@ def _run(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         kernel_decompress=args.kernel_decompress,
         kernel_format=args.kernel_format,
+        disks=tuple(args.disk),
+        nets=tuple(args.net),
+        rng=args.rng,
+        console_device=args.console,
+        transport=args.transport,
+        test_devices=tuple(args.device),
     )
     result = _Run(config, restart=args.on_reboot == "restart").run()
     if args.stats:

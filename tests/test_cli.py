@@ -201,3 +201,19 @@ def test_on_reboot_restart_boots_the_guest_again(tmp_path: Path) -> None:
         _, errors = process.communicate(timeout=30)
     assert boots == [b"B\n"] * 3
     assert errors.count(b"the guest rebooted; starting it again") >= 2
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "words"),
+    [
+        ("--disk", "a.img,cache=none", "unknown option 'cache'"),
+        ("--net", "user", "only TAP"),
+        ("--net", "tap=tap0,mac=zz", "not a MAC"),
+        ("--transport", "ccw", "invalid choice"),
+        ("--device", "edu", "invalid choice"),
+    ],
+)
+def test_bad_device_options_are_one_line(flag: str, value: str, words: str) -> None:
+    result = pyvmm("run", "--kernel", "/bin/true", flag, value)
+    assert_one_line_error(result, words)
+    assert result.returncode == 2
