@@ -7,13 +7,13 @@ from collections.abc import Sequence
 
 import pytest
 from virtio.driver import Driver
+from virtio.handshake import ACK, DRIVER, DRIVER_OK, FEATURES_OK, negotiate, program_queue
 
 from pyvmm.memory import GuestMemory
 from pyvmm.virtio import DeviceStatus, Feature
 from pyvmm.virtio.core import TRANSPORT_FEATURES, VirtioCore
 from pyvmm.virtio.device import Activation, DeviceType, VirtioDevice
 
-ACK, DRIVER, FEATURES_OK, DRIVER_OK = 1, 2, 8, 4
 NEEDS_RESET = int(DeviceStatus.DEVICE_NEEDS_RESET)
 ECHO_FEATURE = 1 << 0
 
@@ -75,24 +75,6 @@ class Interrupts:
 @pytest.fixture
 def core(memory: GuestMemory) -> VirtioCore:
     return VirtioCore(Echo(), memory, Interrupts())
-
-
-def negotiate(core: VirtioCore, features: int) -> None:
-    core.write_status(ACK)
-    core.write_status(ACK | DRIVER)
-    for select in (0, 1):
-        core.driver_feature_select = select
-        core.write_driver_features(features >> (32 * select))
-    core.write_status(ACK | DRIVER | FEATURES_OK)
-
-
-def program_queue(core: VirtioCore, driver: Driver) -> None:
-    core.queue_select = 0
-    queue = core.selected_queue()
-    assert queue is not None
-    queue.size = driver.size
-    queue.desc_table, queue.avail_ring, queue.used_ring = driver.desc, driver.avail, driver.used
-    core.enable_queue()
 
 
 def test_offered_features_come_in_two_windows(core: VirtioCore) -> None:
