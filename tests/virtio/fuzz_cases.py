@@ -280,7 +280,9 @@ def run_case(case: Case, memory: GuestMemory) -> Result:
                 check_chain(chain, queue, memory)
                 in_flight.append(chain)
                 outcomes["chain"] += 1
-            elif op == "add_used" and in_flight:
+            elif op == "add_used":
+                if not in_flight:
+                    continue
                 done = in_flight.pop(a % len(in_flight))
                 length = min(b, done.writable_len)
                 done.write(bytes(length))
@@ -302,6 +304,8 @@ def run_case(case: Case, memory: GuestMemory) -> Result:
                     max_chain_descriptors=case.max_chain_descriptors,
                 )
                 queue.restore(state)
+            if op != "pop":
+                outcomes[op] += 1
         except VirtqueueError as error:
             outcomes[error.fault.name] += 1
             if broken and error.fault is Fault.BROKEN:
