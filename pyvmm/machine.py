@@ -35,6 +35,7 @@ from pyvmm.console_tail import CONSOLE_TAIL_BYTES, ConsoleTail
 from pyvmm.device_manager import DeviceManager
 from pyvmm.devices import CmosRtc, Serial16550
 from pyvmm.errors import ConfigError
+from pyvmm.io_thread import IoThread
 from pyvmm.kvm import Cap, Kvm, Vcpu, Vm
 from pyvmm.memory import GuestMemory, split_around_hole
 from pyvmm.outcome import ExitKind, GuestExit, InterruptLine
@@ -126,6 +127,7 @@ class Machine:
         _refuse_unbuilt_devices(config)
         self.config = config
         self.devices = DeviceManager(ResourceAllocator(config.memory_bytes()))
+        self.io = IoThread(self._device_failed, name="pyvmm-io")  # device work, off the vCPUs
         self.ports = self.devices.ports
         self.mmio = self.devices.mmio
         self.runners: list[VcpuRunner] = []
@@ -156,6 +158,12 @@ class Machine:
         self._done.set()
         for runner in self.runners:
             runner.kick()
+
+    def _device_failed(self, source: str, error: BaseException) -> None:
+        """A device's I/O callback raised: a bug or a host failure, never the guest's
+        doing (guest faults are device statuses). The VM stops with the report."""
+        log.error("device I/O %s failed: %r", source, error)
+        self.stop(GuestExit(ExitKind.ERROR, f"device I/O {source} failed: {error!r}"))
 
     def is_stopping(self) -> bool:
         return self._stopping
@@ -279,6 +287,7 @@ class Machine:
         try:
             if not self._stopping:  # stop() before run(): nothing to build
                 self._build()
+                self.io.start()
                 for runner in self.runners:
                     runner.start()
                 self._wait()
@@ -316,6 +325,7 @@ class Machine:
             if runner.thread.is_alive():
                 log.error("vCPU %d did not stop; leaving its resources to the process exit", runner.vcpu.id)
                 return
+        self.io.stop()  # no device callback runs past this point
         self.devices.close()  # before the VM: device threads (the RTC's timer) must not outlive it
         for runner in self.runners:
             runner.vcpu.close()
