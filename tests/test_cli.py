@@ -217,3 +217,24 @@ def test_bad_device_options_are_one_line(flag: str, value: str, words: str) -> N
     result = pyvmm("run", "--kernel", "/bin/true", flag, value)
     assert_one_line_error(result, words)
     assert result.returncode == 2
+
+
+@pytest.mark.parametrize("kind", ["text", "dev-zero", "fifo", "directory", "sparse-giant"])
+def test_a_kernel_that_is_no_kernel_is_one_line(tmp_path: Path, kind: str) -> None:
+    """What a user may hand --kernel by mistake: one line, status 1, no hang."""
+    if kind == "text":
+        kernel = write(tmp_path, "hostname", b"vm\n")
+    elif kind == "dev-zero":
+        kernel = Path("/dev/zero")
+    elif kind == "fifo":
+        kernel = tmp_path / "fifo"
+        os.mkfifo(kernel)
+    elif kind == "directory":
+        kernel = tmp_path
+    else:
+        kernel = tmp_path / "giant"
+        with kernel.open("wb") as file:
+            file.truncate(100 << 30)  # 100 GiB, sparse
+    result = pyvmm("run", "--kernel", str(kernel), "--timeout", "5", timeout=60)
+    assert_one_line_error(result)
+    assert result.returncode == 1
