@@ -36,10 +36,13 @@ from pyvmm.device_manager import DeviceManager
 from pyvmm.devices import CmosRtc, Serial16550
 from pyvmm.errors import ConfigError
 from pyvmm.io_thread import IoThread
+from pyvmm.irq import KvmIrqLine, NoIrqLine
 from pyvmm.kvm import Cap, Kvm, Vcpu, Vm
 from pyvmm.memory import GuestMemory, split_around_hole
 from pyvmm.outcome import ExitKind, GuestExit, InterruptLine
+from pyvmm.pci_platform import PciPlatform
 from pyvmm.platform import PC_PLATFORM, PlatformContext
+from pyvmm.qemu_test_devices import build_test_devices
 from pyvmm.resources import ResourceAllocator
 from pyvmm.stats import ExitStats, collect
 from pyvmm.vcpu import InstructionEmulator, VcpuRunner
@@ -75,29 +78,10 @@ def _refuse_unbuilt_devices(config: MachineConfig) -> None:
         "--rng": config.rng,
         "--console virtio": config.console_device != "serial",
         "--transport mmio": config.transport != "pci",
-        "--device": bool(config.test_devices),
     }
     missing = [flag for flag, wanted in asked.items() if wanted]
     if missing:
         raise ConfigError(f"not built into this pyvmm yet: {', '.join(missing)}")
-
-
-class KvmIrqLine:
-    """An input pin of the in-kernel PIC/IOAPIC (KVM_IRQ_LINE)."""
-
-    def __init__(self, vm: Vm, gsi: int) -> None:
-        self.vm = vm
-        self.gsi = gsi
-
-    def set_level(self, high: bool) -> None:
-        self.vm.irq_line(self.gsi, high)
-
-
-class NoIrqLine:
-    """Without an in-kernel irqchip there is nothing to raise."""
-
-    def set_level(self, high: bool) -> None:
-        pass
 
 
 @dataclass(frozen=True)
@@ -234,7 +218,13 @@ class Machine:
             config.cmdline,
             kernel_decompress=config.kernel_decompress,
             kernel_format=config.kernel_format,
-            rsdp_address=write_acpi_tables(memory, config.cpus, devices=self.devices.aml()),
+            rsdp_address=write_acpi_tables(
+                memory,
+                config.cpus,
+                devices=self.devices.aml(),
+                tables=self.pci.acpi_tables() if self.pci else (),
+            ),
+            reserved=self.pci.reserved() if self.pci else (),
         )
         self.entry = boot.load(memory, images)
         log.info("booting %s: %s", images.kernel, self.entry.description or self.entry.mode.value)
@@ -270,6 +260,13 @@ class Machine:
 
         context = PlatformContext(memory, self.config.cpus, self.stop, line, self._console_output)
         self.devices.add_all(row(context) for row in PC_PLATFORM)
+        # PCI (pyvmm.pci_platform) unless virtio goes over MMIO, as on QEMU's PC.
+        self.pci: PciPlatform | None = None
+        if self.config.transport == "pci":
+            msi = vm.signal_msi if has_irqchip else None
+            self.pci = PciPlatform(self.devices, memory.ram_ranges(), line, msi)
+            self.devices.add(self.pci)
+        self.devices.add_all(build_test_devices(self.config.test_devices, self.pci, line))
         self.serial = self.devices.model(Serial16550)
         self.rtc = self.devices.model(CmosRtc)
         with self._lock:

@@ -4,6 +4,13 @@ window in the hole below 4 GiB, a 64-bit MMIO window above RAM, and PCI slots.
 Fixed resources (the PC's legacy ports) are reserved first; what PCI BARs and
 virtio-mmio devices get is allocated around them, so no two devices can ever be given
 overlapping ranges. GSIs are handed out by `pyvmm.interrupts`' allocator.
+
+PCI takes its share once (`ResourceAllocator.pci`): a 512 MiB window at the bottom
+of the 32-bit MMIO window (room for many 32-bit BARs, while devices outside PCI keep
+the rest), the ECAM window right after it, half of the 64-bit window, and the PCI
+I/O ports; the host bridge forwards exactly these
+(its ACPI _CRS), and BARs are placed inside them. The rest of the 32- and 64-bit
+windows stays free for devices outside PCI (virtio-mmio).
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
-from pyvmm.arch.x86.layout import KVM_IDENTITY_MAP_ADDRESS, MMIO_HOLE_END, MMIO_HOLE_START, GiB
+from pyvmm.arch.x86.layout import KVM_IDENTITY_MAP_ADDRESS, MMIO_HOLE_END, MMIO_HOLE_START, GiB, MiB
 from pyvmm.errors import ConfigError
 
 # PCI I/O BARs from 0xC000 up, as QEMU's PC places them: clear of every ISA device.
@@ -22,6 +29,8 @@ IOAPIC_ADDRESS = 0xFEC0_0000  # the IOAPIC, HPET and local APIC pages start here
 MMIO32_WINDOW = (MMIO_HOLE_START, IOAPIC_ADDRESS)
 MMIO64_SIZE = 64 * GiB
 PCI_SLOTS = 32
+PCI_MMIO32_SIZE = 512 * MiB
+ECAM_BUS_SIZE = 1 * MiB  # configuration space of one bus (PCIe base §7.2.2)
 
 
 class ResourceError(ConfigError):
@@ -65,6 +74,26 @@ class AddressWindow:
     def release(self, base: int) -> None:
         self._taken = [entry for entry in self._taken if entry[0] != base]
 
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+    def sub_window(self, name: str, length: int, align: int) -> AddressWindow:
+        """Allocate [base, base + length) here and hand it out as a window of its own."""
+        base = self.allocate(length, align)
+        return AddressWindow(name, base, base + length)
+
+
+@dataclass(frozen=True)
+class PciResources:
+    """What the PCI host bridge forwards and where its ECAM window is."""
+
+    ecam_base: int
+    ecam_size: int
+    io: AddressWindow
+    mmio32: AddressWindow
+    mmio64: AddressWindow
+
 
 class ResourceAllocator:
     """Every address range and PCI slot of one machine."""
@@ -76,7 +105,22 @@ class ResourceAllocator:
         mmio64_start = max(-(-ram_end // GiB) * GiB, MMIO_HOLE_END)
         self.mmio64 = AddressWindow("64-bit MMIO window", mmio64_start, mmio64_start + MMIO64_SIZE)
         self._slots = [False] * PCI_SLOTS
+        self._pci: PciResources | None = None
         assert MMIO32_WINDOW[1] <= KVM_IDENTITY_MAP_ADDRESS
+
+    def pci(self, buses: int = 1) -> PciResources:
+        """PCI's windows and ECAM window (for `buses` buses), allocated at the first call;
+        later calls return the same."""
+        if self._pci is None:
+            if not 1 <= buses <= 256:
+                raise ResourceError(f"an ECAM window covers 1 to 256 buses, not {buses}")
+            mmio32 = self.mmio32.sub_window("PCI 32-bit MMIO window", PCI_MMIO32_SIZE, PCI_MMIO32_SIZE)
+            ecam_size = buses * ECAM_BUS_SIZE
+            # Aligned to its size, as PCIe base §7.2.2 asks of a window of 2^n buses.
+            ecam_base = self.mmio32.allocate(ecam_size, 1 << (ecam_size - 1).bit_length())
+            mmio64 = self.mmio64.sub_window("PCI 64-bit MMIO window", self.mmio64.length // 2, GiB)
+            self._pci = PciResources(ecam_base, ecam_size, self.pci_io, mmio32, mmio64)
+        return self._pci
 
     def pci_slot(self, slot: int | None = None) -> int:
         """A free PCI slot on bus 0 (`slot`, or the lowest free one)."""
@@ -86,3 +130,8 @@ class ResourceAllocator:
                 self._slots[candidate] = True
                 return candidate
         raise ResourceError(f"PCI slot {slot} is taken" if slot is not None else "all 32 PCI slots are taken")
+
+    def release_pci_slot(self, slot: int) -> None:
+        """Give `slot` back (a function was unplugged)."""
+        if 0 <= slot < PCI_SLOTS:
+            self._slots[slot] = False

@@ -115,6 +115,7 @@ def load_compressed(
         initrd_range,
         kernel_header=image.header_bytes,
         rsdp_address=images.rsdp_address,
+        reserved=images.reserved,
     )
     hdr = params.hdr
     hdr.code32_start = load  # boot.rst "code32_start": a relocated kernel's load address

@@ -89,7 +89,7 @@ def load_vmlinux(
     source = f" from {bzimage.name} (boot protocol {bzimage.protocol})" if bzimage else ""
     if pvh is not None:
         modules = [initrd_range] if initrd_range else []
-        start_info = write_start_info(memory, CMDLINE_ADDRESS, modules, images.rsdp_address)
+        start_info = write_start_info(memory, CMDLINE_ADDRESS, modules, images.rsdp_address, images.reserved)
         return EntryPoint(
             CpuMode.PROTECTED32,
             rip=pvh,
@@ -99,7 +99,12 @@ def load_vmlinux(
         )
     header = bzimage.header_bytes if bzimage else b""
     params = boot_params(
-        memory, CMDLINE_ADDRESS, initrd_range, kernel_header=header, rsdp_address=images.rsdp_address
+        memory,
+        CMDLINE_ADDRESS,
+        initrd_range,
+        kernel_header=header,
+        rsdp_address=images.rsdp_address,
+        reserved=images.reserved,
     )
     if bzimage is None:
         params.hdr.kernel_alignment = _alignment(elf)

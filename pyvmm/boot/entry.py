@@ -63,6 +63,8 @@ class BootImages:
     kernel_decompress: str = KernelDecompress.HOST
     rsdp_address: int | None = None
     kernel_format: str = "auto"  # "auto" (detect) or "flat" (a raw real-mode binary)
+    # [start, end) ranges outside RAM the memory map reports reserved (the PCI ECAM window)
+    reserved: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
         choices = [mode.value for mode in KernelDecompress]
@@ -75,6 +77,9 @@ class BootImages:
             raise ConfigError(f"kernel format {self.kernel_format!r} is not one of {formats}")
         if self.rsdp_address is not None and not 0 < self.rsdp_address < 1 << 64:
             raise ConfigError(f"RSDP address {self.rsdp_address:#x} is not a 64-bit physical address")
+        for start, end in self.reserved:
+            if not 0 <= start < end <= 1 << 64:
+                raise ConfigError(f"reserved range [{start:#x}, {end:#x}) is not a physical address range")
         self.cmdline_bytes  # noqa: B018 (refuse an unencodable command line here, once)
 
     @property

@@ -48,13 +48,18 @@ _LOW_RESERVED = (
 )
 
 
-def memory_map(memory: GuestMemory) -> list[MemoryMapEntry]:
+def memory_map(memory: GuestMemory, reserved: Iterable[Range] = ()) -> list[MemoryMapEntry]:
     """The map every loader hands to the guest: sorted, non-overlapping entries.
 
     RAM between `LOW_RAM_END` and 1 MiB is left out: that is where a PC has its
-    EBDA, video memory and ROMs, which the reserved entries describe.
+    EBDA, video memory and ROMs, which the reserved entries describe. `reserved`
+    adds [start, end) ranges outside RAM the guest must leave alone, as type 2 (the
+    PCI ECAM window: PCI Firmware Specification 3.2 §4.1.2 asks for it to be
+    reserved, and Linux checks the E820 map for it).
     """
     entries = list(_LOW_RESERVED)
+    for start, end in reserved:
+        entries.append(MemoryMapEntry(start, end - start, E820Type.RESERVED))
     for start, end in memory.ram_ranges():
         for lo, hi in ((start, min(end, LOW_RAM_END)), (max(start, HIGH_MEMORY_START), end)):
             if lo < hi:

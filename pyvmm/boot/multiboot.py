@@ -268,7 +268,7 @@ def _write_information(
     module_name = b""
     if initrd is not None and images.initrd is not None:
         module_name = c_string(os.fsencode(images.initrd), f"{images.initrd}: initrd file name")
-    entries = memory_map(memory)
+    entries = memory_map(memory, images.reserved)
 
     # Block layout: info, mmap, module list, strings; the module on the next page.
     mmap_offset = ctypes.sizeof(MultibootInfo)

@@ -92,12 +92,13 @@ def write_start_info(
     cmdline_address: int,
     modules: Sequence[tuple[int, int]] = (),
     rsdp_address: int | None = None,
+    reserved: Sequence[tuple[int, int]] = (),
 ) -> int:
     """Write hvm_start_info, its module list (each (address, size), no command line)
     and the memory map of `memory_map`; returns the address for EBX."""
     if len(modules) > 1:
         raise ConfigError(f"{len(modules)} PVH modules; pyvmm passes at most one (the initrd)")
-    entries = memory_map(memory)
+    entries = memory_map(memory, reserved)
     if len(entries) > MEMMAP_MAX_ENTRIES:
         raise ConfigError(f"{len(entries)} memory map entries; the PVH start page holds {MEMMAP_MAX_ENTRIES}")
     info = HvmStartInfo(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import enum
+from collections.abc import Sequence
 
 from pyvmm.arch.x86.layout import CMDLINE_ADDRESS, CMDLINE_MAX, ZERO_PAGE_ADDRESS
 from pyvmm.boot.entry import encode_text
@@ -178,6 +179,7 @@ def boot_params(
     *,
     kernel_header: bytes = b"",
     rsdp_address: int | None = None,
+    reserved: Sequence[tuple[int, int]] = (),
 ) -> BootParams:
     """boot_params as a boot loader fills it; `initrd` is (address, size) or None.
 
@@ -206,7 +208,7 @@ def boot_params(
     if rsdp_address is not None:
         params.acpi_rsdp_addr = rsdp_address
 
-    entries = memory_map(memory)
+    entries = memory_map(memory, reserved)
     if len(entries) > E820_MAX_ENTRIES:
         raise ConfigError(f"{len(entries)} memory map entries; the zero page holds {E820_MAX_ENTRIES}")
     params.e820_entries = len(entries)

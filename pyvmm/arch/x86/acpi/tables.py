@@ -7,11 +7,12 @@ without a firmware-provided RSDP address scans for it (ACPI 6.4 §5.2.5.1). The 
 tables follow, each on a 16-byte boundary:
 
     0xE0000  RSDP (36 bytes)
-             XSDT  → FADT, MADT
-             RSDT  → FADT, MADT (32-bit copy for ACPI 1.0 readers)
+             XSDT  → FADT, MADT, extra tables
+             RSDT  → FADT, MADT, extra tables (32-bit copy for ACPI 1.0 readers)
              FADT  → DSDT
              MADT  (44 + 28 bytes, then 8 per vCPU; 16 from APIC ID 255 on: x2APIC)
-             DSDT  (about 0.2 KiB + 30 bytes per vCPU)
+             extra tables, in the order given (the machine's MCFG, 60 bytes, with PCI)
+             DSDT  (about 0.2 KiB + 30 bytes per vCPU; the PCI host bridge adds ~2 KiB)
 
 The whole set takes about 0.7 KiB plus 38 bytes per vCPU (46 past 255 vCPUs), so the
 128 KiB area holds it for up to 2883 vCPUs; KVM allows 1024 on most x86 hosts.
@@ -30,7 +31,7 @@ from pyvmm.arch.x86.acpi.dsdt import build_dsdt
 from pyvmm.arch.x86.acpi.errors import AcpiError
 from pyvmm.arch.x86.acpi.fadt import DEFAULT_BOOT_ARCH, BootArch, build_fadt
 from pyvmm.arch.x86.acpi.madt import TIMER_GSI_KVM_DEFAULT, build_madt
-from pyvmm.arch.x86.acpi.sdt import RSDP_SIZE, rsdp, rsdt, xsdt
+from pyvmm.arch.x86.acpi.sdt import HEADER_SIZE, RSDP_SIZE, rsdp, rsdt, xsdt
 from pyvmm.memory import GuestMemory
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ ACPI_AREA_START = 0xE0000  # the BIOS area: reserved in the memory map
 ACPI_AREA_END = 0x100000  # exclusive
 RSDP_ADDRESS = ACPI_AREA_START
 TABLE_ALIGNMENT = 16
+# Tables this module builds itself: an extra one of these would be a second copy.
+_BUILT_HERE = {b"RSD ", b"XSDT", b"RSDT", b"FACP", b"APIC", b"DSDT"}
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ def build_acpi_tables(
     cpus: int,
     *,
     devices: Sequence[Aml] = (),
+    tables: Sequence[bytes] = (),
     timer_gsi: int = TIMER_GSI_KVM_DEFAULT,
     boot_arch: BootArch = DEFAULT_BOOT_ARCH,
     base: int = ACPI_AREA_START,
@@ -91,31 +95,46 @@ def build_acpi_tables(
 ) -> AcpiTables:
     """All tables for a guest with `cpus` vCPUs, laid out from `base` (the RSDP) to at
     most `limit`. `devices` are the AML objects of the machine's devices, for ``\\_SB_``
-    (`DeviceManager.aml()`)."""
+    (`DeviceManager.aml()`); `tables` are further whole tables (header and checksum
+    included, e.g. `mcfg.build_mcfg`) for the XSDT and RSDT to point at."""
+    for extra in tables:
+        signature = extra[:4]
+        if len(extra) < HEADER_SIZE or signature in _BUILT_HERE or not signature.isalnum():
+            raise AcpiError(f"extra ACPI table {signature!r} is not a table pyvmm can add")
     dsdt = build_dsdt(cpus, devices)
     madt = build_madt(cpus, timer_gsi=timer_gsi)
+    pointers = [0] * (2 + len(tables))
     # Every table but the DSDT has a size known before the addresses are: lay out first.
     xsdt_address = _align(base + RSDP_SIZE)
-    rsdt_address = _align(xsdt_address + len(xsdt([0, 0])))
-    fadt_address = _align(rsdt_address + len(rsdt([0, 0])))
+    rsdt_address = _align(xsdt_address + len(xsdt(pointers)))
+    fadt_address = _align(rsdt_address + len(rsdt(pointers)))
     madt_address = _align(fadt_address + len(build_fadt(0)))
-    dsdt_address = _align(madt_address + len(madt))
+    extra_addresses = []
+    address = madt_address + len(madt)
+    for extra in tables:
+        extra_addresses.append(_align(address))
+        address = extra_addresses[-1] + len(extra)
+    dsdt_address = _align(address)
     end = dsdt_address + len(dsdt)
     if end > limit:
         raise AcpiError(
             f"ACPI tables for {cpus} vCPUs take {end - base} bytes, more than the "
             f"{limit - base} bytes at [{base:#x}, {limit:#x})"
         )
-    pointed = [fadt_address, madt_address]
-    tables = (
+    pointed = [fadt_address, madt_address, *extra_addresses]
+    placed = (
         AcpiTable("RSDP", base, rsdp(xsdt_address, rsdt_address)),
         AcpiTable("XSDT", xsdt_address, xsdt(pointed)),
         AcpiTable("RSDT", rsdt_address, rsdt(pointed)),
         AcpiTable("FACP", fadt_address, build_fadt(dsdt_address, boot_arch=boot_arch)),
         AcpiTable("APIC", madt_address, madt),
+        *(
+            AcpiTable(extra[:4].decode("ascii"), at, extra)
+            for at, extra in zip(extra_addresses, tables, strict=True)
+        ),
         AcpiTable("DSDT", dsdt_address, dsdt),
     )
-    return AcpiTables(tables)
+    return AcpiTables(placed)
 
 
 def write_acpi_tables(
@@ -123,15 +142,17 @@ def write_acpi_tables(
     cpus: int,
     *,
     devices: Sequence[Aml] = (),
+    tables: Sequence[bytes] = (),
     timer_gsi: int = TIMER_GSI_KVM_DEFAULT,
     boot_arch: BootArch = DEFAULT_BOOT_ARCH,
 ) -> int:
     """Write the RSDP and every table into the BIOS area of `memory`; the RSDP's address.
 
     `devices`: the AML device objects of the machine's devices, for ``\\_SB_``.
+    `tables`: further whole tables (the MCFG), pointed to by the XSDT and RSDT.
     `timer_gsi`: where ISA IRQ 0 reaches the IOAPIC (see `madt`).
     """
-    built = build_acpi_tables(cpus, devices=devices, timer_gsi=timer_gsi, boot_arch=boot_arch)
+    built = build_acpi_tables(cpus, devices=devices, tables=tables, timer_gsi=timer_gsi, boot_arch=boot_arch)
     for entry in built.tables:
         memory.write(entry.address, entry.data)
     log.debug("ACPI tables for %d vCPUs at [%#x, %#x)", cpus, built.rsdp_address, built.end)

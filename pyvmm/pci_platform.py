@@ -1,0 +1,339 @@
+"""The PCI part of the PC platform: the host bridge on bus 0 as firmware leaves it for
+the OS, and what the machine does when the guest programs a device.
+
+What a guest finds (as on QEMU's PC with SeaBIOS, which test suites expect):
+
+- configuration mechanism #1 on ports 0xCF8-0xCFF and an ECAM window (PCIe base
+  §7.2.2) described by an MCFG table (PCI Firmware Specification 3.2 §4.1.2),
+  reserved in the E820 map and by a PNP0C02 device (Linux wants one of the two, or
+  logs "MMCONFIG ... not reserved" and ignores the window);
+- ``\\_SB.PCI0`` (PNP0A03) in the DSDT forwarding exactly the windows the resource
+  allocator gave PCI (`ResourceAllocator.pci`), and a _PRT with the (slot + pin)
+  mod 4 swizzle onto GSIs 16-19 (`acpi.pci_host`);
+- every function's BARs already placed in those windows with decoding on (Command
+  I/O and Memory Space), and its Interrupt Line register holding its GSI, as a PC
+  BIOS leaves them (PCI Firmware Specification 3.2 §2.1): Linux keeps firmware
+  assignments it can claim in the bridge's windows, and kvm-unit-tests' x86 PCI
+  tests use the BARs as they find them.
+
+BAR changes (`PciFunction.bars.on_bar_change`) come from a vCPU thread in the middle
+of a configuration write. The new range goes on the port or MMIO bus in one step
+(`Bus.move`); a range the guest places over RAM, over the in-kernel IOAPIC or local
+APIC, over KVM's own pages, or over another device's range is left off the bus
+(accesses to it reach whatever was there before, or nothing) and logged: PCI 3.0
+§6.2.5.1 leaves overlapping BARs undefined, and pyvmm's definition is "the newcomer
+loses". Moving the BAR somewhere free maps it again.
+
+INTx: each GSI is a wired-OR of the pins routed to it (PCI 3.0 §2.2.6: INTx# are
+shareable, open-drain), driven through the machine's level-triggered KVM_IRQ_LINE.
+MSI-X: a message is sent with KVM_SIGNAL_MSI, which carries address and data
+itself, so a vector change needs no KVM route (with GSI routing and irqfds, one
+interrupts module would update a route in `vector_changed`).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from pyvmm.arch.x86.acpi.aml import Aml
+from pyvmm.arch.x86.acpi.mcfg import EcamRegion, build_mcfg
+from pyvmm.arch.x86.acpi.pci_host import (
+    DEFAULT_GSIS,
+    PciWindows,
+    ecam_reservation_device,
+    gsi_for,
+    host_bridge_device,
+)
+from pyvmm.arch.x86.layout import KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS
+from pyvmm.bus import Bus, BusConflictError, BusRange
+from pyvmm.device_manager import DeviceManager
+from pyvmm.devices.device import Region, mmio, ports
+from pyvmm.kvm.errors import KvmError
+from pyvmm.outcome import InterruptLine
+from pyvmm.pci import (
+    CONFIG_IO_LENGTH,
+    CONFIG_IO_PORT,
+    BarKind,
+    BarRange,
+    MsixTable,
+    MsixVector,
+    PciError,
+    PciFunction,
+    PciHost,
+    Space,
+)
+from pyvmm.pci.host_bridge import HOST_BRIDGE_SLOT
+from pyvmm.pci.registers import BAR0, COMMAND, INTERRUPT_LINE, INTERRUPT_PIN, Command
+from pyvmm.resources import AddressWindow, PciResources
+
+log = logging.getLogger(__name__)
+
+PAGE = 0x1000
+LAPIC_ADDRESS = 0xFEE0_0000
+IOAPIC_ADDRESS = 0xFEC0_0000
+KVM_TSS_PAGES = 3  # KVM_SET_TSS_ADDR takes three pages (api.rst §4.41)
+# Guest-physical ranges KVM answers itself: a BAR there would never see an access.
+KVM_OWNED = (
+    (IOAPIC_ADDRESS, IOAPIC_ADDRESS + PAGE, "the IOAPIC"),
+    (LAPIC_ADDRESS, LAPIC_ADDRESS + PAGE, "the local APIC"),
+    (KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS + KVM_TSS_PAGES * PAGE, "KVM's TSS and identity-map pages"),
+)
+
+MsiSender = Callable[[int, int], object]  # (address, data): KVM_SIGNAL_MSI
+
+
+class SharedGsi:
+    """One GSI wired to several INTx pins: high while any of them is asserted."""
+
+    def __init__(self, line: InterruptLine) -> None:
+        self._line = line
+        self._asserted: set[int] = set()
+        self._inputs = 0
+        self._lock = threading.Lock()  # pins of different functions change on different vCPUs
+
+    def pin(self) -> InterruptLine:
+        """A new input of the wired-OR."""
+        with self._lock:
+            self._inputs += 1
+            return _GsiInput(self, self._inputs)
+
+    def set(self, key: int, high: bool) -> None:
+        with self._lock:
+            before = bool(self._asserted)
+            if high:
+                self._asserted.add(key)
+            else:
+                self._asserted.discard(key)
+            after = bool(self._asserted)
+            if before != after:
+                self._line.set_level(after)
+
+
+class _GsiInput:
+    def __init__(self, gsi: SharedGsi, key: int) -> None:
+        self._gsi = gsi
+        self._key = key
+
+    def set_level(self, high: bool) -> None:
+        self._gsi.set(self._key, high)
+
+
+class MsixRoute:
+    """The `MsixSink` of one function: messages go out through `send`."""
+
+    def __init__(self, label: str, send: MsiSender | None) -> None:
+        self.label = label
+        self._send = send
+        self.delivered = 0
+
+    def vector_changed(self, index: int, vector: MsixVector) -> None:
+        # KVM_SIGNAL_MSI takes the message with each delivery: nothing to reprogram.
+        log.debug("%s MSI-X vector %d: %s", self.label, index, vector)
+
+    def deliver(self, index: int, vector: MsixVector) -> None:
+        if self._send is None:  # no in-kernel irqchip: nowhere to send it
+            return
+        try:
+            self._send(vector.address, vector.data)
+            self.delivered += 1
+        except KvmError as exc:  # e.g. an address the guest made up: dropped, as by a real root port
+            log.warning("%s MSI-X vector %d (%#x, %#x) not delivered: %s", self.label, index,
+                        vector.address, vector.data, exc)  # fmt: skip
+
+
+@dataclass
+class PciSlot:
+    """A function the platform placed: where, and which of its BARs are on a bus."""
+
+    slot: int
+    function: PciFunction
+    label: str
+    gsi: int | None
+    allocations: list[tuple[AddressWindow, int]] = field(default_factory=list)
+    mapped: dict[int, tuple[Bus, BusRange]] = field(default_factory=dict)
+
+
+class PciPlatform:
+    """Bus 0 behind its host bridge, as one device of the device manager (its regions:
+    the configuration ports and the ECAM window; its AML: the host bridge and the
+    ECAM reservation), plus `add_function` for the devices on it."""
+
+    name = "pci"
+
+    def __init__(
+        self,
+        devices: DeviceManager,
+        ram: Sequence[tuple[int, int]],
+        line: Callable[[int], InterruptLine],
+        msi: MsiSender | None = None,
+        *,
+        buses: int = 1,
+    ) -> None:
+        self._devices = devices
+        self._ram = list(ram)
+        self._line = line
+        self._msi = msi
+        self.resources: PciResources = devices.resources.pci(buses)
+        self.buses = buses
+        self.host = PciHost(buses)
+        devices.resources.pci_slot(HOST_BRIDGE_SLOT)
+        self._gsis: dict[int, SharedGsi] = {}
+        self.slots: dict[int, PciSlot] = {}
+        self._lock = threading.Lock()  # BAR changes of different vCPUs
+
+    # --- what the device manager and the boot need ---------------------------------
+
+    def regions(self) -> Sequence[Region]:
+        r = self.resources
+        return (
+            ports(CONFIG_IO_PORT, CONFIG_IO_LENGTH, self.host.config_io, "pci-config"),
+            mmio(r.ecam_base, r.ecam_size, self.host.ecam, "pci-ecam"),
+        )
+
+    @property
+    def windows(self) -> PciWindows:
+        r = self.resources
+        return PciWindows(
+            mmio32=(r.mmio32.start, r.mmio32.length),
+            mmio64=(r.mmio64.start, r.mmio64.length),
+            io=[(r.io.start, r.io.length)],
+            buses=self.buses,
+        )
+
+    def aml(self) -> Sequence[Aml]:
+        r = self.resources
+        return (host_bridge_device(self.windows), ecam_reservation_device(r.ecam_base, r.ecam_size))
+
+    def acpi_tables(self) -> list[bytes]:
+        """The MCFG, for the XSDT and RSDT."""
+        r = self.resources
+        return [build_mcfg([EcamRegion(r.ecam_base, 0, self.buses - 1)])]
+
+    def reserved(self) -> tuple[tuple[int, int], ...]:
+        """[start, end) ranges the E820 map reports reserved: the ECAM window."""
+        r = self.resources
+        return ((r.ecam_base, r.ecam_base + r.ecam_size),)
+
+    def close(self) -> None:
+        for placed in list(self.slots.values()):
+            self._unmap_all(placed)
+
+    # --- devices -------------------------------------------------------------------
+
+    def add_function(
+        self, function: PciFunction, slot: int | None = None, *, msix: MsixTable | None = None, name: str = ""
+    ) -> int:
+        """Put `function` in `slot` (or the lowest free one) of bus 0, as firmware
+        would: INTx routed, MSI-X connected, BARs placed and decoding. Its slot."""
+        slot = self._devices.resources.pci_slot(slot)
+        self.host.bus.add(function, slot)
+        label = f"{name or 'pci'} 00:{slot:02x}.0"
+        pin = function.config_read(INTERRUPT_PIN, 1)
+        gsi = gsi_for(slot, pin - 1, DEFAULT_GSIS) if 1 <= pin <= 4 else None
+        placed = PciSlot(slot, function, label, gsi)
+        self.slots[slot] = placed
+        if gsi is not None:
+            function.intx_line = self._shared_gsi(gsi).pin()
+            function.config.set(INTERRUPT_LINE, 1, gsi)  # what a PC BIOS writes there
+        if msix is not None:
+            msix.sink = MsixRoute(label, self._msi)
+        function.bars.on_bar_change = functools.partial(self._bar_changed, placed)
+        self._assign_bars(placed)
+        log.debug("%s: BARs %s, GSI %s", label, function.bars.specs, gsi)
+        return slot
+
+    def remove_function(self, slot: int) -> PciFunction:
+        """Hot unplug: the function's ranges off the buses, its slot and windows freed."""
+        placed = self.slots.pop(slot, None)
+        if placed is None:
+            raise PciError(f"no PCI function at 00:{slot:02x}.0")
+        placed.function.bars.on_bar_change = None
+        self._unmap_all(placed)
+        for window, base in placed.allocations:
+            window.release(base)
+        self._devices.resources.release_pci_slot(slot)
+        return self.host.bus.remove(slot)
+
+    def _shared_gsi(self, gsi: int) -> SharedGsi:
+        if gsi not in self._gsis:
+            self._gsis[gsi] = SharedGsi(self._line(gsi))
+        return self._gsis[gsi]
+
+    def _assign_bars(self, placed: PciSlot) -> None:
+        """Place every BAR in its window, then turn decoding on (through the guest's own
+        register path, so the bus sees the same reports a guest's writes give)."""
+        function, r = placed.function, self.resources
+        command = 0
+        for index, spec in sorted(function.bars.specs.items()):
+            if spec.kind is BarKind.IO:
+                window, align = r.io, spec.size
+                command |= Command.IO_SPACE
+            else:
+                # Page aligned at least: each BAR in pages of its own.
+                window = r.mmio64 if spec.kind is BarKind.MEMORY64 else r.mmio32
+                align = max(spec.size, PAGE)
+                command |= Command.MEMORY_SPACE
+            base = window.allocate(spec.size, align)
+            placed.allocations.append((window, base))
+            function.config_write(BAR0 + 4 * index, 4, base & 0xFFFF_FFFF)
+            if spec.kind is BarKind.MEMORY64:
+                function.config_write(BAR0 + 4 * index + 4, 4, base >> 32)
+        if command:
+            function.config_write(COMMAND, 2, function.config_read(COMMAND, 2) | command)
+
+    # --- BAR changes, on a vCPU thread -----------------------------------------------
+
+    def _bus(self, space: Space) -> Bus:
+        return self._devices.ports if space is Space.IO else self._devices.mmio
+
+    def _refusal(self, new: BarRange) -> str | None:
+        """Why `new` cannot go on its bus (besides overlapping another range), or None."""
+        if new.space is Space.MEMORY:
+            for start, end in self._ram:
+                if new.base < end and start < new.end:
+                    return f"overlaps RAM [{start:#x}, {end:#x})"
+            for start, end, what in KVM_OWNED:
+                if new.base < end and start < new.end:
+                    return f"overlaps {what}, which KVM answers itself"
+        return None
+
+    def _bar_changed(self, placed: PciSlot, index: int, old: BarRange | None, new: BarRange | None) -> None:
+        """`on_bar_change`: never raises, whatever the guest programmed."""
+        with self._lock:
+            # What is on the bus is what this platform put there: `old` can be a range it
+            # refused (an overlap), so it goes by its own record.
+            current = placed.mapped.pop(index, None)
+            if new is None:
+                if current is not None:
+                    current[0].remove(current[1])
+                return
+            bus = self._bus(new.space)
+            refusal = self._refusal(new)
+            try:
+                if refusal is not None:
+                    raise BusConflictError(refusal)
+                if current is not None:
+                    placed.mapped[index] = (bus, bus.move(current[1], new.base))
+                else:
+                    handler = placed.function.bar_handler(index)
+                    placed.mapped[index] = (
+                        bus,
+                        bus.insert(new.base, new.size, handler, f"{placed.label} BAR{index}"),
+                    )
+            except (BusConflictError, PciError) as exc:
+                if current is not None:
+                    current[0].remove(current[1])
+                log.warning(
+                    "%s BAR %d at %s %#x+%#x left unmapped: %s",
+                    placed.label, index, new.space.value, new.base, new.size, exc,
+                )  # fmt: skip
+
+    def _unmap_all(self, placed: PciSlot) -> None:
+        with self._lock:
+            for bus, entry in placed.mapped.values():
+                bus.remove(entry)
+            placed.mapped.clear()
