@@ -7,6 +7,9 @@ stream) and raises a `VmmError` subclass for bad user input when the device is b
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from pyvmm.device_config import DiskConfig
 from pyvmm.virtio.device import VirtioDevice
 
 
@@ -15,3 +18,21 @@ def rng_device() -> VirtioDevice:
     from pyvmm.virtio.rng import EntropyDevice
 
     return EntropyDevice()
+
+
+def block_devices(disks: Sequence[DiskConfig], *, workers: int = 0) -> list[VirtioDevice]:
+    """One virtio-blk (§5.2) per `MachineConfig.disks` entry, in order (/dev/vda,
+    /dev/vdb...). Each image is opened and locked here: a missing, unusable or
+    locked one raises `DiskImageError` (an `ImageError`) naming it, after the disks
+    already opened are closed again. `workers`: see `BlockDevice`."""
+    from pyvmm.virtio.block import BlockDevice
+
+    devices: list[VirtioDevice] = []
+    try:
+        for disk in disks:
+            devices.append(BlockDevice(disk, workers=workers))
+    except BaseException:
+        for device in devices:
+            device.close()
+        raise
+    return devices

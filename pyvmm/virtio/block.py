@@ -1,0 +1,338 @@
+"""virtio-blk, device side (virtio 1.2 §5.2), on a raw image (block_file.py).
+
+One request queue. Each chain is a request (§5.2.6): a 16-byte device-readable
+header (type, reserved, sector), then the data (device-readable for writes,
+device-writable for reads), then one device-writable status byte, the last byte of
+the chain. Framing is not assumed (§2.7.4.1): the header may span descriptors and
+the status byte may share one with the data.
+
+What the guest gets:
+- IN / OUT: the data length must be a multiple of 512 and the range inside the
+  capacity, else VIRTIO_BLK_S_IOERR (nothing is read or written); OUT on a readonly
+  disk is IOERR (§5.2.6.2) and the file is untouched;
+- FLUSH: fdatasync; OK only once it has returned;
+- GET_ID: the serial, zero-padded to 20 bytes (cut to the buffer);
+- DISCARD / WRITE_ZEROES (offered only where the file system punches holes):
+  every segment is checked before any is applied; an unknown flag, or UNMAP on a
+  discard, is UNSUPP (§5.2.6.2); a range too long or outside the disk is IOERR;
+- any other type is UNSUPP; a header shorter than 16 bytes is IOERR; a chain with no
+  writable byte for the status has nowhere to answer and is a `VirtqueueError`
+  (the device then needs a reset, §2.1.2);
+- a host I/O error (EIO, ENOSPC, EFBIG...) is IOERR and the device carries on.
+The used length is the bytes written into the driver's buffers, status byte included.
+
+Threads: `notify` pops every available chain. With `workers=0` each request is
+served there and then; with `workers > 0` a pool of that many threads does the file
+I/O, so that one slow request (a flush, a cold read) does not hold up the others or
+the I/O thread. Either way the used ring has one writer at a time (`_lock` around
+pop, add_used and needs_interrupt) and an interrupt follows `needs_interrupt()`.
+A reset waits for the requests in flight and drops their completions.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import struct
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from pyvmm.device_config import SERIAL_MAX, DiskConfig
+from pyvmm.virtio.block_file import DiskFile, skip_bytes
+from pyvmm.virtio.chain import DescriptorChain
+from pyvmm.virtio.device import Activation, DeviceType, VirtioDevice
+from pyvmm.virtio.errors import Fault, VirtqueueError
+from pyvmm.virtio.queue import Virtqueue
+
+log = logging.getLogger(__name__)
+
+SECTOR = 512  # §5.2.4: capacity and sector numbers are in 512-byte units
+
+# Feature bits (§5.2.3), as masks.
+F_SIZE_MAX = 1 << 1
+F_SEG_MAX = 1 << 2
+F_RO = 1 << 5
+F_BLK_SIZE = 1 << 6
+F_FLUSH = 1 << 9
+F_TOPOLOGY = 1 << 10
+F_DISCARD = 1 << 13
+F_WRITE_ZEROES = 1 << 14
+
+# Request types (§5.2.6).
+T_IN = 0
+T_OUT = 1
+T_FLUSH = 4
+T_GET_ID = 8
+T_DISCARD = 11
+T_WRITE_ZEROES = 13
+
+# Status values (§5.2.6).
+S_OK = 0
+S_IOERR = 1
+S_UNSUPP = 2
+
+ID_BYTES = 20  # §5.2.6: VIRTIO_BLK_ID_BYTES
+assert ID_BYTES == SERIAL_MAX
+WRITE_ZEROES_FLAG_UNMAP = 1  # §5.2.6: struct virtio_blk_discard_write_zeroes.flags
+
+HEADER = struct.Struct("<IIQ")  # struct virtio_blk_req: type, reserved, sector
+SEGMENT = struct.Struct("<QII")  # struct virtio_blk_discard_write_zeroes
+# struct virtio_blk_config (§5.2.4) up to write_zeroes_may_unmap and its padding:
+# capacity, size_max, seg_max, geometry (cylinders, heads, sectors), blk_size,
+# topology (physical_block_exp, alignment_offset, min_io_size, opt_io_size),
+# writeback, unused0, num_queues, max_discard_sectors, max_discard_seg,
+# discard_sector_alignment, max_write_zeroes_sectors, max_write_zeroes_seg,
+# write_zeroes_may_unmap, unused1[3].
+CONFIG = struct.Struct("<QIIHBBIBBHIBBHIIIIIB3x")
+assert CONFIG.size == 60
+
+QUEUE_SIZE = 256
+SIZE_MAX = 1 << 20  # the largest single buffer Linux will put in a request
+BLOCK_SIZE = 512  # the logical block: partition tables of 512-sector images keep working
+PHYSICAL_BLOCK_EXP = 3  # 4 KiB physical blocks (2**3 logical ones): page-sized I/O
+# Discard and write-zeroes limits: 1 GiB per segment keeps one fallocate short; a
+# segment list is at most 32 * 16 bytes, read through a bounded copy.
+MAX_DISCARD_SECTORS = (1 << 30) // SECTOR
+MAX_DISCARD_SEG = 32
+DISCARD_ALIGNMENT = 4096 // SECTOR
+_REQUEST_IO_ERRORS = (errno.EIO, errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS)
+_RESET_WAIT_SECONDS = 30.0
+
+
+class BlockDevice(VirtioDevice):
+    """One virtio-blk disk on `disk.path`.
+
+    `BlockDevice(disk, workers=N)`: the image is opened and locked here (a
+    `DiskImageError` for a missing, wrong or locked image), so a bad --disk fails
+    before the VM starts. `workers` is the size of the file-I/O thread pool (0: all
+    I/O on the thread that calls `notify`).
+    """
+
+    device_type = DeviceType.BLOCK
+
+    def __init__(self, disk: DiskConfig, *, workers: int = 0, queue_size: int = QUEUE_SIZE) -> None:
+        self.disk = disk
+        self.name = f"virtio-blk {disk.path}"
+        self.file = DiskFile(disk.path, disk.readonly)
+        self.capacity = self.file.size // SECTOR  # a partial last sector is not exposed
+        self._queue_size = queue_size
+        self.serial = (disk.serial or "").encode().ljust(ID_BYTES, b"\0")
+        features = F_SIZE_MAX | F_SEG_MAX | F_BLK_SIZE | F_FLUSH | F_TOPOLOGY
+        if disk.readonly:
+            features |= F_RO
+        elif self.file.punch_holes:
+            features |= F_DISCARD | F_WRITE_ZEROES
+        self._features = features
+        self._config = CONFIG.pack(
+            self.capacity,
+            SIZE_MAX,
+            queue_size - 2,  # seg_max: the data buffers beside header and status
+            0, 0, 0,  # geometry: not offered
+            BLOCK_SIZE,
+            PHYSICAL_BLOCK_EXP, 0, 1 << PHYSICAL_BLOCK_EXP, 0,  # min_io_size in blocks
+            0, 0, 0,  # writeback, unused0, num_queues: CONFIG_WCE and MQ not offered
+            MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, DISCARD_ALIGNMENT,
+            MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, 1,  # write zeroes may unmap
+        )  # fmt: skip
+        self._pool = ThreadPoolExecutor(workers, f"pyvmm-blk-{disk.path}") if workers > 0 else None
+        self._lock = threading.Lock()  # the used ring's single writer; pops too
+        self._idle = threading.Condition(self._lock)
+        self._in_flight = 0
+        self._generation = 0  # bumped by reset: completions from before are dropped
+        self._activation: Activation | None = None
+        self._negotiated = 0
+
+    # --- VirtioDevice ------------------------------------------------------------------
+
+    @property
+    def queue_sizes(self) -> Sequence[int]:
+        return (self._queue_size,)
+
+    def device_features(self) -> int:
+        return self._features
+
+    def config(self) -> bytes:
+        return self._config
+
+    def write_config(self, offset: int, data: bytes) -> None:
+        pass  # every field is read-only without CONFIG_WCE
+
+    def activate(self, activation: Activation) -> None:
+        with self._lock:
+            self._activation = activation
+            self._negotiated = activation.features
+
+    def notify(self, queue: int) -> None:
+        activation = self._activation
+        if activation is None:
+            return
+        virtqueue = activation.queues[queue]
+        generation = self._generation
+        while True:
+            with self._lock:
+                if generation != self._generation:
+                    return  # reset under us
+                chain = virtqueue.pop()
+                if chain is None:
+                    break
+                if chain.writable_len == 0:  # §5.2.6: no status byte, nowhere to answer
+                    raise VirtqueueError(
+                        Fault.BUFFER_TOO_SMALL, f"virtio-blk request {chain.head} has no status byte"
+                    )
+                self._in_flight += 1
+            if self._pool is not None:
+                self._pool.submit(self._work, activation, queue, virtqueue, generation, chain)
+                continue
+            try:
+                used = self.serve(chain)
+            except BaseException:  # a bug: it stops the VM (IoThread), but not a reset
+                self._complete(virtqueue, generation, None, 0)
+                raise
+            self._complete(virtqueue, generation, chain.head, used)
+        if self._pool is None:
+            self._signal(activation, queue, virtqueue)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._generation += 1
+            self._activation = None
+            self._negotiated = 0
+            # The requests in flight write into guest RAM the driver may reuse after the
+            # reset: wait for them (their used entries are dropped: generation).
+            if not self._idle.wait_for(lambda: self._in_flight == 0, _RESET_WAIT_SECONDS):
+                log.warning("%s: %d requests still in flight after reset", self.name, self._in_flight)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        self.file.close()
+
+    # --- completion --------------------------------------------------------------------
+
+    def _work(
+        self,
+        activation: Activation,
+        queue: int,
+        virtqueue: Virtqueue,
+        generation: int,
+        chain: DescriptorChain,
+    ) -> None:
+        """A pool thread: serve one request, publish it and maybe interrupt."""
+        head: int | None = chain.head
+        used = 0
+        try:
+            used = self.serve(chain)
+        except Exception:  # a bug, not the guest: no thread to stop the VM from, so log it
+            log.exception("%s: request %d failed", self.name, chain.head)
+            head = None
+        self._complete(virtqueue, generation, head, used)
+        self._signal(activation, queue, virtqueue)
+
+    def _complete(self, virtqueue: Virtqueue, generation: int, head: int | None, used: int) -> None:
+        """One request is over: publish it (head None: do not), unless a reset came."""
+        with self._lock:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.notify_all()
+            if head is None or generation != self._generation:
+                return
+            try:
+                virtqueue.add_used(head, used)
+            except Exception as error:
+                # The queue broke meanwhile (VirtqueueError: it needs a reset), or
+                # VirtioCore is resetting it right now, before our reset() bumps the
+                # generation (a half-reset queue): the entry is not wanted either way.
+                log.debug("%s: completion of %d dropped: %s", self.name, head, error)
+
+    def _signal(self, activation: Activation, queue: int, virtqueue: Virtqueue) -> None:
+        with self._lock:
+            if activation is not self._activation:
+                return
+            try:
+                notify = virtqueue.needs_interrupt()
+            except Exception:  # broken or being reset: see _complete
+                return
+        if notify:
+            activation.interrupt.used_buffer(queue)
+
+    # --- requests (§5.2.6) -----------------------------------------------------------------
+
+    def serve(self, chain: DescriptorChain) -> int:
+        """Carry out one request whose chain has at least one writable byte; returns
+        the used length. Writes the status into the chain's last writable byte."""
+        writable = chain.writable
+        last = writable[-1]
+        status_view = last[len(last) - 1 :] if len(last) else None
+        if status_view is None:  # the last buffer is empty: find the last byte before it
+            writable = [view for view in writable if len(view)]
+            last = writable[-1]
+            status_view = last[len(last) - 1 :]
+        data_in = writable[:-1] + ([last[: len(last) - 1]] if len(last) > 1 else [])
+        data_in_len = chain.writable_len - 1
+        written = 0
+        if chain.readable_len < HEADER.size:
+            status = S_IOERR  # §5.2.6: the header is device-readable, all 16 bytes of it
+        else:
+            kind, _reserved, sector = HEADER.unpack(chain.read(0, HEADER.size))
+            try:
+                status, written = self._dispatch(kind, sector, chain, data_in, data_in_len)
+            except OSError as exc:
+                if exc.errno not in _REQUEST_IO_ERRORS:
+                    log.warning("%s: request type %d: %s", self.name, kind, exc)
+                status, written = S_IOERR, 0
+        status_view[0] = status
+        return written + 1
+
+    def _dispatch(
+        self, kind: int, sector: int, chain: DescriptorChain, data_in: list[memoryview], data_in_len: int
+    ) -> tuple[int, int]:
+        """(status, bytes written into data_in) of one request."""
+        if kind == T_IN:
+            if not self._in_range(sector, data_in_len):
+                return S_IOERR, 0
+            self.file.read_into(sector * SECTOR, data_in)
+            return S_OK, data_in_len
+        if kind == T_OUT:
+            length = chain.readable_len - HEADER.size
+            if self.disk.readonly or not self._in_range(sector, length):
+                return S_IOERR, 0
+            self.file.write_from(sector * SECTOR, skip_bytes(chain.readable, HEADER.size))
+            return S_OK, 0
+        if kind == T_FLUSH:
+            self.file.flush()
+            return S_OK, 0
+        if kind == T_GET_ID:
+            count = min(ID_BYTES, data_in_len)
+            return S_OK, chain.write(self.serial[:count]) if count else 0
+        if kind in (T_DISCARD, T_WRITE_ZEROES):
+            return self._discard_or_zero(kind, chain), 0
+        return S_UNSUPP, 0
+
+    def _in_range(self, sector: int, length: int) -> bool:
+        """A data length in whole sectors, all of them inside the disk (§5.2.6.2)."""
+        return length % SECTOR == 0 and sector + length // SECTOR <= self.capacity
+
+    def _discard_or_zero(self, kind: int, chain: DescriptorChain) -> int:
+        feature = F_DISCARD if kind == T_DISCARD else F_WRITE_ZEROES
+        if not self._features & self._negotiated & feature:
+            return S_UNSUPP
+        payload = chain.readable_len - HEADER.size
+        if payload == 0 or payload % SEGMENT.size or payload // SEGMENT.size > MAX_DISCARD_SEG:
+            return S_IOERR
+        data = chain.read(HEADER.size, payload)  # at most 512 bytes: checked above
+        segments = list(SEGMENT.iter_unpack(data))
+        # §5.2.6.2: every segment is checked before any is carried out.
+        for sector, count, flags in segments:
+            if flags & ~WRITE_ZEROES_FLAG_UNMAP or (kind == T_DISCARD and flags):
+                return S_UNSUPP
+            if count > MAX_DISCARD_SECTORS or sector + count > self.capacity:
+                return S_IOERR
+        for sector, count, flags in segments:
+            if count == 0:
+                continue
+            if kind == T_DISCARD:
+                self.file.discard(sector * SECTOR, count * SECTOR)
+            else:
+                self.file.write_zeroes(sector * SECTOR, count * SECTOR, bool(flags & WRITE_ZEROES_FLAG_UNMAP))
+        return S_OK
