@@ -1,0 +1,95 @@
+"""IoEventNotifier: a guest's doorbell write reaches the device's eventfd in the I/O
+thread, through KVM_IOEVENTFD or through the exit handler, with the same device code."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+from kvm.test_eventfds import MMIO_ADDRESS, MMIO_WRITES, PORT_WRITES, real_mode_guest
+
+from pyvmm.io_thread import IoThread
+from pyvmm.ioevent import IoEventNotifier
+from pyvmm.kvm import ExitReason, Vcpu
+
+pytestmark = pytest.mark.kvm
+WAIT = 5.0
+
+
+def run_to_hlt(vcpu: Vcpu, doorbell: IoEventNotifier) -> list[tuple[int, int]]:
+    """The exit handler: every write exit goes to the bus; the doorbell's to the notifier."""
+    exits = []
+    while (reason := vcpu.run()) != ExitReason.HLT:
+        if reason == ExitReason.IO:
+            io = vcpu.run_state.io
+            address, size, value = io.port, io.size, vcpu.run_mapping[io.data_offset]
+        else:
+            assert reason == ExitReason.MMIO
+            mmio = vcpu.run_state.mmio
+            address, size = mmio.phys_addr, mmio.len
+            value = int.from_bytes(bytes(mmio.data[:size]), "little")
+        exits.append((address, value))
+        if address == doorbell.address:
+            doorbell.guest_wrote(size, value)
+    return exits
+
+
+class Device:
+    """What a device does with its notifier: wait for it in the I/O thread."""
+
+    def __init__(self, io: IoThread, doorbell: IoEventNotifier) -> None:
+        self.notified = 0
+        self.event = threading.Event()
+        self.doorbell = doorbell
+        io.register(doorbell, self.on_notify, "test device")
+
+    def on_notify(self) -> None:
+        self.notified += self.doorbell.consume()
+        self.event.set()
+
+
+@pytest.fixture
+def io() -> Iterator[IoThread]:
+    thread = IoThread(lambda source, error: pytest.fail(f"{source}: {error}"))
+    thread.start()
+    yield thread
+    thread.stop()
+
+
+@pytest.mark.parametrize("in_kernel", [True, False], ids=["ioeventfd", "exit-handler"])
+def test_port_doorbell(io: IoThread, in_kernel: bool) -> None:
+    with real_mode_guest(PORT_WRITES) as (vm, vcpu):
+        doorbell = IoEventNotifier(vm, 0x42, 1, pio=True, in_kernel=in_kernel)
+        assert doorbell.in_kernel is in_kernel
+        device = Device(io, doorbell)
+        exits = run_to_hlt(vcpu, doorbell)
+        assert device.event.wait(WAIT)
+        assert device.notified == 1
+        # Through KVM the doorbell write never became an exit.
+        assert exits == ([(0x43, 0x7A)] if in_kernel else [(0x42, 0x7A), (0x43, 0x7A)])
+        io.unregister(doorbell)
+        doorbell.close()
+
+
+@pytest.mark.parametrize("in_kernel", [True, False], ids=["ioeventfd", "exit-handler"])
+def test_mmio_doorbell_with_datamatch(io: IoThread, in_kernel: bool) -> None:
+    with real_mode_guest(MMIO_WRITES) as (vm, vcpu):
+        doorbell = IoEventNotifier(vm, MMIO_ADDRESS, 2, datamatch=0x1234, in_kernel=in_kernel)
+        device = Device(io, doorbell)
+        exits = run_to_hlt(vcpu, doorbell)
+        assert device.event.wait(WAIT)
+        assert device.notified == 1  # 0x5678 did not match, either way
+        expected = [(MMIO_ADDRESS, 0x5678)] if in_kernel else [(MMIO_ADDRESS, 0x1234), (MMIO_ADDRESS, 0x5678)]
+        assert exits == expected
+        io.unregister(doorbell)
+        doorbell.close()
+        doorbell.close()
+
+
+def test_widths_and_values_are_checked() -> None:
+    with real_mode_guest(PORT_WRITES) as (vm, _vcpu):
+        with pytest.raises(ValueError, match="1, 2, 4 or 8"):
+            IoEventNotifier(vm, 0x42, 3, pio=True)
+        with pytest.raises(ValueError, match="does not fit"):
+            IoEventNotifier(vm, 0x42, 1, pio=True, datamatch=0x100)
