@@ -2,9 +2,15 @@
 
 Flavours: "default" (our kernel from linux-source, see kernel.py) and "stock"
 (Debian's cloud kernel, see stock.py); both with the busybox initramfs of
-initramfs.py. The cache key hashes every input: the fragment and init script,
+initramfs.py, the default one also with the same userland as an ext4 root disk
+(rootfs.py). The cache key hashes every input: the fragment and init script,
 the Debian package versions used, and BUILD_VERSION, to be raised whenever this
 build code changes what it produces.
+
+Compiling the default kernel takes minutes, so a build whose kernel inputs
+(`KERNEL_INPUTS`: the fragment, linux-source, gcc, KERNEL_BUILD_VERSION) equal
+those of an entry already in the cache copies that entry's kernel instead: a
+change to the userland alone rebuilds in seconds.
 """
 
 from __future__ import annotations
@@ -18,7 +24,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pyvmm.images import ARTIFACTS, DEFAULT, STOCK, host, initramfs, kernel, kernel_image, stock
+from pyvmm.images import (
+    ARTIFACTS,
+    DEFAULT,
+    STOCK,
+    artifacts,
+    host,
+    initramfs,
+    kernel,
+    kernel_image,
+    rootfs,
+    stock,
+)
 from pyvmm.images.cache import Cache, CachedImages, digest, input_key
 from pyvmm.images.errors import ImageBuildError, NotBuiltError
 from pyvmm.images.host import Apt
@@ -26,11 +43,17 @@ from pyvmm.images.initramfs import GuestModule
 from pyvmm.images.progress import Progress
 from pyvmm.images.steps import Steps
 
-BUILD_VERSION = 2  # 2: uncompressed initramfs.cpio
+BUILD_VERSION = 3  # 2: uncompressed initramfs.cpio; 3: the default flavour's rootfs.ext4
+# Raised whenever kernel.py changes what it compiles from the same inputs. Entries
+# made before it was recorded (BUILD_VERSION 2) hold kernels of version 1.
+KERNEL_BUILD_VERSION = 1
 FLAVOURS = (DEFAULT, STOCK)
 BUSYBOX_PACKAGE = "busybox-static"
 COMPILER_PACKAGE = "gcc"
+E2FSPROGS_PACKAGE = "e2fsprogs"  # mkfs.ext4, debugfs, e2fsck: the root disk
 SUGGESTED_CMDLINE = "console=ttyS0"
+KERNEL_INPUTS = (kernel.FRAGMENT, kernel.SOURCE_PACKAGE, COMPILER_PACKAGE, "kernel_build_version")
+_KERNEL_FILES = ("bzImage", "vmlinux", "config")
 
 
 @dataclass
@@ -56,11 +79,12 @@ def _common_inputs(flavour: str) -> dict[str, str]:
 
 def default_inputs(versions: Mapping[str, str | None]) -> Inputs | None:
     """None while a package the key needs is not installed."""
-    wanted = (kernel.SOURCE_PACKAGE, BUSYBOX_PACKAGE, COMPILER_PACKAGE)
+    wanted = (kernel.SOURCE_PACKAGE, BUSYBOX_PACKAGE, COMPILER_PACKAGE, E2FSPROGS_PACKAGE)
     if any(versions.get(name) is None for name in wanted):
         return None
     values = _common_inputs(DEFAULT)
     values[kernel.FRAGMENT] = digest(kernel.fragment())
+    values["kernel_build_version"] = str(KERNEL_BUILD_VERSION)
     values.update({name: str(versions[name]) for name in wanted})
     return Inputs(DEFAULT, values)
 
@@ -79,7 +103,8 @@ def stock_inputs(busybox_version: str | None, release: stock.StockRelease) -> In
 
 
 def _default_packages() -> tuple[str, ...]:
-    return (kernel.SOURCE_PACKAGE, BUSYBOX_PACKAGE, COMPILER_PACKAGE, *kernel.BUILD_PACKAGES)
+    return (kernel.SOURCE_PACKAGE, BUSYBOX_PACKAGE, COMPILER_PACKAGE, E2FSPROGS_PACKAGE,
+            *kernel.BUILD_PACKAGES)
 
 
 def _stock_packages() -> tuple[str, ...]:
@@ -159,8 +184,12 @@ def _build_locked(flavour: str, cache: Cache, steps: Steps, force: bool, jobs: i
     with cache.staging(flavour, inputs.key, replace=force) as out:
         guest_modules: list[GuestModule] = []
         if flavour == DEFAULT:
-            kernel_info = kernel.build_kernel(steps, work, out, jobs)
-            kernel_info.update(_describe_image(out / "bzImage", out / "vmlinux"))
+            donor = kernel_donor(cache, inputs)
+            if donor is not None:
+                kernel_info = _reuse_kernel(steps, donor, out)
+            else:
+                kernel_info = kernel.build_kernel(steps, work, out, jobs)
+                kernel_info.update(_describe_image(out / "bzImage", out / "vmlinux"))
         else:
             assert inputs.release is not None
             guest_modules, kernel_info = stock.build_stock_kernel(steps, apt, inputs.release, work, out)
@@ -171,6 +200,9 @@ def _build_locked(flavour: str, cache: Cache, steps: Steps, force: bool, jobs: i
                 initramfs.init_script(), guest_modules,
             )
             (out / ARTIFACTS["initramfs"]).write_bytes(archive)
+        if "rootfs" in artifacts(flavour):
+            with steps.phase("root disk"):
+                rootfs.build_rootfs(steps, rootfs.guest_tree(guest_modules), work, out / ARTIFACTS["rootfs"])
         manifest = {
             "flavour": flavour,
             "key": inputs.key,
@@ -182,9 +214,11 @@ def _build_locked(flavour: str, cache: Cache, steps: Steps, force: bool, jobs: i
             "kernel": kernel_info,
             "modules": [module.path for module in guest_modules],
             "cmdline": SUGGESTED_CMDLINE,
+            **({"root_cmdline": rootfs.ROOT_CMDLINE} if "rootfs" in artifacts(flavour) else {}),
             "run_parameter": f"{initramfs.RUN_PARAMETER}=<percent-encoded command>",
             "files": {
-                name: (out / file).stat().st_size for name, file in ARTIFACTS.items() if name != "manifest"
+                name: (out / file).stat().st_size for name, file in artifacts(flavour).items()
+                if name != "manifest"
             },
         }
         (out / ARTIFACTS["manifest"]).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -194,6 +228,42 @@ def _build_locked(flavour: str, cache: Cache, steps: Steps, force: bool, jobs: i
     if found is None:
         raise ImageBuildError("install", f"{cache.entry_dir(flavour, inputs.key)} is incomplete", steps.log)
     return found
+
+
+def kernel_inputs(values: Mapping[str, str]) -> dict[str, str | None]:
+    """The inputs the default kernel is compiled from, out of a build's inputs."""
+    found: dict[str, str | None] = {name: values.get(name) for name in KERNEL_INPUTS}
+    if found["kernel_build_version"] is None and values.get("build_version") == "2":
+        found["kernel_build_version"] = "1"  # recorded only since BUILD_VERSION 3
+    return found
+
+
+def kernel_donor(cache: Cache, inputs: Inputs) -> CachedImages | None:
+    """The newest cache entry whose kernel was compiled from the same inputs, if any."""
+    wanted = kernel_inputs(inputs.values)
+    for entry in reversed(cache.with_manifest()):
+        if entry.flavour != inputs.flavour or entry.key == inputs.key:
+            continue
+        try:
+            values = entry.manifest().get("inputs", {})
+        except (OSError, ValueError):
+            continue  # a damaged entry gives nothing
+        if (isinstance(values, dict) and kernel_inputs(values) == wanted
+                and all((entry.directory / ARTIFACTS[name]).is_file() for name in _KERNEL_FILES)):
+            return entry
+    return None
+
+
+def _reuse_kernel(steps: Steps, donor: CachedImages, out: Path) -> dict[str, object]:
+    """Copy the kernel of `donor`; its description from its manifest."""
+    with steps.phase("kernel"):
+        steps.note(f"the kernel of {donor.directory.name}: same kernel inputs, not compiled again")
+        for name in _KERNEL_FILES:
+            shutil.copyfile(donor.directory / ARTIFACTS[name], out / ARTIFACTS[name])
+        info = donor.manifest().get("kernel")
+        if not isinstance(info, dict):
+            info = _describe_image(out / "bzImage", out / "vmlinux")
+    return {**info, "reused_from": donor.key}
 
 
 def _children_cpu_seconds() -> float:

@@ -1,8 +1,8 @@
 """The image cache: one directory per (flavour, hash of the inputs).
 
     $PYVMM_CACHE_DIR or ${XDG_CACHE_HOME:-~/.cache}/pyvmm/images/
-        default-<key>/   bzImage  vmlinux  initramfs.cpio  manifest.json
-        stock-<key>/     the same, for the stock Debian kernel
+        default-<key>/   bzImage  vmlinux  config  initramfs.cpio  rootfs.ext4  manifest.json
+        stock-<key>/     the same but rootfs.ext4, for the stock Debian kernel
         logs/<flavour>.log   the last build's command output
         work/            scratch trees while building (removed after success)
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pyvmm.images import ARTIFACTS
+from pyvmm.images import ARTIFACTS, artifacts
 from pyvmm.images.errors import NotBuiltError
 
 CACHE_ENV = "PYVMM_CACHE_DIR"
@@ -69,7 +69,10 @@ class CachedImages:
     directory: Path
 
     def path(self, name: str) -> Path:
-        return self.directory / artifact_file(name)
+        file = artifact_file(name)
+        if file not in artifacts(self.flavour).values():
+            raise NotBuiltError(f"the {self.flavour} images have no {name}")
+        return self.directory / file
 
     def manifest(self) -> dict[str, Any]:
         data: dict[str, Any] = json.loads(self.path("manifest").read_text())
@@ -91,21 +94,30 @@ class Cache:
 
     def lookup(self, flavour: str, key: str) -> CachedImages | None:
         entry = CachedImages(flavour, key, self.entry_dir(flavour, key))
-        if all(entry.path(name).is_file() for name in ARTIFACTS):
+        if all(entry.path(name).is_file() for name in artifacts(flavour)):
             return entry
         return None
 
     def entries(self) -> list[CachedImages]:
         """Every complete entry, oldest first."""
+        found = []
+        for entry in self.with_manifest():
+            complete = self.lookup(entry.flavour, entry.key)
+            if complete is not None:
+                found.append(complete)
+        return found
+
+    def with_manifest(self) -> list[CachedImages]:
+        """Every entry with a manifest, oldest first, complete or not by today's list
+        of artifacts (one from an older build may lack an artifact added since)."""
         if not self.root.is_dir():
             return []
         found = []
         for directory in self.root.iterdir():
             flavour, dash, key = directory.name.rpartition("-")
-            if dash and len(key) == KEY_LENGTH and directory.is_dir() and not flavour.startswith("."):
-                entry = self.lookup(flavour, key)
-                if entry is not None:
-                    found.append(entry)
+            if (dash and len(key) == KEY_LENGTH and not flavour.startswith(".")
+                    and (directory / MANIFEST).is_file()):
+                found.append(CachedImages(flavour, key, directory))
         return sorted(found, key=lambda entry: entry.path("manifest").stat().st_mtime)
 
     @contextmanager

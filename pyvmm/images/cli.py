@@ -3,7 +3,8 @@ images. The commands themselves are in `pyvmm.images.commands`, loaded only when
 runs: `pyvmm run --kernel ...` never needs the image cache or the builder.
 
     pyvmm images build [--stock] [--force] [--jobs N]
-    pyvmm images path [--stock] NAME      NAME: bzImage, vmlinux, initramfs, config, manifest
+    pyvmm images path [--stock] NAME      NAME: bzImage, vmlinux, initramfs, rootfs, config, manifest
+                                          (rootfs: the default flavour's root disk)
     pyvmm images list
 
 Paths go to stdout (one per line, for scripts); progress goes to stderr.
@@ -25,7 +26,7 @@ def _jobs(text: str) -> int:
 
 def add_images_command(commands: Any) -> None:
     """Register `images` on the top-level subparsers (an argparse _SubParsersAction)."""
-    images = commands.add_parser("images", help="build and locate the guest kernel and initramfs")
+    images = commands.add_parser("images", help="build and locate the guest kernel, initramfs and root disk")
     sub = images.add_subparsers(dest="images_command", required=True)
 
     stock_help = "Debian's stock cloud kernel instead of the default one built from linux-source"

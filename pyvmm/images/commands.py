@@ -6,12 +6,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pyvmm.images import DEFAULT, STOCK
+from pyvmm.images import DEFAULT, STOCK, artifacts
 from pyvmm.images import build as builder
 from pyvmm.images.cache import Cache, CachedImages
 from pyvmm.images.progress import Progress
 
-_SHOWN = ("bzImage", "vmlinux", "initramfs")
+_SHOWN = ("bzImage", "vmlinux", "initramfs", "rootfs")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,7 +39,8 @@ def build_with_progress(flavour: str, *, force: bool = False, jobs: int | None =
 def _build(args: argparse.Namespace) -> int:
     images = build_with_progress(_flavour(args), force=args.force, jobs=args.jobs)
     for name in _SHOWN:
-        print(f"{name:10} {images.path(name)}")
+        if name in artifacts(images.flavour):
+            print(f"{name:10} {images.path(name)}")
     return 0
 
 
@@ -69,6 +70,7 @@ def _list(args: argparse.Namespace) -> int:
             f"{mark} {entry.flavour:8} {entry.key}  {manifest.get('built', '?'):25} "
             f"linux {kernel.get('release', '?'):22} "
             f"bzImage {_size(sizes.get('bzImage'))}  initramfs {_size(sizes.get('initramfs'))}"
+            + (f"  rootfs {_size(sizes['rootfs'])}" if "rootfs" in sizes else "")
         )
     print("(* = matches today's inputs)")
     return 0

@@ -1,8 +1,10 @@
 #!/bin/sh
-# /init of pyvmm's guest initramfs: PID 1, run by busybox sh.
-# Built into the image by `pyvmm images build` (pyvmm/images/initramfs.py).
+# /init of pyvmm's guest: PID 1, run by busybox sh, from the initramfs or from the
+# root disk (there as /sbin/init too). Built into both by `pyvmm images build`
+# (pyvmm/images/initramfs.py, rootfs.py).
 #
-#  1. mounts /proc, /sys, /dev (devtmpfs), /dev/pts and /tmp (tmpfs);
+#  1. mounts /proc, /sys, /dev (devtmpfs; on a disk root the kernel has mounted it
+#     already, CONFIG_DEVTMPFS_MOUNT), /dev/pts and /tmp (tmpfs);
 #  2. loads the kernel modules listed in /etc/pyvmm/modules, in that order
 #     (only the stock Debian kernel has any: its virtio drivers are modules);
 #  3. prints the marker line "pyvmm-init: ready" on the console;
@@ -10,7 +12,9 @@
 #     e.g. pyvmm.run=uname%20-r): runs it with `sh -c`, prints
 #     "pyvmm-run: exit=STATUS" and powers off;
 #     otherwise: an interactive shell with job control on the console (its
-#     controlling terminal found by cttyhack), started again when it exits.
+#     controlling terminal found by cttyhack), started again when it exits;
+#  5. before the power-off (or reboot) the root file system is remounted read-only,
+#     so a disk root is left clean, with nothing for its journal to replay.
 #
 # busybox's poweroff / reboot / halt (without -f) only signal PID 1 (SIGUSR2,
 # SIGTERM, SIGUSR1); the traps below turn that into the real thing.
@@ -28,17 +32,32 @@ mount_fs() {  # type mount-point [options]
     mount -t "$1" ${3:+-o "$3"} "$1" "$2" || say "cannot mount $1 on $2"
 }
 
+is_mounted() {  # mount-point; needs /proc (Debian's busybox has no mountpoint applet)
+    while read -r _ dir _; do
+        [ "$dir" = "$1" ] && return 0
+    done </proc/mounts
+    return 1
+}
+
 # Percent-decoding: every %XX becomes \xXX for printf %b; existing backslashes
 # are doubled first so that they stay literal.
 percent_decode() {
     printf '%b' "$(printf '%s' "$1" | sed -e 's/\\/\\\\/g' -e 's/%\([0-9A-Fa-f][0-9A-Fa-f]\)/\\x\1/g')"
 }
 
+# A disk root must be clean when the machine goes: the processes are gone by now
+# (or still writing, then the remount is refused and sync is all there is).
+# On an initramfs root the remount changes nothing and may fail: no message.
+settle_root() {
+    sync
+    mount -o remount,ro / 2>/dev/null
+}
+
 end_guest() {  # poweroff | reboot | halt
     trap '' USR1 USR2 TERM
     say "$1"
     kill -TERM -1 2>/dev/null
-    sync
+    settle_root
     "$1" -f
     # Still here: the kernel could not do it. PID 1 must not exit (panic).
     while :; do sleep 3600; done
@@ -50,7 +69,7 @@ trap 'end_guest halt' USR1
 
 mount_fs proc /proc
 mount_fs sysfs /sys
-mount_fs devtmpfs /dev mode=0755
+is_mounted /dev || mount_fs devtmpfs /dev mode=0755
 mkdir -p /dev/pts /dev/shm
 mount_fs devpts /dev/pts
 mount_fs tmpfs /tmp mode=1777
@@ -80,7 +99,7 @@ if [ -n "$run" ]; then
     command=$(percent_decode "$run")
     sh -c "$command"
     echo "pyvmm-run: exit=$?"
-    sync
+    settle_root
     poweroff -f
     while :; do sleep 3600; done
 fi

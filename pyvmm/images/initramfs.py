@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import io
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path, PurePosixPath
@@ -67,9 +67,22 @@ def _parents(path: str) -> list[str]:
     return [str(parent) for parent in PurePosixPath(path.lstrip("/")).parents if str(parent) != "."]
 
 
-def build_initramfs(busybox: bytes, applets: Iterable[str], init: bytes,
-                    modules: Sequence[GuestModule] = ()) -> bytes:
-    """The uncompressed newc archive."""
+@dataclass(frozen=True)
+class Userland:
+    """The guest's files as one listing (paths relative to /, sorted, parents before
+    children), from which both the initramfs and the root disk image (rootfs.py) are
+    written, so the two cannot drift apart."""
+
+    directories: tuple[tuple[str, int], ...]  # (path, mode)
+    char_devices: tuple[tuple[str, int, int], ...]  # (path, major, minor)
+    files: tuple[tuple[str, bytes, int], ...]  # (path, contents, mode)
+    symlinks: tuple[tuple[str, str], ...]  # (path, target)
+
+
+def userland(busybox: bytes, applets: Iterable[str], init: bytes, modules: Sequence[GuestModule] = (),
+             extra_links: Mapping[str, str] | None = None) -> Userland:
+    """busybox and its applets, /init, the modules and their list, the mount points
+    and /dev/console; `extra_links` adds symlinks (path relative to / -> target)."""
     files: dict[str, tuple[bytes, int]] = {
         "init": (init, 0o755),
         GUEST_BUSYBOX.lstrip("/"): (busybox, 0o755),
@@ -84,17 +97,30 @@ def build_initramfs(busybox: bytes, applets: Iterable[str], init: bytes,
         for applet in applets
         if applet not in files and applet.rsplit("/", 1)[-1] not in ("busybox", "init", "linuxrc")
     }
+    links.update(extra_links or {})
     directories = set(_DIRS)
     for path in [*files, *links]:
         directories.update(_parents(path))
+    return Userland(
+        directories=tuple((d, _STICKY_TMP if d == "tmp" else 0o755) for d in sorted(directories)),
+        char_devices=(("dev/console", CONSOLE_MAJOR, CONSOLE_MINOR),),
+        files=tuple((path, data, mode) for path, (data, mode) in sorted(files.items())),
+        symlinks=tuple(sorted(links.items())),
+    )
 
+
+def build_initramfs(busybox: bytes, applets: Iterable[str], init: bytes,
+                    modules: Sequence[GuestModule] = ()) -> bytes:
+    """The uncompressed newc archive."""
+    tree = userland(busybox, applets, init, modules)
     out = io.BytesIO()
     with CpioWriter(out) as archive:
-        for directory in sorted(directories):
-            archive.add_dir(directory, _STICKY_TMP if directory == "tmp" else 0o755)
-        archive.add_char_device("dev/console", CONSOLE_MAJOR, CONSOLE_MINOR)
-        for path, (data, mode) in sorted(files.items()):
+        for directory, mode in tree.directories:
+            archive.add_dir(directory, mode)
+        for path, major, minor in tree.char_devices:
+            archive.add_char_device(path, major, minor)
+        for path, data, mode in tree.files:
             archive.add_file(path, data, mode)
-        for path, target in sorted(links.items()):
+        for path, target in tree.symlinks:
             archive.add_symlink(path, target)
     return out.getvalue()

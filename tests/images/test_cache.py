@@ -9,7 +9,8 @@ import pytest
 from pyvmm.images import ARTIFACTS, build, cache, initramfs, kernel, stock
 from pyvmm.images.cache import Cache
 
-VERSIONS = {"linux-source": "6.1.192-2", "busybox-static": "1:1.35.0-4", "gcc": "4:12.2.0-3"}
+VERSIONS = {"linux-source": "6.1.192-2", "busybox-static": "1:1.35.0-4", "gcc": "4:12.2.0-3",
+            "e2fsprogs": "1.47.0-2"}
 RELEASE = stock.StockRelease("6.1.192-2", "linux-image-6.1.0-56-cloud-amd64", "6.1.192-2")
 
 
@@ -112,3 +113,16 @@ def test_artifacts_by_short_or_file_name() -> None:
     assert cache.artifact_file("initramfs.cpio") == "initramfs.cpio"
     with pytest.raises(cache.NotBuiltError):
         cache.artifact_file("System.map")
+
+
+def test_only_the_default_images_have_a_root_disk(tmp_path: Path) -> None:
+    store = Cache(tmp_path)
+    for flavour, key in (("default", "3" * 16), ("stock", "4" * 16)):
+        with store.staging(flavour, key) as out:
+            fill(out)
+            (out / "rootfs.ext4").unlink()
+    assert store.lookup("default", "3" * 16) is None, "a default entry without rootfs.ext4 is incomplete"
+    stock_images = store.lookup("stock", "4" * 16)
+    assert stock_images is not None and [entry.flavour for entry in store.entries()] == ["stock"]
+    with pytest.raises(cache.NotBuiltError, match="the stock images have no rootfs"):
+        stock_images.path("rootfs")
