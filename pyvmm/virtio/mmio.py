@@ -13,11 +13,10 @@ this module only adds what is MMIO's own:
   configuration change; the line is high while any bit is set and InterruptACK
   clears bits. Devices raise it from the I/O thread while vCPU threads acknowledge:
   the status and the line level change together under one lock.
-- QueueNotify: `MmioNotifiers` gives each queue a KVM_IOEVENTFD on the register,
-  matching the queue index, so a notification never leaves the kernel on the vCPU
-  side and runs `VirtioCore.notify` on the I/O thread. Without KVM_CAP_IOEVENTFD
-  (or for a value no eventfd matches) the write reaches `write` and notifies on the
-  vCPU thread.
+- QueueNotify: `MmioNotifiers` gives each queue a doorbell on the register (a
+  KVM_IOEVENTFD matching the queue index where KVM_CAP_IOEVENTFD exists, else the
+  register's exit handler rings it), so `VirtioCore.notify` runs on the I/O thread.
+  A transport used without them (no I/O thread) notifies on the writing thread.
 """
 
 from __future__ import annotations
@@ -28,8 +27,8 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
-from pyvmm.eventfd import EventFd
-from pyvmm.kvm import Cap, KvmError, Vm
+from pyvmm.ioevent import IoEventNotifier
+from pyvmm.kvm import Vm
 from pyvmm.memory import GuestMemory
 from pyvmm.outcome import InterruptLine
 from pyvmm.virtio.core import VirtioCore
@@ -229,61 +228,67 @@ class VirtioMmio:
         setattr(queue, name, (old & ~(_U32 << shift)) | (value << shift))
 
 
+class HasFileno(Protocol):
+    def fileno(self) -> int: ...
+
+
 class Registrar(Protocol):
-    """Where eventfds are watched: `pyvmm.io_thread.IoThread`."""
+    """Where doorbells are watched: `pyvmm.io_thread.IoThread`."""
 
-    def register(self, fd: EventFd, callback: Callable[[], None], name: str) -> None: ...
+    def register(self, fd: HasFileno, callback: Callable[[], None], name: str) -> None: ...
 
-    def unregister(self, fd: EventFd) -> bool: ...
+    def unregister(self, fd: HasFileno) -> bool: ...
 
 
 class MmioNotifiers:
-    """QueueNotify through KVM_IOEVENTFD (api.rst §4.59): one eventfd per queue on the
-    register's guest address, 4 bytes, datamatch the queue index; each is served on the
-    I/O thread. `attach` returns None when this KVM has no ioeventfds: the register
-    write then notifies on the vCPU thread."""
+    """QueueNotify as doorbells (`IoEventNotifier`): one per queue on the register's
+    guest address, 4 bytes, matching the queue index, each served on the I/O thread.
 
-    def __init__(self, vm: Vm, io: Registrar, transport: VirtioMmio, base: int) -> None:
-        self.vm = vm
+    With KVM_CAP_IOEVENTFD a matching write never leaves the kernel (KVM_IOEVENTFD,
+    api.rst §4.59); without it the write exits to `VirtioMmio.write`, which hands it
+    to `guest_wrote` here, and the doorbell rings the same eventfd. Either way the
+    device's `notify` runs on the I/O thread, never on a vCPU thread.
+    """
+
+    def __init__(
+        self, vm: Vm, io: Registrar, transport: VirtioMmio, base: int, *, in_kernel: bool = True
+    ) -> None:
         self.io = io
-        self.address = base + Reg.QUEUE_NOTIFY
-        self.eventfds: list[EventFd] = []
+        self.doorbells: list[IoEventNotifier] = []
         name = transport.device.name
         try:
             for index in range(len(transport.core.queues)):
-                eventfd = EventFd()
-                self.eventfds.append(eventfd)
-                vm.ioeventfd(eventfd.fileno(), self.address, 4, datamatch=index)
-                io.register(eventfd, _served(eventfd, transport.core.notify, index), f"{name} queue {index}")
+                doorbell = IoEventNotifier(
+                    vm, base + Reg.QUEUE_NOTIFY, 4, datamatch=index, in_kernel=in_kernel
+                )
+                self.doorbells.append(doorbell)
+                io.register(
+                    doorbell, _served(doorbell, transport.core.notify, index), f"{name} queue {index}"
+                )
         except BaseException:
             self.close()
             raise
+        transport.on_notify = self.guest_wrote
+        if self.doorbells and not self.doorbells[0].in_kernel:
+            log.info("%s: no KVM_CAP_IOEVENTFD; queue notifications exit to the vCPU first", name)
 
-    @classmethod
-    def attach(cls, vm: Vm, io: Registrar, transport: VirtioMmio, base: int) -> MmioNotifiers | None:
-        if not vm.check_extension(Cap.IOEVENTFD):
-            log.info("%s: no KVM_CAP_IOEVENTFD; queue notifications exit to the vCPU thread",
-                     transport.device.name)  # fmt: skip
-            return None
-        return cls(vm, io, transport, base)
+    def guest_wrote(self, value: int) -> None:
+        """A QueueNotify write that KVM did not take: the doorbell of that queue, if any."""
+        if 0 <= value < len(self.doorbells):
+            self.doorbells[value].guest_wrote(4, value)
 
     def close(self) -> None:
-        """Unwatch and deassign every eventfd (while the VM is still open)."""
-        for index, eventfd in enumerate(self.eventfds):
-            if eventfd.closed:
+        """Unwatch and deassign every doorbell (while the VM is still open)."""
+        for doorbell in self.doorbells:
+            if doorbell.eventfd.closed:
                 continue
-            self.io.unregister(eventfd)
-            if self.vm.fd >= 0:
-                try:
-                    self.vm.ioeventfd(eventfd.fileno(), self.address, 4, datamatch=index, deassign=True)
-                except KvmError:  # never assigned (attach failed half-way)
-                    pass
-            eventfd.close()
+            self.io.unregister(doorbell)
+            doorbell.close()
 
 
-def _served(eventfd: EventFd, notify: Callable[[int], None], index: int) -> Callable[[], None]:
+def _served(doorbell: IoEventNotifier, notify: Callable[[int], None], index: int) -> Callable[[], None]:
     def serve() -> None:
-        if eventfd.consume():  # several guest writes since the last turn are one notification
+        if doorbell.consume():  # several guest writes since the last turn are one notification
             notify(index)
 
     return serve

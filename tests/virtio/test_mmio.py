@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -16,7 +17,7 @@ from virtio.driver import Driver
 from virtio.handshake import ACK, DRIVER, DRIVER_OK, FEATURES_OK
 
 from pyvmm.io_thread import IoThread
-from pyvmm.kvm import Cap, ExitReason, Kvm
+from pyvmm.kvm import Cap, ExitReason, Kvm, Vcpu, Vm
 from pyvmm.memory import GuestMemory
 from pyvmm.virtio import DeviceStatus, Feature
 from pyvmm.virtio.device import Activation, DeviceType, VirtioDevice
@@ -442,66 +443,82 @@ def io() -> Iterator[IoThread]:
     assert errors == []
 
 
+@contextmanager
+def notify_guest(vm: Vm) -> Iterator[Vcpu]:
+    """One vCPU about to run NOTIFY_WRITES in real mode, in 64 KiB of RAM."""
+    ram = GuestMemory([(0, GUEST_RAM)])
+    ram.write(CODE_ADDRESS, NOTIFY_WRITES)
+    ram.register(vm)
+    vcpu = vm.create_vcpu(0)
+    sregs = vcpu.get_sregs()
+    sregs.cs.base, sregs.cs.selector = 0, 0
+    vcpu.set_sregs(sregs)
+    regs = vcpu.get_regs()
+    regs.rip, regs.rflags = CODE_ADDRESS, 2
+    vcpu.set_regs(regs)
+    try:
+        yield vcpu
+    finally:
+        vcpu.close()
+        ram.close()
+
+
+def run_to_mmio_exit(vcpu: Vcpu, mmio: VirtioMmio) -> list[tuple[int, int]]:
+    """Run until the guest halts, handing its MMIO writes to the window as the MMIO
+    bus would; the (offset, value) of each write that came to user space."""
+    exits = []
+    while (reason := vcpu.run()) == ExitReason.MMIO:
+        exit_ = vcpu.run_state.mmio
+        assert exit_.is_write and exit_.len == 4
+        offset, value = exit_.phys_addr - WINDOW, int.from_bytes(bytes(exit_.data[:4]), "little")
+        exits.append((offset, value))
+        mmio.write(offset, 4, value)
+    assert reason == ExitReason.HLT
+    return exits
+
+
+def wait_used(driver: Driver) -> list[tuple[int, int]]:
+    deadline = time.monotonic() + 10
+    while not driver.used_idx() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return driver.get_used()
+
+
 @pytest.mark.kvm
-def test_queue_notify_through_a_real_ioeventfd_runs_on_the_io_thread(
-    mmio: VirtioMmio, memory: GuestMemory, io: IoThread
+@pytest.mark.parametrize("in_kernel", [True, False], ids=["ioeventfd", "exit-handler"])
+def test_queue_notify_reaches_the_device_on_the_io_thread(
+    mmio: VirtioMmio, memory: GuestMemory, io: IoThread, in_kernel: bool
 ) -> None:
+    """The guest writes 1 (queue 1) then 7 (no queue) to QueueNotify. With an
+    ioeventfd KVM takes the 1 and only the 7 exits; without, both exit and the
+    register rings queue 1's doorbell. Either way the device runs on the I/O thread."""
     drivers = start(mmio, memory)
     head = drivers[1].add([b"pong"], [4])
-    with Kvm() as kvm, kvm.create_vm() as vm:
+    with Kvm() as kvm, kvm.create_vm() as vm, notify_guest(vm) as vcpu:
         assert vm.check_extension(Cap.IOEVENTFD)
-        ram = GuestMemory([(0, GUEST_RAM)])
-        ram.write(CODE_ADDRESS, NOTIFY_WRITES)
-        ram.register(vm)
-        vcpu = vm.create_vcpu(0)
-        sregs = vcpu.get_sregs()
-        sregs.cs.base, sregs.cs.selector = 0, 0
-        vcpu.set_sregs(sregs)
-        regs = vcpu.get_regs()
-        regs.rip, regs.rflags = CODE_ADDRESS, 2
-        vcpu.set_regs(regs)
-        notifiers = MmioNotifiers.attach(vm, io, mmio, WINDOW)
-        assert notifiers is not None
+        notifiers = MmioNotifiers(vm, io, mmio, WINDOW, in_kernel=in_kernel)
+        assert [doorbell.in_kernel for doorbell in notifiers.doorbells] == [in_kernel, in_kernel]
         io.start()
         try:
-            # The write of 1 matched queue 1's eventfd and never left the kernel;
-            # 7 names no queue, so it is an ordinary MMIO exit for the register path.
-            assert vcpu.run() == ExitReason.MMIO
-            exit_ = vcpu.run_state.mmio
-            assert (exit_.phys_addr, exit_.len, exit_.is_write) == (WINDOW + Reg.QUEUE_NOTIFY, 4, 1)
-            mmio.write(Reg.QUEUE_NOTIFY, 4, int.from_bytes(bytes(exit_.data[:4]), "little"))
+            exits = run_to_mmio_exit(vcpu, mmio)
+            notify = int(Reg.QUEUE_NOTIFY)
+            assert exits == ([(notify, 7)] if in_kernel else [(notify, 1), (notify, 7)])
             assert isinstance(mmio.device, Echo)
             assert mmio.device.done.wait(10)
+            assert wait_used(drivers[1]) == [(head, 4)]
             assert mmio.device.notified == [(1, "test-io")]
-            deadline = time.monotonic() + 10
-            while not drivers[1].used_idx() and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert drivers[1].get_used() == [(head, 4)]
             assert mmio.interrupt_status == INTERRUPT_USED_BUFFER
         finally:
             notifiers.close()
-            vcpu.close()
-            ram.close()
-        assert all(eventfd.closed for eventfd in notifiers.eventfds)
+        assert all(doorbell.eventfd.closed for doorbell in notifiers.doorbells)
 
 
-class NoIoeventfdVm:
-    """A VM whose KVM lacks KVM_CAP_IOEVENTFD."""
-
-    fd = -1
-
-    def check_extension(self, cap: Cap) -> int:
-        return 0
-
-
-def test_without_ioeventfds_the_register_write_notifies(mmio: VirtioMmio, memory: GuestMemory) -> None:
-    errors: list[BaseException] = []
-    io = IoThread(lambda source, error: errors.append(error))
-    assert MmioNotifiers.attach(NoIoeventfdVm(), io, mmio, WINDOW) is None  # type: ignore[arg-type]
+def test_without_doorbells_the_register_write_notifies_on_its_thread(
+    mmio: VirtioMmio, memory: GuestMemory
+) -> None:
     drivers = start(mmio, memory)
     head = drivers[0].add([b"x"], [1])
     write(mmio, Reg.QUEUE_NOTIFY, 0)
     assert drivers[0].get_used() == [(head, 1)]
     assert isinstance(mmio.device, Echo)
     assert mmio.device.notified == [(0, threading.current_thread().name)]
-    io.stop()
