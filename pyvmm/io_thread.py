@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import selectors
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
@@ -93,6 +94,11 @@ class IoThread:
         self._stop_requested = False
         self._pause_requested = False
         self._parked = False
+        # What the device work costs (benchmarks: how busy the I/O thread is): wall time
+        # spent in callbacks, their number, and the loop thread's CPU time when it ended.
+        self.busy_seconds = 0.0
+        self.callbacks = 0
+        self.cpu_seconds = 0.0
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -223,7 +229,7 @@ class IoThread:
     def _main(self) -> None:
         try:
             while self._turn():
-                pass
+                self.cpu_seconds = time.thread_time()
         except BaseException as exc:
             # Not a callback's error (those are caught below): the loop itself broke.
             log.exception("%s failed", self.name)
@@ -265,6 +271,7 @@ class IoThread:
         self._state.notify_all()
 
     def _dispatch(self, source: _Source) -> None:
+        started = time.perf_counter()
         try:
             source.callback()
         except Exception as exc:
@@ -273,6 +280,9 @@ class IoThread:
                 if self._sources.get(source.fd) is source:
                     self._remove(source.fd)
             self._report(source.name, exc)
+        finally:
+            self.busy_seconds += time.perf_counter() - started
+            self.callbacks += 1
 
     def _report(self, source: str, error: BaseException) -> None:
         try:

@@ -273,3 +273,27 @@ def test_a_loop_paused_before_start_starts_parked(errors: Errors, event: EventFd
     loop.resume()
     assert fired.wait(WAIT)
     loop.stop()
+
+
+def test_busy_time_and_callbacks_are_counted() -> None:
+    """What benchmarks read to tell how busy device work kept the I/O thread."""
+    errors: list[tuple[str, BaseException]] = []
+    loop = IoThread(lambda source, error: errors.append((source, error)))
+    loop.start()
+    done = threading.Event()
+    source = EventFd()
+
+    def slow() -> None:
+        source.consume()
+        time.sleep(0.05)
+        done.set()
+
+    try:
+        loop.register(source, slow, "slow")
+        source.signal()
+        assert done.wait(5)
+    finally:
+        loop.stop()
+        source.close()
+    assert loop.callbacks == 1 and loop.busy_seconds >= 0.05
+    assert not errors
