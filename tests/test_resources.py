@@ -50,3 +50,24 @@ def test_pci_slots() -> None:
         resources.pci_slot()
     with pytest.raises(ResourceError, match="all 32"):
         resources.pci_slot()
+
+
+def test_pci_takes_its_windows_and_ecam_once() -> None:
+    resources = ResourceAllocator(6 * GiB)
+    pci = resources.pci()
+    assert (pci.mmio32.start, pci.mmio32.end) == (3 * GiB, 3 * GiB + 512 * MiB)
+    assert (pci.ecam_base, pci.ecam_size) == (3 * GiB + 512 * MiB, MiB)
+    assert pci.mmio64.start == resources.mmio64.start == 6 * GiB
+    assert pci.mmio64.length == resources.mmio64.length // 2
+    assert pci.io is resources.pci_io
+    assert resources.pci() is pci
+    # What PCI took is gone from the machine's windows: nobody else is given it.
+    assert not pci.mmio32.start <= resources.mmio32.allocate(0x1000) < pci.ecam_base + pci.ecam_size
+    assert resources.mmio64.allocate(GiB) >= pci.mmio64.end
+
+
+def test_an_ecam_of_256_buses_is_aligned_to_its_size() -> None:
+    pci = ResourceAllocator(256 * MiB).pci(256)
+    assert pci.ecam_size == 256 * MiB and pci.ecam_base % (256 * MiB) == 0
+    with pytest.raises(ResourceError, match="256 buses"):
+        ResourceAllocator(256 * MiB).pci(0)

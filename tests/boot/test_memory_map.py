@@ -51,3 +51,11 @@ def test_placement_helpers() -> None:
     assert place_low(free, 0x100001, above=0, below=1 << 32, align=0x1000) == 0x280000
     assert place_high(free, 0x1800, above=0, below=0x300000, align=0x1000) == 0x2FE000
     assert place_high(free, 0x200000, above=0, below=1 << 32, align=0x1000) is None
+
+
+def test_reserved_ranges_are_listed_as_type_2(memory: GuestMemory) -> None:
+    ecam = (0xE000_0000, 0xE010_0000)
+    entries = memory_map(memory, [ecam])
+    assert MemoryMapEntry(0xE000_0000, 0x10_0000, RESERVED) in entries
+    assert entries[:-1] == memory_map(memory)
+    assert_sorted_disjoint(entries)

@@ -260,3 +260,23 @@ def test_tables_fit_for_every_vcpu_count_kvm_allows_by_default() -> None:
     assert built.end <= ACPI_AREA_END
     with pytest.raises(AcpiError, match="vCPUs"):
         build_acpi_tables(capacity + 1)
+
+
+def test_extra_tables_are_placed_and_listed_by_xsdt_and_rsdt() -> None:
+    from pyvmm.arch.x86.acpi.mcfg import EcamRegion, build_mcfg
+
+    mcfg = build_mcfg([EcamRegion(0xE000_0000)])
+    built = build_acpi_tables(2, tables=[mcfg])
+    placed = built.table("MCFG")
+    assert placed.data == mcfg and placed.address % 16 == 0
+    expected = [built.table("FACP").address, built.table("APIC").address, placed.address]
+    assert list(struct.unpack_from("<3Q", built.table("XSDT").data, 36)) == expected
+    assert list(struct.unpack_from("<3I", built.table("RSDT").data, 36)) == expected
+    spans = sorted((entry.address, entry.end) for entry in built.tables)
+    assert all(end <= start for (_, end), (start, _) in itertools.pairwise(spans))
+
+
+@pytest.mark.parametrize("bad", [b"DSDT" + bytes(40), b"MCFG", b"\0\0\0\0" + bytes(40)])
+def test_an_extra_table_must_be_a_new_whole_table(bad: bytes) -> None:
+    with pytest.raises(AcpiError, match="extra ACPI table"):
+        build_acpi_tables(1, tables=[bad])

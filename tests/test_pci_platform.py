@@ -1,0 +1,320 @@
+"""The PCI platform on real buses (pyvmm/pci_platform.py): the host bridge through
+both access mechanisms, BARs placed like firmware places them and moved by guest
+configuration writes, overlaps with RAM, KVM's pages and other devices left
+unmapped without an exception, INTx per the _PRT swizzle, MSI-X delivery, and what
+it gives ACPI and the E820 map."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from pc_platform import MEMORY, pc_devices
+
+from pyvmm import Machine, MachineConfig
+from pyvmm.arch.x86.acpi import build_acpi_tables
+from pyvmm.arch.x86.acpi.pci_host import gsi_for
+from pyvmm.arch.x86.layout import KVM_TSS_ADDRESS, MMIO_HOLE_START
+from pyvmm.device_manager import DeviceManager
+from pyvmm.devices.device import PlacedDevice, mmio
+from pyvmm.devices.pc_testdev import IOMEM_ADDRESS, IOMEM_LENGTH
+from pyvmm.devices.pci_testdev import PciTestdev
+from pyvmm.machine import RunResult
+from pyvmm.outcome import ExitKind
+from pyvmm.pci import BarKind, BarSpec, InterruptPin, MsixCapability, MsixTable, PciFunction, PciIds
+from pyvmm.pci.regions import BarRegions
+from pyvmm.pci.registers import Command
+from pyvmm.pci_platform import LAPIC_ADDRESS, PciPlatform
+from pyvmm.resources import IOAPIC_ADDRESS
+
+TEST_IDS = PciIds(0x1234, 0x5678, 0xFF, 0)
+
+
+class Line:
+    """An interrupt line that remembers its level changes."""
+
+    def __init__(self, gsi: int) -> None:
+        self.gsi = gsi
+        self.levels: list[bool] = []
+
+    def set_level(self, high: bool) -> None:
+        self.levels.append(high)
+
+
+class Pci:
+    """A PCI platform in a device manager with the PC's devices, as the machine builds it."""
+
+    def __init__(self, manager: DeviceManager) -> None:
+        self.manager = manager
+        self.lines: dict[int, Line] = {}
+        self.messages: list[tuple[int, int]] = []
+        self.platform = PciPlatform(manager, [(0, MEMORY)], self.line, self.send)
+        manager.add(self.platform)
+
+    def line(self, gsi: int) -> Line:
+        return self.lines.setdefault(gsi, Line(gsi))
+
+    def send(self, address: int, data: int) -> int:
+        self.messages.append((address, data))
+        return 1
+
+    def ecam(self, slot: int, register: int, size: int, value: int | None = None) -> int:
+        address = self.platform.resources.ecam_base + (slot << 15) + register
+        if value is None:
+            return self.manager.mmio.read(address, size)
+        self.manager.mmio.write(address, size, value)
+        return 0
+
+    def cf8(self, slot: int, register: int, size: int, value: int | None = None) -> int:
+        ports = self.manager.ports
+        ports.write(0xCF8, 4, 1 << 31 | slot << 11 | register & 0xFC)
+        port = 0xCFC + (register & 3)
+        if value is None:
+            return ports.read(port, size)
+        ports.write(port, size, value)
+        return 0
+
+
+@pytest.fixture
+def pci() -> Iterator[Pci]:
+    with pc_devices() as manager:
+        yield Pci(manager)
+
+
+def name_of_test(read: Callable[[int, int], int], base: int) -> bytes:
+    """The name of the test selected on a pci-testdev BAR (lib/pci-testdev.c reads it)."""
+    return bytes(read(base + 16 + i, 1) for i in range(15))
+
+
+def test_the_host_bridge_answers_on_both_mechanisms(pci: Pci) -> None:
+    assert pci.cf8(0, 0x00, 4) == 0x0008_1B36
+    assert pci.ecam(0, 0x00, 4) == 0x0008_1B36
+    assert pci.ecam(0, 0x0A, 2) == 0x0600  # host bridge class
+    assert pci.cf8(5, 0x00, 2) == 0xFFFF  # empty slot
+    assert pci.manager.mmio.find(pci.platform.resources.ecam_base, 4).name == "pci-ecam"
+    assert pci.manager.ports.find(0xCF8, 4).name == "pci-config"
+
+
+def test_bars_are_placed_in_the_windows_and_decode(pci: Pci) -> None:
+    device = PciTestdev()
+    slot = pci.platform.add_function(device.function, name="pci-testdev")
+    assert slot == 1  # the host bridge has slot 0
+    r = pci.platform.resources
+    mmio_bar = pci.ecam(slot, 0x10, 4)
+    io_bar = pci.cf8(slot, 0x14, 4)
+    assert r.mmio32.start <= mmio_bar < r.mmio32.end and mmio_bar % 0x1000 == 0
+    assert io_bar & 1 and r.io.start <= io_bar & ~3 < r.io.end
+    assert pci.ecam(slot, 0x04, 2) & (Command.IO_SPACE | Command.MEMORY_SPACE) == 3
+    # The device answers where its BARs say, on both buses (kvm-unit-tests' way).
+    pci.manager.mmio.write(mmio_bar, 1, 0)
+    assert name_of_test(pci.manager.mmio.read, mmio_bar) == b"mmio-no-eventfd"
+    pci.manager.ports.write(io_bar & ~3, 1, 0)
+    assert name_of_test(pci.manager.ports.read, io_bar & ~3) == b"portio-no-event"
+
+
+def test_a_guest_moves_a_bar(pci: Pci) -> None:
+    device = PciTestdev()
+    slot = pci.platform.add_function(device.function)
+    old = pci.ecam(slot, 0x10, 4)
+    new = pci.platform.resources.mmio32.start + 0x10_0000
+    pci.ecam(slot, 0x10, 4, new)
+    mmio = pci.manager.mmio
+    assert mmio.find(old, 1).name == "unclaimed"
+    mmio.write(new, 1, 1)  # test 1, through the moved BAR
+    assert mmio.read(new, 1) == 1
+    # Sizing as an OS does: decode off, all ones, size read back, restore, decode on.
+    pci.ecam(slot, 0x04, 2, 0)
+    assert mmio.find(new, 1).name == "unclaimed"
+    pci.ecam(slot, 0x10, 4, 0xFFFF_FFFF)
+    assert pci.ecam(slot, 0x10, 4) == 0xFFFF_F000  # 4 KiB, 32-bit, not prefetchable
+    pci.ecam(slot, 0x10, 4, new)
+    pci.ecam(slot, 0x04, 2, Command.MEMORY_SPACE | Command.IO_SPACE)
+    assert mmio.read(new, 1) == 1
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        0x10_0000,  # RAM
+        MEMORY - 0x800,  # straddling the end of RAM
+        IOAPIC_ADDRESS,
+        LAPIC_ADDRESS,
+        KVM_TSS_ADDRESS,
+        IOMEM_ADDRESS + IOMEM_LENGTH - 0x1000,  # pc-testdev's iomem, once it is on the bus
+        "ecam",  # the ECAM window itself
+        "other",  # another function's BAR
+    ],
+)
+def test_a_bar_over_something_else_is_left_unmapped(pci: Pci, where: int | str) -> None:
+    pci.manager.add(PlacedDevice("iomem", None, (mmio(IOMEM_ADDRESS, IOMEM_LENGTH, _Ram(), "iomem"),)))
+    other = PciTestdev()
+    other_slot = pci.platform.add_function(other.function)
+    device = PciTestdev()
+    slot = pci.platform.add_function(device.function)
+    home = pci.ecam(slot, 0x10, 4)
+    target = {"ecam": pci.platform.resources.ecam_base, "other": pci.ecam(other_slot, 0x10, 4)}.get(
+        str(where), where
+    )
+    assert isinstance(target, int)
+    target &= 0xFFFF_F000
+    before = pci.manager.mmio.find(target, 1)
+    pci.ecam(slot, 0x10, 4, target)  # must not raise
+    assert pci.ecam(slot, 0x10, 4) == target  # the register holds what the guest wrote
+    assert pci.manager.mmio.find(target, 1) is before  # whatever was there stays
+    assert pci.manager.mmio.find(home, 1).name == "unclaimed"
+    # Moved somewhere free, it is mapped again.
+    pci.ecam(slot, 0x10, 4, home)
+    pci.manager.mmio.write(home, 1, 2)
+    assert pci.manager.mmio.read(home, 1) == 2
+
+
+def test_an_io_bar_over_a_legacy_device_is_left_unmapped(pci: Pci) -> None:
+    device = PciTestdev()
+    slot = pci.platform.add_function(device.function)
+    pci.cf8(slot, 0x14, 4, 0x3F8)  # COM1 (256 ports from 0x300: the UART's among them)
+    assert pci.manager.ports.find(0x3F8, 1).name == "serial (COM1)"
+    assert pci.manager.ports.find(0x300, 1).name == "unclaimed"
+    pci.cf8(slot, 0x14, 4, 0xD000)
+    assert pci.manager.ports.find(0xD000, 1).name.endswith("BAR1")
+
+
+class _Ram:
+    def read(self, offset: int, size: int) -> int:
+        return 0
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        pass
+
+
+def test_a_64_bit_bar_moves_in_two_reports(pci: Pci) -> None:
+    function = PciFunction(TEST_IDS, bars={0: BarSpec(BarKind.MEMORY64, 0x4000, prefetchable=True)})
+    function.set_bar_handler(0, _Ram())
+    slot = pci.platform.add_function(function)
+    r = pci.platform.resources
+    placed = pci.ecam(slot, 0x14, 4) << 32 | pci.ecam(slot, 0x10, 4) & ~0xF
+    assert r.mmio64.start <= placed < r.mmio64.end
+    assert pci.manager.mmio.find(placed, 8).name.endswith("BAR0")
+    target = r.mmio64.start + 0x1_0000_0000
+    pci.ecam(slot, 0x10, 4, target & 0xFFFF_FFFF)  # low half first: a range below 4 GiB for a moment
+    pci.ecam(slot, 0x14, 4, target >> 32)
+    assert pci.manager.mmio.find(target, 8).name.endswith("BAR0")
+    assert pci.manager.mmio.find(placed, 8).name == "unclaimed"
+    # The moment in between was at (old high << 32) | new low; nothing is left there.
+    assert pci.manager.mmio.find(placed & ~0xFFFF_FFFF | target & 0xFFFF_FFFF, 8).name == "unclaimed"
+
+
+def test_intx_follows_the_swizzle_and_gsis_are_shared(pci: Pci) -> None:
+    functions = []
+    for pin in (InterruptPin.INTA, InterruptPin.INTA, InterruptPin.INTB):
+        functions.append(PciFunction(TEST_IDS, interrupt_pin=pin))
+    slots = [pci.platform.add_function(f) for f in functions]
+    gsis = [gsi_for(slot, pin - 1) for slot, pin in zip(slots, (1, 1, 2), strict=True)]
+    for slot, gsi in zip(slots, gsis, strict=True):
+        assert pci.cf8(slot, 0x3C, 1) == gsi  # Interrupt Line, as a BIOS writes it
+    assert gsis == [17, 18, 16]  # slots 1, 2 (INTA) and 3 (INTB)
+    shared = PciFunction(TEST_IDS, interrupt_pin=InterruptPin.INTA)
+    shared_slot = pci.platform.add_function(shared, slots[0] + 4)  # +4 slots: the same GSI
+    line = pci.lines[gsis[0]]
+    functions[0].set_intx(True)
+    shared.set_intx(True)
+    functions[0].set_intx(False)
+    assert line.levels == [True]  # still asserted by the other pin
+    shared.set_intx(False)
+    assert line.levels == [True, False]
+    # Interrupt Disable holds the pin low.
+    pci.cf8(shared_slot, 0x04, 2, Command.INTX_DISABLE)
+    shared.set_intx(True)
+    assert line.levels == [True, False]
+
+
+def test_msix_messages_reach_the_sender(pci: Pci) -> None:
+    function = PciFunction(TEST_IDS, bars={0: BarSpec(BarKind.MEMORY32, 0x1000)})
+    table = MsixTable(2)
+    capability = MsixCapability(
+        function.capabilities, table, table_bar=0, table_offset=0, pba_bar=0, pba_offset=0x800
+    )
+    regions = BarRegions(0x1000)
+    regions.add(0, table.table_size, table.table)
+    regions.add(0x800, table.pba_size, table.pba)
+    function.set_bar_handler(0, regions)
+    slot = pci.platform.add_function(function, msix=table)
+    bar = pci.ecam(slot, 0x10, 4)
+    mmio = pci.manager.mmio
+    mmio.write(bar + 16, 4, 0xFEE0_0000)  # vector 1: address, data, unmask
+    mmio.write(bar + 24, 4, 0x4041)
+    mmio.write(bar + 28, 4, 0)
+    pci.ecam(slot, capability.offset + 2, 2, 1 << 15)  # MSI-X Enable
+    assert table.signal(1)
+    assert pci.messages == [(0xFEE0_0000, 0x4041)]
+
+
+def test_acpi_and_the_memory_map(pci: Pci) -> None:
+    r = pci.platform.resources
+    tables = build_acpi_tables(1, devices=pci.manager.aml(), tables=pci.platform.acpi_tables())
+    mcfg = tables.table("MCFG").data
+    base, segment, start, end = struct.unpack_from("<QHBB", mcfg, 44)
+    assert (base, segment, start, end) == (r.ecam_base, 0, 0, 0)
+    xsdt = tables.table("XSDT").data
+    pointers = struct.unpack_from(f"<{(len(xsdt) - 36) // 8}Q", xsdt, 36)
+    assert tables.table("MCFG").address in pointers
+    assert pci.platform.reserved() == ((r.ecam_base, r.ecam_base + r.ecam_size),)
+    dsdt = tables.table("DSDT").data
+    assert b"PCI0" in dsdt and b"_PRT" in dsdt and b"PCIR" in dsdt
+    # The windows avoid RAM, the ECAM window, the IOAPIC/LAPIC pages, pc-testdev and KVM's pages.
+    windows = pci.platform.windows
+    avoid = [(0, MEMORY), (r.ecam_base, r.ecam_base + r.ecam_size), (IOAPIC_ADDRESS, 0x1_0000_0000)]
+    for base, length in (windows.mmio32, windows.mmio64):
+        assert base >= MMIO_HOLE_START
+        for lo, hi in avoid:
+            assert base + length <= lo or hi <= base, (hex(base), hex(lo))
+    assert windows.io == [(0xC000, 0x4000)]
+
+
+def test_remove_function_takes_its_ranges_off(pci: Pci) -> None:
+    device = PciTestdev()
+    slot = pci.platform.add_function(device.function)
+    bar = pci.ecam(slot, 0x10, 4)
+    pci.platform.remove_function(slot)
+    assert pci.manager.mmio.find(bar, 1).name == "unclaimed"
+    assert pci.ecam(slot, 0, 2) == 0xFFFF
+    again = PciTestdev()
+    assert pci.platform.add_function(again.function) == slot
+    assert pci.ecam(slot, 0x10, 4) == bar  # its window space was given back too
+
+
+# --- a real guest on /dev/kvm (tests/guests/pcitest) ------------------------------
+
+
+def run_pcitest(guests: Path, *devices: str) -> tuple[RunResult, str]:
+    config = MachineConfig(
+        kernel=str(guests / "pcitest.elf"), memory="128M", timeout=120, test_devices=devices
+    )
+    result = Machine(config).run()
+    return result, result.console_text
+
+
+@pytest.mark.kvm
+def test_a_guest_walks_sizes_moves_and_tests_pci_testdev(guests: Path) -> None:
+    result, text = run_pcitest(guests, "pci-testdev", "pc-testdev")
+    assert "pcitest ok failures=0" in text, text
+    assert result.exit.kind is ExitKind.DEBUG_EXIT and result.status == 1, result.exit.describe()
+    lines = text.splitlines()
+    assert "cf8 00:00.0 id=1b36:0008 class=060000" in lines
+    assert "cf8 00:01.0 id=1b36:0005 class=ff0000" in lines
+    assert "ecam 00:01.0 id=1b36:0005" in lines
+    assert "mcfg ecam=0xe0000000" in lines
+    assert "testdev bar0=0xc0000000 bar1=0xc001 command=0x3" in lines
+    assert "testdev size0=0x1000 size1=0x100" in lines
+    for name in ("mmio-no-eventfd", "mmio-datamatch-eventfd", "portio-wildcard-eventfd"):
+        assert f"testdev {name} count=16" in lines
+    assert "testdev tests=6" in lines and "overlap survived" in lines and "pc-testdev ok" in lines
+
+
+@pytest.mark.kvm
+def test_without_pci_testdev_the_guest_finds_only_the_bridge(guests: Path) -> None:
+    result, text = run_pcitest(guests)
+    assert "cf8 00:00.0 id=1b36:0008 class=060000" in text
+    assert "FAIL pci-testdev on bus 0" in text
+    assert result.status == 3  # debug-exit code 1
