@@ -155,6 +155,7 @@ class PciSlot:
     gsi: int | None
     allocations: list[tuple[AddressWindow, int]] = field(default_factory=list)
     mapped: dict[int, tuple[Bus, BusRange]] = field(default_factory=dict)
+    warned: set[int] = field(default_factory=set)  # BARs whose refusal was logged as a warning
 
 
 class PciPlatform:
@@ -327,7 +328,11 @@ class PciPlatform:
             except (BusConflictError, PciError) as exc:
                 if current is not None:
                     current[0].remove(current[1])
-                log.warning(
+                # Once per BAR at warning level: a guest looping on it must not flood the log.
+                level = logging.DEBUG if index in placed.warned else logging.WARNING
+                placed.warned.add(index)
+                log.log(
+                    level,
                     "%s BAR %d at %s %#x+%#x left unmapped: %s",
                     placed.label, index, new.space.value, new.base, new.size, exc,
                 )  # fmt: skip

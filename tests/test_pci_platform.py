@@ -6,6 +6,7 @@ it gives ACPI and the E820 map."""
 
 from __future__ import annotations
 
+import logging
 import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -168,6 +169,16 @@ def test_a_bar_over_something_else_is_left_unmapped(pci: Pci, where: int | str) 
     pci.ecam(slot, 0x10, 4, home)
     pci.manager.mmio.write(home, 1, 2)
     assert pci.manager.mmio.read(home, 1) == 2
+
+
+def test_a_guest_looping_over_ram_is_logged_once(pci: Pci, caplog: pytest.LogCaptureFixture) -> None:
+    device = PciTestdev()
+    slot = pci.platform.add_function(device.function)
+    caplog.set_level(logging.WARNING, logger="pyvmm.pci_platform")
+    for attempt in range(50):
+        pci.ecam(slot, 0x10, 4, 0x10_0000 + attempt * 0x1000)
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "overlaps RAM" in warnings[0].getMessage()
 
 
 def test_an_io_bar_over_a_legacy_device_is_left_unmapped(pci: Pci) -> None:
