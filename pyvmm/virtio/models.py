@@ -20,17 +20,17 @@ def rng_device() -> VirtioDevice:
     return EntropyDevice()
 
 
-def block_devices(disks: Sequence[DiskConfig], *, workers: int = 0) -> list[VirtioDevice]:
+def block_devices(disks: Sequence[DiskConfig], *, workers: int | None = None) -> list[VirtioDevice]:
     """One virtio-blk (§5.2) per `MachineConfig.disks` entry, in order (/dev/vda,
     /dev/vdb...). Each image is opened and locked here: a missing, unusable or
     locked one raises `DiskImageError` (an `ImageError`) naming it, after the disks
-    already opened are closed again. `workers`: see `BlockDevice`."""
-    from pyvmm.virtio.block import BlockDevice
+    already opened are closed again. `workers`: see `BlockDevice` (None: its default)."""
+    from pyvmm.virtio.block import WORKERS, BlockDevice
 
     devices: list[VirtioDevice] = []
     try:
         for disk in disks:
-            devices.append(BlockDevice(disk, workers=workers))
+            devices.append(BlockDevice(disk, workers=WORKERS if workers is None else workers))
     except BaseException:
         for device in devices:
             device.close()

@@ -19,6 +19,7 @@ from virtio.handshake import start
 from pyvmm.memory import GuestMemory
 from pyvmm.virtio.block import HEADER, BlockDevice
 from pyvmm.virtio.core import VirtioCore
+from pyvmm.virtio.device import Interrupt
 from pyvmm.virtio.spec import Feature
 
 UNWRITTEN = 0xEE  # what a status byte holds until the device writes it
@@ -61,11 +62,12 @@ class BlockHarness:
         indirect: bool = True,
         event_idx: bool = True,
         features: int | None = None,
+        interrupts: Interrupt | None = None,
     ) -> None:
         self.device = device
         self.memory = memory
         self.interrupts = Interrupts()
-        self.core = VirtioCore(device, memory, self.interrupts)
+        self.core = VirtioCore(device, memory, self.interrupts if interrupts is None else interrupts)
         self.indirect, self.event_idx = indirect, event_idx
         offered = self.core.offered
         if not indirect:
