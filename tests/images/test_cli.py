@@ -66,6 +66,7 @@ def test_a_second_build_is_instant_and_prints_the_paths(
     out, err = capsys.readouterr()
     assert f"bzImage    {cached / 'bzImage'}" in out.splitlines()
     assert str(cached / "initramfs.cpio") in out
+    assert f"rootfs     {cached / 'rootfs.ext4'}" in out.splitlines()
     assert "cached" in err
 
 
@@ -76,6 +77,8 @@ def test_path_and_list_find_the_cached_images(cached: Path, capsys: pytest.Captu
     listing = capsys.readouterr().out
     assert f"* default  {INPUTS.key}" in listing and "6.1.192" in listing
     assert cli.main(["images", "path", "--stock", "vmlinux"]) == 1
+    assert cli.main(["images", "path", "rootfs"]) == 0
+    assert capsys.readouterr().out == f"{cached / 'rootfs.ext4'}\n"
 
 
 def test_a_failing_phase_is_one_line_naming_it_and_the_log(

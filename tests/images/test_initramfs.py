@@ -105,3 +105,27 @@ def test_busybox_lists_its_applets(busybox: Path) -> None:
 def test_archive_reader_helper_is_strict() -> None:
     with pytest.raises(AssertionError):
         parse(io.BytesIO(b"garbage").getvalue())
+
+
+def _function(name: str) -> str:
+    found = re.search(rf"^{name}\(\) \{{.*?^\}}", initramfs.init_script().decode(), re.S | re.M)
+    assert found is not None, name
+    return found[0]
+
+
+@pytest.mark.parametrize(("path", "mounted"), [("/proc", True), ("/", True), ("/proc/self", False),
+                                               ("/no/such/dir", False)])
+def test_init_tells_a_mount_point_from_a_directory(busybox: Path, path: str, mounted: bool) -> None:
+    """On a disk root the kernel has mounted /dev already; init asks /proc/mounts with
+    its own function (Debian's busybox has no mountpoint applet) under busybox sh."""
+    program = f'{_function("is_mounted")}\nis_mounted "$1"'
+    result = subprocess.run([str(busybox), "sh", "-c", program, "sh", path], capture_output=True)
+    assert result.returncode == (0 if mounted else 1), result.stderr
+
+
+def test_init_mounts_devtmpfs_only_where_it_is_missing_and_leaves_a_disk_clean() -> None:
+    text = initramfs.init_script().decode()
+    assert "is_mounted /dev || mount_fs devtmpfs /dev" in text
+    settle = _function("settle_root")
+    assert "mount -o remount,ro /" in settle and "sync" in settle
+    assert text.count("settle_root\n") == 2, "before both power-off paths"
