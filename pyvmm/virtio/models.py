@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pyvmm.device_config import DiskConfig
+from pyvmm.device_config import DiskConfig, NetConfig
+from pyvmm.io_thread import IoThread
 from pyvmm.virtio.device import VirtioDevice
 
 
@@ -31,6 +32,33 @@ def block_devices(disks: Sequence[DiskConfig], *, workers: int | None = None) ->
     try:
         for disk in disks:
             devices.append(BlockDevice(disk, workers=WORKERS if workers is None else workers))
+    except BaseException:
+        for device in devices:
+            device.close()
+        raise
+    return devices
+
+
+def net_devices(nets: Sequence[NetConfig], io: IoThread) -> list[VirtioDevice]:
+    """One virtio-net (§5.1) per `MachineConfig.nets` entry, in order (eth0, eth1...),
+    its receive path on the VM's I/O thread `io` (registered now, served once `io`
+    runs). Each TAP is opened here: `tap=NAME` attaches to an existing TAP, `tap=None`
+    creates one (root only), removed when the device is closed or pyvmm exits. A
+    missing TAP, no permission for /dev/net/tun, a TAP in use... raise `TapError` (a
+    `ConfigError`) naming it, after the cards already opened are closed again. The
+    MAC is `NetConfig.mac_bytes(index)`."""
+    from pyvmm.net.tap import Tap
+    from pyvmm.virtio.net import NetDevice
+
+    devices: list[VirtioDevice] = []
+    try:
+        for index, net in enumerate(nets):
+            tap = Tap.open(net.tap)
+            try:
+                devices.append(NetDevice(tap, net.mac_bytes(index), io))
+            except BaseException:
+                tap.close()
+                raise
     except BaseException:
         for device in devices:
             device.close()
