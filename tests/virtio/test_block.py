@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from virtio.blk_harness import UNWRITTEN, BlockHarness, segments
 from virtio.driver import WRITE
@@ -518,7 +518,7 @@ def test_a_reset_waits_for_requests_in_flight_and_drops_them(ram: GuestMemory, i
 
 # --- hostile requests (hypothesis) ---------------------------------------------------------------
 
-HOSTILE_CAPACITY = 64  # sectors
+HOSTILE_CAPACITY = 8  # sectors: small, so that requests often touch its end
 TAIL = b"tail-not-on-the-disk" * 5  # bytes past the last whole sector: never written
 
 
@@ -534,22 +534,44 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[BlockHar
 
 
 sectors = st.one_of(
-    st.integers(0, HOSTILE_CAPACITY + 2), st.integers(0, (1 << 64) - 1), st.just((1 << 64) - 1)
+    st.integers(0, HOSTILE_CAPACITY + 2),
+    st.sampled_from([HOSTILE_CAPACITY - 1, HOSTILE_CAPACITY, (1 << 64) - 1]),
+    st.integers(0, (1 << 64) - 1),
 )
+
+kinds = st.one_of(
+    st.sampled_from([T_IN, T_OUT, T_FLUSH, T_GET_ID, T_DISCARD, T_WRITE_ZEROES]),
+    st.integers(0, (1 << 32) - 1),
+)
+segment_lists = st.lists(st.tuples(sectors, st.integers(0, (1 << 32) - 1), st.integers(0, 3)), max_size=4)
+payloads = st.one_of(
+    st.binary(max_size=1100),
+    st.sampled_from([512, 1024]).map(bytes),  # whole sectors: writes that succeed
+    segment_lists.map(lambda entries: segments(*entries)),
+)
+pieces = st.lists(st.one_of(st.sampled_from([0, 1, 512, 1024]), st.integers(0, 1100)), max_size=4)
 
 
 @settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    kind=st.one_of(st.sampled_from([T_IN, T_OUT, T_FLUSH, T_GET_ID, T_DISCARD, T_WRITE_ZEROES]),
-                   st.integers(0, (1 << 32) - 1)),
+    kind=kinds,
     sector=sectors,
     header_len=st.sampled_from([0, 1, 15, 16, 16, 16, 17]),
-    out=st.one_of(st.binary(max_size=1100), st.lists(st.tuples(sectors, st.integers(0, (1 << 32) - 1),
-                                                                st.integers(0, 3)), max_size=4).map(
-        lambda entries: segments(*[(s, n & 0xFFFF_FFFF, f) for s, n, f in entries]))),
-    in_split=st.lists(st.integers(0, 1100), max_size=4),
+    out=payloads,
+    in_split=pieces,
     status=st.booleans(),
-)  # fmt: skip
+)
+# The edges, always tried: the sector or segment just past the end of the disk.
+@example(kind=T_OUT, sector=HOSTILE_CAPACITY, header_len=16, out=bytes(512), in_split=[], status=True)
+@example(kind=T_OUT, sector=HOSTILE_CAPACITY - 1, header_len=16, out=bytes(1024), in_split=[], status=True)
+@example(
+    kind=T_WRITE_ZEROES,
+    sector=0,
+    header_len=16,
+    out=segments((HOSTILE_CAPACITY - 1, 2, 0)),
+    in_split=[],
+    status=True,
+)
 def test_any_request_gets_a_defined_status_and_stays_on_the_disk(
     hostile: tuple[BlockHarness, Path],
     kind: int,
