@@ -30,3 +30,9 @@ class GuestMemoryError(VmmError):
 
 class GuestError(VmmError):
     """The guest did something that stops it (e.g. an emulation failure)."""
+
+
+class StateError(VmmError):
+    """A saved device state cannot be restored: a field has the wrong type, is out of
+    range or disagrees with another (saved state is untrusted input), or the device
+    cannot save or restore its state at all."""

@@ -19,12 +19,27 @@ the register state; neither may call back into the device.
 
 from __future__ import annotations
 
-import enum
 import logging
 import threading
 from collections import deque
 from collections.abc import Callable
 
+from pyvmm.devices.serial_registers import (
+    IIR_FIFOS_ENABLED,
+    MSR_CONNECTED,
+    RX_FIFO_SIZE,
+    RX_TRIGGER_LEVELS,
+    Fcr,
+    Ier,
+    InterruptId,
+    Lcr,
+    Lsr,
+    Mcr,
+    Msr,
+    Register,
+    modem_lines,
+)
+from pyvmm.devices.serial_state import SerialState, check_serial_state
 from pyvmm.outcome import InterruptLine
 
 logger = logging.getLogger(__name__)
@@ -32,126 +47,24 @@ logger = logging.getLogger(__name__)
 SERIAL_PORT_LENGTH = 8  # eight byte-wide registers
 COM1_PORT = 0x3F8  # where a PC puts the first UART, and its ISA interrupt
 COM1_IRQ = 4
-RX_FIFO_SIZE = 16
 HOST_BUFFER_SIZE = 64 * 1024  # bytes `feed()` may queue ahead of the guest
 
-
-class Register(enum.IntEnum):
-    """Register offsets from the base port. DLL and DLM replace RBR/THR and IER when LCR.DLAB is set."""
-
-    RBR_THR = 0  # receiver buffer (read) / transmitter holding (write)
-    IER = 1
-    IIR_FCR = 2  # interrupt identification (read) / FIFO control (write)
-    LCR = 3
-    MCR = 4
-    LSR = 5
-    MSR = 6
-    SCR = 7
-    DLL = 0  # divisor latch, low byte (DLAB = 1)
-    DLM = 1  # divisor latch, high byte (DLAB = 1)
-
-
-# The register bits are IntEnums, not IntFlags: they are tested on every guest access
-# (twice per character sent), and IntFlag arithmetic costs about a microsecond an
-# operation where an IntEnum member is a plain int to `&` and `|`.
-class Ier(enum.IntEnum):
-    """Interrupt enable register."""
-
-    ERBFI = 0x01  # received data available (and character timeout)
-    ETBEI = 0x02  # transmitter holding register empty
-    ELSI = 0x04  # receiver line status
-    EDSSI = 0x08  # modem status
-
-    ALL = ERBFI | ETBEI | ELSI | EDSSI  # bits 4-7 read as 0 on a 16550A
-
-
-class InterruptId(enum.IntEnum):
-    """IIR bits 0-3, highest priority first; bit 0 clear means "interrupt pending"."""
-
-    LINE_STATUS = 0x06
-    RX_DATA = 0x04
-    CHAR_TIMEOUT = 0x0C
-    THR_EMPTY = 0x02
-    MODEM_STATUS = 0x00
-    NONE = 0x01
-
-
-IIR_FIFOS_ENABLED = 0xC0  # IIR bits 6-7 when FCR enabled the FIFOs: "this is a 16550A"
-
-
-class Fcr(enum.IntEnum):
-    """FIFO control register (write only)."""
-
-    ENABLE = 0x01
-    CLEAR_RX = 0x02
-    CLEAR_TX = 0x04
-    DMA_MODE = 0x08
-    TRIGGER_MASK = 0xC0
-
-
-# FCR bits 6-7 → receiver FIFO trigger level in bytes.
-RX_TRIGGER_LEVELS = (1, 4, 8, 14)
-
-
-class Lcr(enum.IntEnum):
-    """Line control register. Word length, stop bits and parity only matter on a wire."""
-
-    WORD_LENGTH_MASK = 0x03
-    STOP_BITS = 0x04
-    PARITY_ENABLE = 0x08
-    EVEN_PARITY = 0x10
-    STICK_PARITY = 0x20
-    BREAK = 0x40
-    DLAB = 0x80  # divisor latch access
-
-
-class Mcr(enum.IntEnum):
-    """Modem control register."""
-
-    DTR = 0x01
-    RTS = 0x02
-    OUT1 = 0x04
-    OUT2 = 0x08  # on a PC, enables the UART's interrupt output onto the IRQ line
-    LOOP = 0x10
-
-    ALL = DTR | RTS | OUT1 | OUT2 | LOOP
-
-
-class Lsr(enum.IntEnum):
-    """Line status register."""
-
-    DR = 0x01  # data ready
-    OE = 0x02  # overrun error
-    PE = 0x04  # parity error
-    FE = 0x08  # framing error
-    BI = 0x10  # break interrupt
-    THRE = 0x20  # transmitter holding register empty
-    TEMT = 0x40  # transmitter empty
-    RX_FIFO_ERROR = 0x80
-
-    ERRORS = OE | PE | FE | BI
-
-
-class Msr(enum.IntEnum):
-    """Modem status register: delta bits 0-3, line states 4-7."""
-
-    DCTS = 0x01
-    DDSR = 0x02
-    TERI = 0x04  # trailing edge of ring indicator
-    DDCD = 0x08
-    CTS = 0x10
-    DSR = 0x20
-    RI = 0x40
-    DCD = 0x80
-
-    DELTAS = DCTS | DDSR | TERI | DDCD
-
-
-# Outside loopback the host side is "a modem that is always there".
-MSR_CONNECTED = Msr.CTS | Msr.DSR | Msr.DCD
-
-# In loopback the modem control outputs are wired back to the modem status inputs.
-_LOOPBACK_WIRING = ((Mcr.DTR, Msr.DSR), (Mcr.RTS, Msr.CTS), (Mcr.OUT1, Msr.RI), (Mcr.OUT2, Msr.DCD))
+__all__ = [
+    "COM1_IRQ",
+    "COM1_PORT",
+    "HOST_BUFFER_SIZE",
+    "SERIAL_PORT_LENGTH",
+    "Fcr",
+    "Ier",
+    "InterruptId",
+    "Lcr",
+    "Lsr",
+    "Mcr",
+    "Msr",
+    "Register",
+    "Serial16550",
+    "SerialState",
+]
 
 
 def _modem_deltas(old: int, new: int) -> int:
@@ -183,18 +96,9 @@ class Serial16550:
         self._host_buffer_size = host_buffer_size
         self._lock = threading.Lock()
         self._irq_level = False
-
-        self._divisor = 0x000C  # 9600 baud, what a PC BIOS leaves; the guest sets its own
-        self._ier = 0
-        self._fcr = 0
-        self._lcr = 0x03  # 8 data bits, no parity, 1 stop bit
-        self._mcr = 0
-        self._overrun = False
-        self._msr = int(MSR_CONNECTED)
-        self._scr = 0
-        self._thr_interrupt = False
         self._rx: deque[int] = deque()
         self._host_input = bytearray()
+        self._power_on()
 
         self.tx_bytes = 0  # bytes sent to `output`
         self.rx_bytes = 0  # bytes accepted by `feed()`
@@ -224,6 +128,62 @@ class Serial16550:
     def divisor(self) -> int:
         """The baud rate divisor the guest programmed (115200 / divisor baud)."""
         return self._divisor
+
+    # --- reset and saved state --------------------------------------------------------
+
+    def _power_on(self) -> None:
+        self._divisor = 0x000C  # 9600 baud, what a PC BIOS leaves; the guest sets its own
+        self._ier = 0
+        self._fcr = 0
+        self._lcr = 0x03  # 8 data bits, no parity, 1 stop bit
+        self._mcr = 0
+        self._overrun = False
+        self._msr = int(MSR_CONNECTED)
+        self._scr = 0
+        self._thr_interrupt = False
+        self._rx.clear()
+        self._host_input.clear()
+
+    def reset(self) -> None:
+        """Back to the power-on registers with empty FIFOs (host input not yet received
+        is dropped, as a reset UART loses it); the line goes low."""
+        with self._lock:
+            self._power_on()
+            self._update_irq()
+
+    def save(self) -> SerialState:
+        with self._lock:
+            return SerialState(
+                divisor=self._divisor,
+                ier=int(self._ier),
+                fcr=int(self._fcr),
+                lcr=self._lcr,
+                mcr=int(self._mcr),
+                msr=int(self._msr),
+                scr=self._scr,
+                overrun=self._overrun,
+                thr_interrupt=self._thr_interrupt,
+                rx_fifo=bytes(self._rx),
+                host_input=bytes(self._host_input),
+            )
+
+    def restore(self, state: object) -> None:
+        """Take `state` (checked first: a bad one raises `StateError` and changes
+        nothing), then drive the interrupt line to the level the registers give."""
+        checked = check_serial_state(state, self._host_buffer_size)
+        with self._lock:
+            self._divisor = checked.divisor
+            self._ier = checked.ier
+            self._fcr = checked.fcr
+            self._lcr = checked.lcr
+            self._mcr = checked.mcr
+            self._msr = checked.msr
+            self._scr = checked.scr
+            self._overrun = checked.overrun
+            self._thr_interrupt = checked.thr_interrupt
+            self._rx = deque(checked.rx_fifo)
+            self._host_input = bytearray(checked.host_input)
+            self._update_irq()
 
     # --- guest side ------------------------------------------------------------------
 
@@ -312,13 +272,8 @@ class Serial16550:
 
     def _write_mcr(self, value: int) -> None:
         self._mcr = value & Mcr.ALL
-        if self._mcr & Mcr.LOOP:
-            lines = 0
-            for control, status in _LOOPBACK_WIRING:
-                if self._mcr & control:
-                    lines |= status
-        else:
-            lines = int(MSR_CONNECTED)
+        lines = modem_lines(self._mcr)
+        if not self._mcr & Mcr.LOOP:
             self._refill_rx()  # leaving loopback reconnects the receiver to the host
         old_lines = self._msr & ~int(Msr.DELTAS)
         deltas = (self._msr & Msr.DELTAS) | _modem_deltas(old_lines, lines)
