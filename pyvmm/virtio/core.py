@@ -92,7 +92,9 @@ class VirtioCore:
             self.needs_reset("DRIVER_OK without FEATURES_OK")
             return
         self.active = True
-        self.device.activate(Activation(self.memory, self.queues, self.accepted, self.interrupt))
+        self.device.activate(
+            Activation(self.memory, self.queues, self.accepted, self.interrupt, self.needs_reset)
+        )
 
     def needs_reset(self, reason: str) -> None:
         """The device cannot go on until the driver resets it (§2.1.2)."""

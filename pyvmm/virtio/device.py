@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -48,6 +48,9 @@ class Activation:
     queues: Sequence[Virtqueue]
     features: int  # the negotiated feature bits
     interrupt: Interrupt
+    # For a guest fault found off the notify path (a receive ring, a completion on the
+    # I/O thread): sets DEVICE_NEEDS_RESET as a `VirtqueueError` from `notify` does.
+    needs_reset: Callable[[str], None] = lambda reason: None
 
 
 class VirtioDevice(abc.ABC):

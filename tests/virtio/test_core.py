@@ -121,3 +121,13 @@ def test_notifications_for_unknown_queues_are_ignored(core: VirtioCore) -> None:
     core.notify(0)
     core.notify(99)
     core.notify(-1)
+
+
+def test_a_device_reports_a_fault_found_off_the_notify_path(core: VirtioCore, memory: GuestMemory) -> None:
+    negotiate(core, int(Feature.VERSION_1))
+    program_queue(core, Driver(memory, 8))
+    core.write_status(ACK | DRIVER | FEATURES_OK | DRIVER_OK)
+    assert isinstance(core.device, Echo)
+    core.device.activations[-1].needs_reset("a receive ring went bad")
+    assert core.status & NEEDS_RESET and not core.active
+    assert isinstance(core.interrupt, Interrupts) and core.interrupt.config == 1
