@@ -1,5 +1,6 @@
 """The device manager: owns the buses, the resource allocator and the devices, puts
-each device's ranges on its bus, and gathers the ACPI they contribute."""
+each device's ranges on its bus, and gathers the ACPI and the kernel command-line
+words they contribute."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from typing import TypeVar
 
 from pyvmm.arch.x86.acpi.aml import Aml
+from pyvmm.boot.entry import encode_text
 from pyvmm.bus import Bus, MmioBus, PortBus
 from pyvmm.devices.device import AddressSpace, Device, PlacedDevice
 from pyvmm.resources import ResourceAllocator
@@ -53,6 +55,30 @@ class DeviceManager:
     def aml(self) -> Sequence[Aml]:
         """What the devices contribute to the DSDT's ``\\_SB_``, in device order."""
         return [term for device in self.devices for term in device.aml()]
+
+    def kernel_parameters(self) -> list[str]:
+        """The kernel command-line words the devices contribute, in device order."""
+        return [
+            word
+            for device in self.devices
+            if isinstance(device, PlacedDevice)
+            for word in device.kernel_parameters
+        ]
+
+    def kernel_cmdline(self, cmdline: str | bytes) -> str | bytes:
+        """The user's kernel command line with the devices' words added (as given when
+        there are none). They go before a ``--``: Linux passes what follows it to init
+        (Documentation/admin-guide/kernel-parameters.rst)."""
+        words = self.kernel_parameters()
+        if not words:
+            return cmdline
+        added = " ".join(words).encode("ascii")
+        line = encode_text(cmdline, "kernel command line")
+        tokens = line.split(b" ")
+        if b"--" in tokens:
+            cut = tokens.index(b"--")
+            return b" ".join([*tokens[:cut], added, *tokens[cut:]]).lstrip(b" ")
+        return b" ".join([line, added]) if line.strip() else added
 
     def close(self) -> None:
         """Close every device, the last added first; one failing does not stop the rest."""

@@ -46,6 +46,7 @@ from pyvmm.qemu_test_devices import build_test_devices
 from pyvmm.resources import ResourceAllocator
 from pyvmm.stats import ExitStats, collect
 from pyvmm.vcpu import InstructionEmulator, VcpuRunner
+from pyvmm.virtio_platform import VirtioContext, virtio_devices
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +76,7 @@ def _refuse_unbuilt_devices(config: MachineConfig) -> None:
     asked = {
         "--disk": bool(config.disks),
         "--net": bool(config.nets),
-        "--rng": config.rng,
         "--console virtio": config.console_device != "serial",
-        "--transport mmio": config.transport != "pci",
     }
     missing = [flag for flag, wanted in asked.items() if wanted]
     if missing:
@@ -215,7 +214,7 @@ class Machine:
         images = BootImages(
             Path(config.kernel),
             Path(config.initrd) if config.initrd is not None else None,
-            config.cmdline,
+            self.devices.kernel_cmdline(config.cmdline),  # + what devices announce there
             kernel_decompress=config.kernel_decompress,
             kernel_format=config.kernel_format,
             rsdp_address=write_acpi_tables(
@@ -267,6 +266,10 @@ class Machine:
             self.pci = PciPlatform(self.devices, memory.ram_ranges(), line, msi)
             self.devices.add(self.pci)
         self.devices.add_all(build_test_devices(self.config.test_devices, self.pci, line))
+        virtio = VirtioContext(
+            memory, vm, self.io, self.devices.resources, line, self._console_output, self.pci
+        )
+        self.devices.add_all(virtio_devices(self.config, virtio))  # pyvmm.virtio_platform
         self.serial = self.devices.model(Serial16550)
         self.rtc = self.devices.model(CmosRtc)
         with self._lock:

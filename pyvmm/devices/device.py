@@ -1,5 +1,5 @@
 """What every device is to the machine: a name, the address ranges it claims, the ACPI
-it contributes, and a way to close it.
+it contributes (and, for a few, kernel command-line words), and a way to close it.
 
 The device models themselves (`Serial16550`, `CmosRtc`, ...) only answer reads and
 writes; a `Device` pairs a model with where it sits, so the device manager can put it on
@@ -60,6 +60,9 @@ class PlacedDevice:
     placement: tuple[Region, ...]
     description: tuple[Aml, ...] = ()
     on_close: Callable[[], None] = field(default=_nothing)
+    # Words for a Linux guest's kernel command line that announce the device where no
+    # firmware table does (e.g. `virtio_mmio.device=512@0xd0000000:5`).
+    kernel_parameters: tuple[str, ...] = ()
 
     def regions(self) -> Sequence[Region]:
         return self.placement

@@ -1,0 +1,209 @@
+"""The machine's virtio devices, for both transports: built from the `MachineConfig`
+through `pyvmm.virtio.models`, then placed on virtio-mmio (here) or on PCI (the
+virtio-pci side's `place_on_pci`).
+
+virtio-mmio placement (virtio 1.2 §4.2), one device per window:
+
+- a 0x200-byte window (registers + 256 bytes of configuration space), 4 KiB aligned,
+  from the resource allocator's 32-bit MMIO window;
+- a GSI of its own: first the ISA IRQs the PC's devices leave free (5, 6, 7, 10, 11:
+  the 8259 PIC reaches them too, so they work for a guest with ACPI off), then IOAPIC
+  pins 20-23 (above PCI's INTx GSIs 16-19), which only an ACPI guest learns about;
+- one announcement per boot. Linux probes every announcement it is given and the
+  second probe of one window fails with EBUSY ("can't request region"), so pyvmm
+  gives exactly one, as QEMU's microvm does (it adds `virtio_mmio.device=` only when
+  ACPI is off; Firecracker gives both on x86 and leaves the failed probe in dmesg):
+  the DSDT (`LNRO0005`, Memory32Fixed + Interrupt) when the guest reads ACPI, the
+  kernel command line (`virtio_mmio.device=512@0xADDR:GSI`, Linux's
+  CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES) when the user's command line says
+  `acpi=off`. Only Linux reads either.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from pyvmm.arch.x86.acpi.aml import Aml, Device, Name
+from pyvmm.arch.x86.acpi.resources import Interrupt, Memory32Fixed, ResourceTemplate
+from pyvmm.boot.entry import encode_text
+from pyvmm.config import MachineConfig
+from pyvmm.devices.device import PlacedDevice, mmio
+from pyvmm.errors import ConfigError
+from pyvmm.kvm import Vm
+from pyvmm.memory import GuestMemory
+from pyvmm.outcome import InterruptLine
+from pyvmm.pci_platform import PciPlatform
+from pyvmm.resources import ResourceAllocator, ResourceError
+from pyvmm.virtio import models
+from pyvmm.virtio.device import VirtioDevice
+from pyvmm.virtio.mmio import WINDOW_SIZE, MmioNotifiers, Registrar, VirtioMmio
+
+log = logging.getLogger(__name__)
+
+WINDOW_ALIGN = 0x1000
+ISA_GSIS = (5, 6, 7, 10, 11)  # free ISA IRQs: COM1 4, RTC 8, SCI 9, i8042 1 and 12, PIT 0/2
+IOAPIC_GSIS = (20, 21, 22, 23)  # above the PCI INTx GSIs (pyvmm.arch.x86.acpi.pci_host)
+VIRTIO_MMIO_HID = "LNRO0005"  # Linux's ACPI ID for virtio-mmio (drivers/virtio/virtio_mmio.c)
+
+
+@dataclass(frozen=True)
+class VirtioContext:
+    """What placing virtio devices needs from the machine."""
+
+    memory: GuestMemory
+    vm: Vm
+    io: Registrar  # the machine's IoThread: queue notifications are served there
+    resources: ResourceAllocator
+    line: Callable[[int], InterruptLine]  # a GSI's interrupt line
+    console: Callable[[bytes], None]  # the machine's console stream
+    pci: PciPlatform | None = None  # where virtio-pci functions go (transport "pci")
+
+
+def virtio_devices(config: MachineConfig, context: VirtioContext) -> list[PlacedDevice]:
+    """Every virtio device `config` asks for, placed on `config.transport`."""
+    devices = build_devices(config)
+    if not devices:
+        return []
+    if config.transport == "mmio":
+        return place_on_mmio(devices, context, acpi=not acpi_disabled(config.cmdline))
+    try:
+        return place_on_pci(devices, context)
+    except BaseException:
+        for device in devices:
+            _close_quietly(device)
+        raise
+
+
+def build_devices(config: MachineConfig) -> list[VirtioDevice]:
+    """The `VirtioDevice`s of `config`, in the order the guest should find them
+    (disks first, so the first --disk is /dev/vda, as on Firecracker)."""
+    devices: list[VirtioDevice] = []
+    try:
+        if config.disks:
+            devices.extend(models.block_devices(config.disks))
+        if config.rng:
+            devices.append(models.rng_device())
+    except BaseException:
+        for device in devices:
+            _close_quietly(device)
+        raise
+    return devices
+
+
+def place_on_pci(devices: Sequence[VirtioDevice], context: VirtioContext) -> list[PlacedDevice]:
+    """virtio-pci (§4.1): the PCI side fills this in (one `VirtioPciFunction` per
+    device through `PciPlatform.add_function`)."""
+    raise ConfigError("virtio over PCI is not built yet: use --transport mmio")
+
+
+# --- virtio-mmio ---------------------------------------------------------------------------
+
+
+def acpi_disabled(cmdline: str | bytes) -> bool:
+    """Does this kernel command line turn ACPI off? Linux takes the last `acpi=` word
+    before `--` (what follows goes to init)."""
+    value = None
+    for word in encode_text(cmdline, "kernel command line").split():
+        if word == b"--":
+            break
+        if word.startswith(b"acpi="):
+            value = word[len(b"acpi=") :]
+    return value == b"off"
+
+
+def mmio_gsis(acpi: bool) -> tuple[int, ...]:
+    """The GSIs virtio-mmio devices may take: IOAPIC-only pins need ACPI to be found."""
+    return ISA_GSIS + IOAPIC_GSIS if acpi else ISA_GSIS
+
+
+def place_on_mmio(
+    devices: Sequence[VirtioDevice], context: VirtioContext, *, acpi: bool
+) -> list[PlacedDevice]:
+    """Each device on its own virtio-mmio window and GSI, announced in the DSDT
+    (`acpi`) or on the kernel command line (see the module docstring). On failure
+    every device is closed, placed or not."""
+    gsis = mmio_gsis(acpi)
+    placed: list[PlacedDevice] = []
+    with _closing_on_error(placed, devices):
+        if len(devices) > len(gsis):
+            without = "" if acpi else " with acpi=off"
+            raise ResourceError(
+                f"{len(devices)} virtio-mmio devices, but only {len(gsis)} free GSIs{without}"
+            )
+        for index, (device, gsi) in enumerate(zip(devices, gsis, strict=False)):
+            placed.append(_place_one(index, device, gsi, context, acpi))
+    return placed
+
+
+def _place_one(
+    index: int, device: VirtioDevice, gsi: int, context: VirtioContext, acpi: bool
+) -> PlacedDevice:
+    base = context.resources.mmio32.allocate(WINDOW_SIZE, WINDOW_ALIGN)
+    transport = VirtioMmio(device, context.memory, context.line(gsi))
+    notifiers = MmioNotifiers(context.vm, context.io, transport, base)
+    label = f"virtio-mmio {index} ({device.name})"
+    log.info(
+        "%s at %#x, GSI %d, announced %s", label, base, gsi, "in the DSDT" if acpi else "on the command line"
+    )
+
+    def close() -> None:
+        notifiers.close()  # no notification reaches the device past this point
+        device.close()
+
+    return PlacedDevice(
+        label,
+        transport,
+        (mmio(base, WINDOW_SIZE, transport, label),),
+        (virtio_mmio_aml(index, base, gsi),) if acpi else (),
+        on_close=close,
+        kernel_parameters=() if acpi else (mmio_kernel_parameter(base, gsi),),
+    )
+
+
+def mmio_kernel_parameter(base: int, gsi: int) -> str:
+    """Linux's `virtio_mmio.device=<size>@<base>:<irq>` (kernel-parameters.rst)."""
+    return f"virtio_mmio.device={WINDOW_SIZE}@{base:#x}:{gsi}"
+
+
+def virtio_mmio_aml(index: int, base: int, gsi: int) -> Aml:
+    """The DSDT device of one window: LNRO0005 with its memory and its interrupt
+    (edge-triggered, active high, as an ISA IRQ; the line rises with each event)."""
+    return Device(
+        f"VR{index:02X}",
+        [
+            Name("_HID", VIRTIO_MMIO_HID),
+            Name("_UID", index),
+            Name(
+                "_CRS",
+                ResourceTemplate(
+                    [Memory32Fixed(base, WINDOW_SIZE), Interrupt([gsi], edge=True, active_low=False)]
+                ),
+            ),
+        ],
+    )
+
+
+@contextmanager
+def _closing_on_error(placed: list[PlacedDevice], devices: Sequence[VirtioDevice]) -> Iterator[None]:
+    """On an error: close the placed devices (eventfds and device) and the others."""
+    try:
+        yield
+    except BaseException:
+        for device in reversed(placed):
+            try:
+                device.close()
+            except Exception:
+                log.exception("closing %s failed", device.name)
+        for unplaced in devices[len(placed) :]:
+            _close_quietly(unplaced)
+        raise
+
+
+def _close_quietly(device: VirtioDevice) -> None:
+    try:
+        device.close()
+    except Exception:
+        log.exception("closing %s failed", device.name)

@@ -1,0 +1,221 @@
+"""The machine's virtio devices (pyvmm/virtio_platform.py): built from the config,
+placed on virtio-mmio with a window, a GSI and one announcement (DSDT or kernel
+command line), on a real VM and its I/O thread; the machine boots with them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from pyvmm import Machine, MachineConfig
+from pyvmm.arch.x86.layout import MMIO_HOLE_START
+from pyvmm.device_manager import DeviceManager
+from pyvmm.devices.device import PlacedDevice
+from pyvmm.errors import ConfigError
+from pyvmm.io_thread import IoThread
+from pyvmm.irq import NoIrqLine
+from pyvmm.kvm import Kvm
+from pyvmm.memory import GuestMemory
+from pyvmm.outcome import InterruptLine
+from pyvmm.resources import ResourceAllocator, ResourceError
+from pyvmm.virtio import models
+from pyvmm.virtio.device import Activation, DeviceType, VirtioDevice
+from pyvmm.virtio.mmio import MAGIC, VirtioMmio
+from pyvmm.virtio_platform import (
+    ISA_GSIS,
+    VirtioContext,
+    acpi_disabled,
+    mmio_gsis,
+    place_on_mmio,
+    virtio_devices,
+)
+
+GUESTS = Path(__file__).resolve().parent.parent / "build" / "guests"
+RAM = 1 << 24
+
+
+class Quiet(VirtioDevice):
+    """A device with one queue that does nothing; remembers being closed."""
+
+    device_type = DeviceType.ENTROPY
+
+    def __init__(self, name: str = "quiet") -> None:
+        self.name = name
+        self.closed = False
+
+    @property
+    def queue_sizes(self) -> Sequence[int]:
+        return (16,)
+
+    def device_features(self) -> int:
+        return 0
+
+    def config(self) -> bytes:
+        return b""
+
+    def write_config(self, offset: int, data: bytes) -> None:
+        pass
+
+    def activate(self, activation: Activation) -> None:
+        pass
+
+    def notify(self, queue: int) -> None:
+        pass
+
+    def reset(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def no_line(gsi: int) -> InterruptLine:
+    return NoIrqLine()
+
+
+@pytest.fixture
+def context() -> Iterator[VirtioContext]:
+    with Kvm() as kvm, kvm.create_vm() as vm:
+        memory = GuestMemory([(0, RAM)])
+        io = IoThread(lambda source, error: None)
+        yield VirtioContext(memory, vm, io, ResourceAllocator(RAM), no_line, lambda data: None)
+        io.stop()
+        memory.close()
+
+
+# --- the announcement ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cmdline", "off"),
+    [
+        ("", False),
+        ("console=ttyS0", False),
+        ("console=ttyS0 acpi=off", True),
+        (b"acpi=off quiet", True),
+        ("acpi=off acpi=force", False),  # the last one counts
+        ("acpi=force acpi=off", True),
+        ("acpi=offline", False),
+        ("init=/bin/sh -- acpi=off", False),  # init's argument, not the kernel's
+    ],
+)
+def test_acpi_off_on_the_command_line(cmdline: str | bytes, off: bool) -> None:
+    assert acpi_disabled(cmdline) is off
+
+
+def test_without_acpi_only_the_pics_irqs_are_used() -> None:
+    assert mmio_gsis(acpi=False) == ISA_GSIS == (5, 6, 7, 10, 11)
+    assert mmio_gsis(acpi=True)[: len(ISA_GSIS)] == ISA_GSIS
+    assert not set(mmio_gsis(acpi=True)) & {0, 1, 2, 4, 8, 9, 12, 16, 17, 18, 19}  # ISA devices, PCI INTx
+
+
+def manager_with(*words: str) -> DeviceManager:
+    manager = DeviceManager(ResourceAllocator(RAM))
+    manager.add(PlacedDevice("announced", object(), (), kernel_parameters=words))
+    return manager
+
+
+def test_device_words_are_appended_to_the_users_command_line() -> None:
+    manager = manager_with("virtio_mmio.device=512@0xc0000000:5", "virtio_mmio.device=512@0xc0001000:6")
+    words = b"virtio_mmio.device=512@0xc0000000:5 virtio_mmio.device=512@0xc0001000:6"
+    assert manager.kernel_cmdline("console=ttyS0 acpi=off") == b"console=ttyS0 acpi=off " + words
+    assert manager.kernel_cmdline(b"") == words
+    # Before `--`: what follows it is init's.
+    assert manager.kernel_cmdline("quiet -- single") == b"quiet " + words + b" -- single"
+    assert manager.kernel_cmdline("-- single") == words + b" -- single"
+
+
+def test_without_device_words_the_command_line_is_as_given() -> None:
+    manager = DeviceManager(ResourceAllocator(RAM))
+    manager.add(PlacedDevice("silent", object(), ()))
+    assert manager.kernel_cmdline("console=ttyS0 -- x") == "console=ttyS0 -- x"
+
+
+# --- placement on virtio-mmio ---------------------------------------------------------------
+
+
+@pytest.mark.kvm
+@pytest.mark.parametrize("acpi", [True, False], ids=["dsdt", "cmdline"])
+def test_each_device_gets_a_window_a_gsi_and_one_announcement(context: VirtioContext, acpi: bool) -> None:
+    devices = [Quiet("a"), Quiet("b"), Quiet("c")]
+    placed = place_on_mmio(devices, context, acpi=acpi)
+    manager = DeviceManager(context.resources)
+    manager.add_all(placed)
+    try:
+        bases = [device.regions()[0].base for device in placed]
+        assert bases == [MMIO_HOLE_START, MMIO_HOLE_START + 0x1000, MMIO_HOLE_START + 0x2000]
+        assert [device.regions()[0].length for device in placed] == [0x200] * 3
+        for index, base in enumerate(bases):
+            assert manager.mmio.read(base, 4) == MAGIC  # the window answers on the bus
+            assert manager.mmio.read(base + 0x8, 4) == DeviceType.ENTROPY
+            assert isinstance(placed[index].model, VirtioMmio)
+        if acpi:
+            assert manager.kernel_parameters() == []
+            aml = b"".join(term.encode() for term in manager.aml())
+            assert aml.count(b"LNRO0005") == 3
+            assert b"VR00" in aml and b"VR02" in aml
+        else:
+            assert manager.aml() == []
+            assert manager.kernel_parameters() == [
+                "virtio_mmio.device=512@0xc0000000:5",
+                "virtio_mmio.device=512@0xc0001000:6",
+                "virtio_mmio.device=512@0xc0002000:7",
+            ]
+        # The next allocation goes around the windows.
+        assert context.resources.mmio32.allocate(0x1000, 0x1000) == MMIO_HOLE_START + 0x3000
+    finally:
+        manager.close()
+    assert all(device.closed for device in devices)
+
+
+@pytest.mark.kvm
+def test_more_devices_than_gsis_is_one_error_and_closes_them_all(context: VirtioContext) -> None:
+    devices = [Quiet(str(i)) for i in range(len(ISA_GSIS) + 1)]
+    with pytest.raises(ResourceError, match="6 virtio-mmio devices, but only 5 free GSIs with acpi=off"):
+        place_on_mmio(devices, context, acpi=False)
+    assert all(device.closed for device in devices)
+
+
+@pytest.mark.kvm
+def test_a_failed_placement_closes_the_devices_placed_before(context: VirtioContext) -> None:
+    devices = [Quiet("a"), Quiet("b")]
+    window = context.resources.mmio32
+    window.reserve(window.start + 0x1000, window.end - window.start - 0x1000)  # room for one
+    with pytest.raises(ResourceError, match="no room"):
+        place_on_mmio(devices, context, acpi=True)
+    assert all(device.closed for device in devices)
+
+
+@pytest.mark.kvm
+def test_virtio_over_pci_is_refused_until_it_is_built(
+    context: VirtioContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built = Quiet("rng")
+    monkeypatch.setattr(models, "rng_device", lambda: built)
+    config = MachineConfig(kernel=str(GUESTS / "hello.elf"), rng=True)
+    with pytest.raises(ConfigError, match="virtio over PCI is not built yet"):
+        virtio_devices(config, context)
+    assert built.closed
+    assert virtio_devices(MachineConfig(kernel=str(GUESTS / "hello.elf")), context) == []
+
+
+# --- in the machine -----------------------------------------------------------------------------
+
+
+@pytest.mark.kvm
+def test_a_machine_boots_with_virtio_rng_on_mmio() -> None:
+    machine = Machine(MachineConfig(kernel=str(GUESTS / "hello.elf"), rng=True, transport="mmio"))
+    result = machine.run()
+    assert "Hello from the pyvmm demo guest!" in result.console_text, result.exit.describe()
+    placed = [device for device in machine.devices.devices if device.name.startswith("virtio-mmio")]
+    assert [device.name for device in placed] == ["virtio-mmio 0 (virtio-rng)"]
+    assert "virtio-mmio 0 (virtio-rng)" in {entry.name for entry in result.stats.ranges}
+
+
+@pytest.mark.kvm
+def test_a_machine_refuses_virtio_rng_over_pci_with_one_error() -> None:
+    machine = Machine(MachineConfig(kernel=str(GUESTS / "hello.elf"), rng=True))
+    with pytest.raises(ConfigError, match="virtio over PCI is not built yet"):
+        machine.run()
