@@ -60,9 +60,9 @@ class VirtioCore:
             self.queue_select = 0
             self.config_generation = 0
             self.active = False
+            self.device.reset()  # first: its requests in flight end before the queues go
             for queue in self.queues:
                 queue.reset()
-            self.device.reset()
 
     def write_status(self, value: int) -> None:
         """The driver wrote the device status field."""

@@ -152,6 +152,7 @@ class NetDevice(VirtioDevice):
         self._rxq: Virtqueue | None = None
         self._txq: Virtqueue | None = None
         self._interrupt: Interrupt | None = None
+        self._needs_reset: Callable[[str], None] = lambda reason: None
         self._mergeable = False
         self._zero_header = False  # no GUEST_CSUM: flags and GSO fields must be 0
         self._rx_target = SMALL_PACKET
@@ -202,6 +203,7 @@ class NetDevice(VirtioDevice):
         with self._rx_lock, self._tx_lock:
             self._rxq, self._txq = activation.queues[RX_QUEUE], activation.queues[TX_QUEUE]
             self._interrupt = activation.interrupt
+            self._needs_reset = activation.needs_reset
             self._mergeable = bool(features & NetFeature.MRG_RXBUF)
             self._zero_header = not features & NetFeature.GUEST_CSUM
             self._rx_target = MAX_PACKET if features & _GSO_TO_GUEST else SMALL_PACKET
@@ -301,6 +303,7 @@ class NetDevice(VirtioDevice):
             self._rx_broken = True
             self._forget_held()
             self._stop_polling()
+            self._needs_reset(f"receive queue: {error}")
         finally:
             rxq = self._rxq
             if rxq is not None and rxq.fault is None and rxq.needs_interrupt():

@@ -383,6 +383,7 @@ def test_a_malformed_receive_chain_stops_rx_until_reset(card: Card) -> None:
     card.core.notify(0)
     time.sleep(0.3)
     assert card.device._rx_broken  # no exception escaped to the I/O thread (checked at teardown)
+    assert card.core.status & DeviceStatus.DEVICE_NEEDS_RESET  # §2.1.2: the driver is told
     # The driver resets the device and starts again: receiving works.
     card.core.write_status(0)
     card.start(BASE | MRG)
