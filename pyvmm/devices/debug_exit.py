@@ -9,8 +9,10 @@ statuses, as QEMU does. Reads return all ones, as from an empty port.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from pyvmm.bus import all_ones
+from pyvmm.devices.state_checks import check_type
 from pyvmm.outcome import ExitKind, GuestExit, StopRequest
 
 logger = logging.getLogger(__name__)
@@ -19,11 +21,26 @@ DEBUG_EXIT_PORT = 0xF4
 DEBUG_EXIT_LENGTH = 4  # QEMU's default iosize
 
 
+@dataclass(frozen=True)
+class DebugExitState:
+    """The debug-exit port keeps nothing: a write ends the VM. The (empty) state lets
+    every device be saved and restored alike."""
+
+
 class DebugExit:
     """Ends the VM with the value the guest writes (any width, at any offset of the port)."""
 
     def __init__(self, stop: StopRequest) -> None:
         self._stop = stop
+
+    def reset(self) -> None:
+        pass  # nothing to reset
+
+    def save(self) -> DebugExitState:
+        return DebugExitState()
+
+    def restore(self, state: object) -> None:
+        check_type("debug-exit", state, DebugExitState)
 
     def read(self, offset: int, size: int) -> int:
         return all_ones(size)

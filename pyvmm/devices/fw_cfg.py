@@ -21,9 +21,11 @@ import enum
 import logging
 import struct
 import threading
+from dataclasses import dataclass
 from typing import Protocol
 
 from pyvmm.bus import all_ones
+from pyvmm.devices.state_checks import check_int, check_type
 from pyvmm.errors import ConfigError, GuestMemoryError
 
 logger = logging.getLogger(__name__)
@@ -102,6 +104,30 @@ class DmaMemory(Protocol):
     def view(self, gpa: int, length: int) -> memoryview: ...
 
 
+_U64 = (1 << 64) - 1
+
+
+@dataclass(frozen=True)
+class FwCfgState:
+    """What the guest can change in fw_cfg: the selected item, how far it has read it,
+    and the DMA address register (its high half is kept between two 32-bit writes).
+    The items and files are the machine's configuration, not state: a restored device
+    serves the items its own machine gave it."""
+
+    selector: int  # 16 bits, the write-channel and architecture bits included
+    offset: int  # bytes of the item read or skipped so far
+    dma_address: int
+
+
+def check_fw_cfg_state(state: object) -> FwCfgState:
+    """`state` as a `FwCfgState` whose fields are in range; else `StateError`."""
+    state = check_type("fw_cfg", state, FwCfgState)
+    check_int("fw_cfg", "selector", state.selector, 0, 0xFFFF)
+    check_int("fw_cfg", "offset", state.offset, 0, _U64)
+    check_int("fw_cfg", "dma_address", state.dma_address, 0, _U64)
+    return state
+
+
 def _from_big_endian(value: int, size: int) -> int:
     """The number a guest meant when it wrote a big-endian quantity through a port."""
     return int.from_bytes((value & all_ones(size)).to_bytes(size, "little"), "big")
@@ -164,6 +190,28 @@ class FwCfg:
             directory.append(_FILE_ENTRY.pack(len(self._files[name]), key, 0, name))
         entries[Key.FILE_DIR] = b"".join(directory)
         self._entries = entries
+
+    # --- reset and saved state --------------------------------------------------------
+
+    def reset(self) -> None:
+        """Item 0 (the signature) selected from its start, the DMA address cleared."""
+        with self._lock:
+            self._select(int(Key.SIGNATURE))
+            self._dma_address = 0
+
+    def save(self) -> FwCfgState:
+        with self._lock:
+            # Past an item's end every read gives zeros, so an offset beyond 64 bits (a
+            # guest can skip 4 GiB at a time) reads exactly as the largest one does.
+            return FwCfgState(self._selector, min(self._offset, _U64), self._dma_address)
+
+    def restore(self, state: object) -> None:
+        """Take `state`, checked first (a bad one raises `StateError`, nothing changes)."""
+        checked = check_fw_cfg_state(state)
+        with self._lock:
+            self._selector = checked.selector
+            self._offset = checked.offset
+            self._dma_address = checked.dma_address
 
     # --- guest side ------------------------------------------------------------------
 

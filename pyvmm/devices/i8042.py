@@ -40,14 +40,29 @@ must not call back into the device); `stop` is called after it is released.
 
 from __future__ import annotations
 
-import enum
 import logging
 import threading
 from collections import deque
 from typing import NamedTuple
 
 from pyvmm.bus import all_ones
-from pyvmm.devices.ps2_keyboard import KEYBOARD_BUFFER_SIZE, PS2Keyboard
+from pyvmm.devices.i8042_registers import (
+    CONTROLLER_RAM_SIZE,
+    INITIAL_CONFIG,
+    INITIAL_OUTPUT_PORT,
+    INTERFACE_OK,
+    NO_DEVICE_REPLY,
+    OUTPUT_QUEUE_LIMIT,
+    RAM_COMMANDS,
+    SELF_TEST_PASSED,
+    Command,
+    Config,
+    OutputPort,
+    Status,
+    takes_data,
+)
+from pyvmm.devices.i8042_state import I8042State, check_i8042_state
+from pyvmm.devices.ps2_keyboard import PS2Keyboard
 from pyvmm.outcome import ExitKind, GuestExit, InterruptLine, StopRequest
 
 logger = logging.getLogger(__name__)
@@ -57,82 +72,6 @@ I8042_COMMAND_PORT = 0x64  # status register on reads
 I8042_PORT_LENGTH = 1
 KEYBOARD_IRQ = 1
 AUX_IRQ = 12
-
-CONTROLLER_RAM_SIZE = 32  # byte 0 is the configuration byte
-OUTPUT_QUEUE_LIMIT = KEYBOARD_BUFFER_SIZE  # the controller's own replies, bounded like the keyboard's
-
-
-class Status(enum.IntFlag):
-    """Status register (read from port 0x64)."""
-
-    OBF = 0x01  # output buffer full: a byte waits at port 0x60
-    IBF = 0x02  # input buffer full: never, writes are taken at once
-    SYS = 0x04  # system flag, a copy of configuration bit 2
-    CMD = 0x08  # the last write went to port 0x64 (a command), not 0x60
-    UNLOCKED = 0x10  # keyboard inhibit switch off
-    AUX_DATA = 0x20  # the output byte comes from the auxiliary port
-    TIMEOUT = 0x40
-    PARITY = 0x80
-
-
-class Config(enum.IntFlag):
-    """The controller configuration ("command") byte, controller RAM byte 0."""
-
-    KBD_INT = 0x01  # IRQ 1 when a keyboard byte is in the output buffer
-    AUX_INT = 0x02  # IRQ 12 when an auxiliary byte is in the output buffer
-    SYS = 0x04
-    IGNORE_LOCK = 0x08
-    KBD_DISABLE = 0x10  # keyboard clock held low
-    AUX_DISABLE = 0x20  # auxiliary clock held low
-    TRANSLATE = 0x40  # translate keyboard bytes from scan code set 2 to set 1
-
-
-# What a BIOS leaves: keyboard enabled with its interrupt and translation, POST passed,
-# auxiliary port disabled until a driver wants it.
-INITIAL_CONFIG = Config.KBD_INT | Config.SYS | Config.AUX_DISABLE | Config.TRANSLATE
-
-
-class OutputPort(enum.IntFlag):
-    """The controller's output port (commands D0 / D1)."""
-
-    RESET = 0x01  # CPU reset line, active low
-    A20 = 0x02  # A20 gate; stored only
-    KBD_OBF = 0x10  # the keyboard interrupt output (read back only)
-    AUX_OBF = 0x20  # the auxiliary interrupt output (read back only)
-
-
-INITIAL_OUTPUT_PORT = OutputPort.RESET | OutputPort.A20
-
-
-class Command(enum.IntEnum):
-    """Controller commands, written to port 0x64."""
-
-    READ_RAM = 0x20  # 0x20-0x3F read controller RAM byte (0x20: configuration byte)
-    WRITE_RAM = 0x60  # 0x60-0x7F write it, with the next byte on port 0x60
-    DISABLE_AUX = 0xA7
-    ENABLE_AUX = 0xA8
-    TEST_AUX = 0xA9
-    SELF_TEST = 0xAA
-    TEST_KBD = 0xAB
-    DISABLE_KBD = 0xAD
-    ENABLE_KBD = 0xAE
-    READ_OUTPUT_PORT = 0xD0
-    WRITE_OUTPUT_PORT = 0xD1
-    WRITE_KBD_BUFFER = 0xD2  # next byte appears as if the keyboard sent it
-    WRITE_AUX_BUFFER = 0xD3  # next byte appears as if the auxiliary device sent it
-    WRITE_AUX = 0xD4  # next byte goes to the auxiliary device
-    PULSE_OUTPUT = 0xF0  # 0xF0-0xFF pulse output port bits 0-3 where the command bit is 0
-    RESET = 0xFE  # pulse bit 0 only: reset the CPU
-
-
-RAM_COMMANDS = CONTROLLER_RAM_SIZE  # READ_RAM / WRITE_RAM each cover 32 commands
-SELF_TEST_PASSED = 0x55
-INTERFACE_OK = 0x00
-NO_DEVICE_REPLY = 0xFE  # with Status.TIMEOUT: nothing answered on the auxiliary port
-
-_COMMANDS_WITH_DATA = frozenset(
-    {Command.WRITE_OUTPUT_PORT, Command.WRITE_KBD_BUFFER, Command.WRITE_AUX_BUFFER, Command.WRITE_AUX}
-)
 
 
 # The controller's set 2 → set 1 translation for the bytes this keyboard can send:
@@ -180,14 +119,9 @@ class I8042:
         self._aux_level = False
 
         self._ram = bytearray(CONTROLLER_RAM_SIZE)
-        self._ram[0] = INITIAL_CONFIG
-        self._output_port = int(INITIAL_OUTPUT_PORT)
-        self._output: _Byte | None = None
-        self._last_output = 0  # what reading an empty output buffer returns again
         self._replies: deque[_Byte] = deque()  # the controller's own bytes
-        self._pending: int | None = None  # a command waiting for its byte on port 0x60
-        self._last_write_was_command = False
         self.keyboard = PS2Keyboard()
+        self._power_on()
 
         self._data_port = I8042Port(self, command=False)
         self._command_port = I8042Port(self, command=True)
@@ -204,6 +138,55 @@ class I8042:
     def config(self) -> int:
         """The controller configuration byte."""
         return self._ram[0]
+
+    # --- reset and saved state --------------------------------------------------------
+
+    def _power_on(self) -> None:
+        self._ram[:] = bytes(CONTROLLER_RAM_SIZE)
+        self._ram[0] = INITIAL_CONFIG
+        self._output_port = int(INITIAL_OUTPUT_PORT)
+        self._output: _Byte | None = None
+        self._last_output = 0  # what reading an empty output buffer returns again
+        self._replies.clear()
+        self._pending: int | None = None  # a command waiting for its byte on port 0x60
+        self._last_write_was_command = False
+        self.keyboard.reset()
+
+    def reset(self) -> None:
+        """Controller and keyboard back to their power-on state; both lines low."""
+        with self._lock:
+            self._power_on()
+            self._update_irq()
+
+    def save(self) -> I8042State:
+        with self._lock:
+            output = self._output
+            return I8042State(
+                ram=bytes(self._ram),
+                output_port=self._output_port,
+                output=None if output is None else (output.value, output.aux, output.timeout),
+                last_output=self._last_output,
+                replies=tuple((byte.value, byte.aux, byte.timeout) for byte in self._replies),
+                pending=self._pending,
+                last_write_was_command=self._last_write_was_command,
+                keyboard=self.keyboard.save(),
+            )
+
+    def restore(self, state: object) -> None:
+        """Take `state` (checked first, the keyboard's too: a bad one raises
+        `StateError` and changes nothing), then drive IRQ 1 and IRQ 12 to the levels
+        the output buffer and the configuration byte give."""
+        checked = check_i8042_state(state)
+        with self._lock:
+            self._ram[:] = checked.ram
+            self._output_port = checked.output_port
+            self._output = None if checked.output is None else _Byte(*checked.output)
+            self._last_output = checked.last_output
+            self._replies = deque(_Byte(*entry) for entry in checked.replies)
+            self._pending = checked.pending
+            self._last_write_was_command = checked.last_write_was_command
+            self.keyboard.restore(checked.keyboard)
+            self._update_irq()
 
     # --- guest side ------------------------------------------------------------------
 
@@ -264,9 +247,7 @@ class I8042:
         """Run a controller command; True when it resets the CPU."""
         if Command.READ_RAM <= command < Command.READ_RAM + RAM_COMMANDS:
             self._reply(self._ram[command - Command.READ_RAM])
-        elif (
-            Command.WRITE_RAM <= command < Command.WRITE_RAM + RAM_COMMANDS or command in _COMMANDS_WITH_DATA
-        ):
+        elif takes_data(command):
             self._pending = command
         elif command == Command.DISABLE_AUX:
             self._ram[0] |= Config.AUX_DISABLE

@@ -7,11 +7,21 @@ I/O delays. Claiming such ports with a `PortSink` keeps them out of the bus's
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pyvmm.bus import all_ones
+from pyvmm.devices.state_checks import check_int, check_type
 from pyvmm.errors import ConfigError
 
 POST_CODE_PORT = 0x80
 IO_DELAY_PORT = 0xED
+
+
+@dataclass(frozen=True)
+class PortSinkState:
+    """A `PortSink`'s state: the last value written (the fill value is configuration)."""
+
+    last_value: int  # up to 8 bytes, the widest access
 
 
 class PortSink:
@@ -26,6 +36,17 @@ class PortSink:
             raise ConfigError(f"port fill value must be a byte value, not {fill:#x}")
         self._fill = fill
         self.last_value = 0
+
+    def reset(self) -> None:
+        self.last_value = 0
+
+    def save(self) -> PortSinkState:
+        return PortSinkState(self.last_value)
+
+    def restore(self, state: object) -> None:
+        """Take `state`, checked first (a bad one raises `StateError`, nothing changes)."""
+        checked = check_type("port sink", state, PortSinkState)
+        self.last_value = check_int("port sink", "last_value", checked.last_value, 0, (1 << 64) - 1)
 
     def read(self, offset: int, size: int) -> int:
         return int.from_bytes(bytes((self._fill,)) * size, "little")

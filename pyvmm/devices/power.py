@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import enum
 import logging
+from dataclasses import dataclass
 
 from pyvmm.bus import all_ones
+from pyvmm.devices.state_checks import check_int, check_mask, check_type, fail
 from pyvmm.outcome import ExitKind, GuestExit, StopRequest
 
 logger = logging.getLogger(__name__)
@@ -64,6 +66,16 @@ class SleepStatusBits(enum.IntFlag):
 
 
 SLEEP_TYP_SHIFT = 2
+SLEEP_TYP_MAX = 0b111
+
+
+@dataclass(frozen=True)
+class SleepControlState:
+    """A `SleepControl`'s state: the SLP_TYP read back, and the sleep status register."""
+
+    sleep_type: int
+    status: int  # WAK_STS only
+
 
 _SLEEP_CONTROL = SLEEP_CONTROL_PORT - SLEEP_PORTS_BASE
 _SLEEP_STATUS = SLEEP_STATUS_PORT - SLEEP_PORTS_BASE
@@ -77,8 +89,21 @@ class SleepControl:
     def __init__(self, stop: StopRequest, s5_sleep_type: int = S5_SLEEP_TYPE) -> None:
         self._stop = stop
         self._s5_sleep_type = s5_sleep_type
+        self.reset()
+
+    def reset(self) -> None:
         self._sleep_type = 0  # last SLP_TYP written, read back
         self._status = 0  # WAK_STS: never set, pyvmm does not wake from sleep
+
+    def save(self) -> SleepControlState:
+        return SleepControlState(int(self._sleep_type), int(self._status))
+
+    def restore(self, state: object) -> None:
+        """Take `state`, checked first (a bad one raises `StateError`, nothing changes)."""
+        checked = check_type("acpi-sleep", state, SleepControlState)
+        check_int("acpi-sleep", "sleep_type", checked.sleep_type, 0, SLEEP_TYP_MAX)
+        check_mask("acpi-sleep", "status", checked.status, SleepStatusBits.WAK_STS)
+        self._sleep_type, self._status = checked.sleep_type, checked.status
 
     def read(self, offset: int, size: int) -> int:
         # Each register is one byte; wider reads see neighbours, and bytes beyond the
@@ -136,13 +161,35 @@ SLP_TYP_SHIFT = 10
 _WRITE_ONLY = Pm1Control.SLP_EN | Pm1Control.GBL_RLS
 
 
+@dataclass(frozen=True)
+class PowerControlState:
+    """A `PowerControl`'s state: the PM1a control register as it reads."""
+
+    value: int
+
+
 class PowerControl:
     """The legacy PM1a_CNT register: powers the VM off when the guest enters S5."""
 
     def __init__(self, stop: StopRequest, s5_sleep_type: int = S5_SLEEP_TYPE) -> None:
         self._stop = stop
         self._s5_sleep_type = s5_sleep_type
+        self.reset()
+
+    def reset(self) -> None:
         self._value = int(Pm1Control.SCI_EN)
+
+    def save(self) -> PowerControlState:
+        return PowerControlState(self._value)
+
+    def restore(self, state: object) -> None:
+        """Take `state`, checked first (a bad one raises `StateError`, nothing changes)."""
+        checked = check_type("pm1a-control", state, PowerControlState)
+        value = check_int("pm1a-control", "value", checked.value, 0, 0xFFFF)
+        # What a write leaves: SCI_EN set, the write-only bits clear.
+        if not value & Pm1Control.SCI_EN or value & _WRITE_ONLY:
+            raise fail("pm1a-control", f"value {value:#x} is not one a write can leave")
+        self._value = value
 
     def read(self, offset: int, size: int) -> int:
         data = self._value.to_bytes(PM1A_CNT_LENGTH, "little")

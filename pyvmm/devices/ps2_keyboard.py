@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from dataclasses import dataclass
+
+from pyvmm.devices.state_checks import check_bool, check_byte, check_bytes, check_int, check_type, fail
 
 KEYBOARD_BUFFER_SIZE = 16  # bytes a PS/2 keyboard holds for its controller
 
@@ -63,6 +66,40 @@ _WITH_ARGUMENT = frozenset(
 _SET3_KEY_LISTS = frozenset(
     {KeyboardCommand.KEY_TYPEMATIC, KeyboardCommand.KEY_MAKE_BREAK, KeyboardCommand.KEY_MAKE}
 )
+_DEVICE = "ps2-keyboard"
+
+
+@dataclass(frozen=True)
+class KeyboardState:
+    """A `PS2Keyboard`'s state as plain data (part of the i8042's)."""
+
+    output: bytes  # replies not yet collected by the controller, oldest first
+    scanning: bool
+    scan_code_set: int
+    leds: int
+    typematic: int
+    awaiting: int | None  # a command (ED, F0, F3) waiting for its argument byte
+    key_list: bool  # after FB-FD: key bytes are acknowledged
+    last_sent: int  # what RESEND sends again
+
+
+def check_keyboard_state(state: object) -> KeyboardState:
+    """`state` as a `KeyboardState` whose fields are in range and agree; else `StateError`."""
+    state = check_type(_DEVICE, state, KeyboardState)
+    check_bytes(_DEVICE, "output", state.output, 0, KEYBOARD_BUFFER_SIZE)
+    check_bool(_DEVICE, "scanning", state.scanning)
+    check_int(_DEVICE, "scan_code_set", state.scan_code_set, 1, 3)
+    check_int(_DEVICE, "leds", state.leds, 0, 0x07)
+    check_int(_DEVICE, "typematic", state.typematic, 0, 0x7F)
+    check_bool(_DEVICE, "key_list", state.key_list)
+    check_byte(_DEVICE, "last_sent", state.last_sent)
+    if state.awaiting is not None:
+        if check_byte(_DEVICE, "awaiting", state.awaiting) not in _WITH_ARGUMENT:
+            raise fail(_DEVICE, f"awaiting {state.awaiting:#x} is not a command with an argument")
+        if state.key_list:
+            # A command ends a set-3 key list before it can wait for its argument.
+            raise fail(_DEVICE, "awaiting an argument inside a set-3 key list")
+    return state
 
 
 class PS2Keyboard:
@@ -74,6 +111,11 @@ class PS2Keyboard:
 
     def __init__(self) -> None:
         self.output: deque[int] = deque()
+        self.reset()
+
+    def reset(self) -> None:
+        """Back to the power-on state, with nothing queued for the controller."""
+        self.output.clear()
         self.scanning = True
         self.scan_code_set = DEFAULT_SCAN_CODE_SET
         self.leds = 0
@@ -81,6 +123,30 @@ class PS2Keyboard:
         self._awaiting: KeyboardCommand | None = None  # a command waiting for its argument
         self._key_list = False  # after FB-FD, key bytes are acknowledged until a new command
         self._last_sent = KeyboardReply.ACK.value
+
+    def save(self) -> KeyboardState:
+        return KeyboardState(
+            output=bytes(self.output),
+            scanning=self.scanning,
+            scan_code_set=int(self.scan_code_set),
+            leds=int(self.leds),
+            typematic=int(self.typematic),
+            awaiting=None if self._awaiting is None else int(self._awaiting),
+            key_list=self._key_list,
+            last_sent=int(self._last_sent),
+        )
+
+    def restore(self, state: object) -> None:
+        """Take `state`, checked first (a bad one raises `StateError`, nothing changes)."""
+        checked = check_keyboard_state(state)
+        self.output = deque(checked.output)
+        self.scanning = checked.scanning
+        self.scan_code_set = checked.scan_code_set
+        self.leds = checked.leds
+        self.typematic = checked.typematic
+        self._awaiting = None if checked.awaiting is None else KeyboardCommand(checked.awaiting)
+        self._key_list = checked.key_list
+        self._last_sent = checked.last_sent
 
     def receive(self, byte: int) -> None:
         if self._awaiting is not None:

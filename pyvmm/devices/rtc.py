@@ -78,6 +78,7 @@ from pyvmm.devices.rtc_registers import (
     encode_field,
     encode_hours,
 )
+from pyvmm.devices.rtc_state import CMOS_SIZE, NS, RtcState, check_rtc_state
 from pyvmm.errors import ConfigError
 from pyvmm.outcome import InterruptLine
 
@@ -86,9 +87,7 @@ logger = logging.getLogger(__name__)
 RTC_PORT = 0x70
 RTC_PORT_LENGTH = 2  # index, data
 RTC_IRQ = 8
-CMOS_SIZE = 128
 
-NS = 1_000_000_000
 UIP_NS = 8 * NS // 32768  # 244.140625 µs, rounded down to the nanosecond
 MIN_TIMER_WAIT = 0.001
 MAX_TIMER_WAIT = 1.0
@@ -163,6 +162,58 @@ class CmosRtc:
             timer = self._timer
         if timer is not None and timer is not threading.current_thread():
             timer.join()
+
+    # --- reset and saved state --------------------------------------------------------
+
+    def reset(self) -> None:
+        """What the chip's RESET pin does (datasheet, "RESET"): PIE, AIE, UIE and SQWE
+        cleared, register C's flags cleared, the line low; plus the PC's index latch and
+        NMI mask back to their power-on values. The clock, the alarm and CMOS RAM are
+        battery-backed and kept: a PC's reset does not touch them, and the RAM holds the
+        memory sizes the host wrote (`set_memory_size`)."""
+        with self._lock:
+            self._advance(self._now_ns())
+            self._ram[Register.B] &= ~int(INTERRUPT_ENABLES | RegisterB.SQWE)
+            self._flags = 0
+            self._index = 0
+            self._nmi_masked = False
+            self._update_irq()
+            self._wake.notify_all()
+
+    def save(self) -> RtcState:
+        with self._lock:
+            now = self._now_ns()
+            self._advance(now)  # the flags of every event up to now
+            self._update_irq()
+            return RtcState(
+                cmos=bytes(self._ram),
+                index=self._index,
+                nmi_masked=self._nmi_masked,
+                flags=int(self._flags),
+                offset_ns=self._offset_ns,
+                stopped_at=self._frozen,
+                phase_ns=self._phase_ns,
+                weekday_adjust=self._weekday_adjust,
+            )
+
+    def restore(self, state: object) -> None:
+        """Take `state` (checked first: a bad one raises `StateError` and changes
+        nothing); the clock goes on from the saved offset, events are replayed from
+        now, and the line goes to the level the flags and register B give."""
+        checked = check_rtc_state(state)
+        with self._lock:
+            self._ram[:] = checked.cmos
+            self._index = checked.index
+            self._nmi_masked = checked.nmi_masked
+            self._flags = checked.flags
+            self._offset_ns = checked.offset_ns
+            self._frozen = checked.stopped_at
+            self._phase_ns = checked.phase_ns
+            self._weekday_adjust = checked.weekday_adjust
+            self._last_ns = self._now_ns()
+            self._update_irq()
+            self._start_timer()
+            self._wake.notify_all()  # the timer's next event may have moved
 
     # --- guest side ------------------------------------------------------------------
 
