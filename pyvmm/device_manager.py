@@ -1,17 +1,18 @@
 """The device manager: owns the buses, the resource allocator and the devices, puts
-each device's ranges on its bus, and gathers the ACPI and the kernel command-line
-words they contribute."""
+each device's ranges on its bus, gathers the ACPI and the kernel command-line words
+they contribute, and resets, saves and restores them all."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TypeVar
 
 from pyvmm.arch.x86.acpi.aml import Aml
 from pyvmm.boot.entry import encode_text
 from pyvmm.bus import Bus, MmioBus, PortBus
-from pyvmm.devices.device import AddressSpace, Device, PlacedDevice
+from pyvmm.devices.device import AddressSpace, Device, DeviceState, PlacedDevice
+from pyvmm.errors import StateError
 from pyvmm.resources import ResourceAllocator
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,65 @@ class DeviceManager:
             cut = tokens.index(b"--")
             return b" ".join([*tokens[:cut], added, *tokens[cut:]]).lstrip(b" ")
         return b" ".join([line, added]) if line.strip() else added
+
+    def reset(self) -> None:
+        """Every device back to its power-on state. One that cannot be reset does not
+        stop the others; all such are named in one `StateError` afterwards."""
+        failed: list[str] = []
+        for device in self.devices:
+            try:
+                device.reset()
+            except StateError as exc:
+                failed.append(str(exc))
+        if failed:
+            raise StateError("; ".join(failed))
+
+    def save(self) -> dict[str, DeviceState]:
+        """Every device's state, by device name (names must be unique to be restored).
+        `StateError`, naming each device that cannot save its state, if one cannot."""
+        self._unique_names()
+        states: dict[str, DeviceState] = {}
+        failed: list[str] = []
+        for device in self.devices:
+            try:
+                states[device.name] = device.save()
+            except StateError as exc:
+                failed.append(str(exc))
+        if failed:
+            raise StateError("; ".join(failed))
+        return states
+
+    def restore(self, states: object) -> None:
+        """Restore every device from a mapping like `save()`'s, whose names must be
+        exactly this machine's devices; all or nothing: when one device refuses its
+        state, those restored before it get back the state they had."""
+        if not isinstance(states, Mapping):
+            raise StateError(f"device states are a {type(states).__name__}, not a mapping by device name")
+        names = self._unique_names()
+        given = set(states)
+        missing, unknown = names - given, given - names
+        if missing or unknown:
+            raise StateError(
+                "device states do not match the devices:"
+                + (f" missing {sorted(missing)}" if missing else "")
+                + (f" unknown {sorted(map(repr, unknown))}" if unknown else "")
+            )
+        before = self.save()
+        done: list[Device] = []
+        for device in self.devices:
+            try:
+                device.restore(states[device.name])
+            except StateError as exc:
+                for earlier in reversed(done):
+                    earlier.restore(before[earlier.name])
+                raise StateError(f"{device.name}: {exc}") from exc
+            done.append(device)
+
+    def _unique_names(self) -> set[str]:
+        names = {device.name for device in self.devices}
+        if len(names) != len(self.devices):
+            raise StateError("two devices share a name; their states could not be told apart")
+        return names
 
     def close(self) -> None:
         """Close every device, the last added first; one failing does not stop the rest."""

@@ -51,7 +51,8 @@ from pyvmm.arch.x86.acpi.pci_host import (
 from pyvmm.arch.x86.layout import KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS
 from pyvmm.bus import Bus, BusConflictError, BusRange
 from pyvmm.device_manager import DeviceManager
-from pyvmm.devices.device import Region, mmio, ports
+from pyvmm.devices.device import DeviceState, Region, mmio, ports
+from pyvmm.errors import StateError
 from pyvmm.kvm.errors import KvmError
 from pyvmm.outcome import InterruptLine
 from pyvmm.pci import (
@@ -222,6 +223,17 @@ class PciPlatform:
     def close(self) -> None:
         for placed in list(self.slots.values()):
             self._unmap_all(placed)
+
+    # The functions' configuration spaces and BAR placements have no saved state yet:
+    # a snapshot must refuse rather than lose them.
+    def reset(self) -> None:
+        raise StateError("pci: the PCI bus cannot be reset in place yet")
+
+    def save(self) -> DeviceState:
+        raise StateError("pci: the PCI bus cannot save its state yet")
+
+    def restore(self, state: object) -> None:
+        raise StateError("pci: the PCI bus cannot restore a saved state yet")
 
     # --- devices -------------------------------------------------------------------
 

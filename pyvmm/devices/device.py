@@ -1,10 +1,16 @@
 """What every device is to the machine: a name, the address ranges it claims, the ACPI
-it contributes (and, for a few, kernel command-line words), and a way to close it.
+it contributes (and, for a few, kernel command-line words), a way to close it, and its
+state: `reset()` to power-on, `save()` as plain data, `restore()` of a checked state.
 
 The device models themselves (`Serial16550`, `CmosRtc`, ...) only answer reads and
 writes; a `Device` pairs a model with where it sits, so the device manager can put it on
 the buses and into the DSDT from one description (Firecracker's `device_manager`
 does the same from `legacy.rs`).
+
+Saved state follows Firecracker's `Persist` and vm-superio's `SerialState`: each model
+that keeps state (`Stateful`) saves a frozen dataclass of plain fields and restores one
+only after checking every field, since a saved state is untrusted input. A placed
+device's `DeviceState` holds the states of all its models in placement order.
 """
 
 from __future__ import annotations
@@ -12,10 +18,19 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from pyvmm.arch.x86.acpi.aml import Aml
 from pyvmm.bus import BusDevice
+from pyvmm.devices.debug_exit import DebugExitState
+from pyvmm.devices.fw_cfg import FwCfgState
+from pyvmm.devices.i8042_state import I8042State
+from pyvmm.devices.ports import PortSinkState
+from pyvmm.devices.power import PowerControlState, SleepControlState
+from pyvmm.devices.rtc_state import RtcState
+from pyvmm.devices.serial_state import SerialState
+from pyvmm.devices.state_checks import check_tuple, check_type
+from pyvmm.errors import StateError
 
 
 class AddressSpace(enum.Enum):
@@ -34,6 +49,40 @@ class Region:
     label: str  # shown in --stats, e.g. "serial (COM1)"
 
 
+ModelState = (
+    SerialState
+    | RtcState
+    | I8042State
+    | FwCfgState
+    | PowerControlState
+    | SleepControlState
+    | DebugExitState
+    | PortSinkState
+)
+"""The saved state of one device model."""
+
+
+@runtime_checkable
+class Stateful(Protocol):
+    """A device model with a power-on state and a saved state."""
+
+    def reset(self) -> None:
+        """Back to power-on, keeping the host-side wiring; raised lines go low."""
+
+    def save(self) -> ModelState: ...
+
+    def restore(self, state: object) -> None:
+        """Take a saved state, checked first: a bad one raises `StateError` and leaves
+        the model as it was. Outputs (line levels) follow the restored registers."""
+
+
+@dataclass(frozen=True)
+class DeviceState:
+    """A placed device's saved state: one per model that keeps state, in placement order."""
+
+    models: tuple[ModelState, ...]
+
+
 class Device(Protocol):
     """The interface the device manager needs of a device."""
 
@@ -45,6 +94,12 @@ class Device(Protocol):
     def aml(self) -> Sequence[Aml]: ...
 
     def close(self) -> None: ...
+
+    def reset(self) -> None: ...
+
+    def save(self) -> DeviceState: ...
+
+    def restore(self, state: object) -> None: ...
 
 
 def _nothing() -> None:
@@ -72,6 +127,43 @@ class PlacedDevice:
 
     def close(self) -> None:
         self.on_close()
+
+    def stateful_models(self) -> tuple[Stateful, ...]:
+        """The model, then every other region handler that keeps state (the power
+        row's sleep registers, the second port sink), each once. `StateError` when the
+        model itself keeps no saved state (yet): its state would be lost."""
+        if not isinstance(self.model, Stateful):
+            raise StateError(f"{self.name}: this device cannot be reset or saved yet")
+        found: list[Stateful] = [self.model]
+        for region in self.placement:
+            handler = region.handler
+            if isinstance(handler, Stateful) and all(handler is not seen for seen in found):
+                found.append(handler)
+        return tuple(found)
+
+    def reset(self) -> None:
+        for model in self.stateful_models():
+            model.reset()
+
+    def save(self) -> DeviceState:
+        return DeviceState(tuple(model.save() for model in self.stateful_models()))
+
+    def restore(self, state: object) -> None:
+        """Restore every model, or none: if one refuses its state, those restored
+        before it get back the state they had."""
+        models = self.stateful_models()
+        checked = check_type(self.name, state, DeviceState)
+        parts = check_tuple(self.name, "models", checked.models, len(models))
+        if len(parts) != len(models):
+            raise StateError(f"{self.name} state: {len(parts)} model states for {len(models)} models")
+        before = [model.save() for model in models]
+        for index, (model, part) in enumerate(zip(models, parts, strict=True)):
+            try:
+                model.restore(part)
+            except StateError:
+                for earlier, saved in zip(models[:index], before, strict=False):
+                    earlier.restore(saved)
+                raise
 
 
 def ports(base: int, length: int, handler: BusDevice, label: str) -> Region:
