@@ -7,7 +7,7 @@ stream) and raises a `VmmError` subclass for bad user input when the device is b
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from pyvmm.device_config import DiskConfig, NetConfig
 from pyvmm.io_thread import IoThread
@@ -37,6 +37,20 @@ def block_devices(disks: Sequence[DiskConfig], *, workers: int | None = None) ->
             device.close()
         raise
     return devices
+
+
+def console_device(output: Callable[[bytes], None], *, size: tuple[int, int] | None = None) -> VirtioDevice:
+    """virtio-console (§5.3), one port: the guest's hvc0 (`MachineConfig.console_device
+    == "virtio"`, with `console=hvc0` on the guest's command line).
+
+    `output` is the machine's console stream (`Machine._console_output`, as COM1's);
+    the machine's `send_input` should hand keystrokes to the device's `feed(bytes)`
+    (`ConsoleDevice.feed`, safe from any thread). `size` is (columns, rows), offered
+    with VIRTIO_CONSOLE_F_SIZE when given.
+    """
+    from pyvmm.virtio.console import ConsoleDevice
+
+    return ConsoleDevice(output, size=size)
 
 
 def net_devices(nets: Sequence[NetConfig], io: IoThread) -> list[VirtioDevice]:

@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from virtio.driver import WRITE, Driver
 from virtio.handshake import start
@@ -178,6 +178,7 @@ def test_any_chain_gets_a_defined_answer(
         expected[head] = min(writable, MAX_REQUEST_BYTES) if in_ram else -1
     core.notify(0)
     used = driver.get_used()
+    event("needs reset" if core.status & NEEDS_RESET else "answered")
     if core.status & NEEDS_RESET:
         return  # some chain broke a queue rule (or the INDIRECT flag was misused)
     assert sorted(head for head, _ in used) == sorted(expected)
