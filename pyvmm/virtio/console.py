@@ -208,6 +208,7 @@ class ConsoleDevice(VirtioDevice):
                 return  # not the guest's doing: a reset raced us (the queue is not ready)
             log.warning("%s: receiveq fault while delivering input: %s", self.name, error)
             self._fault = error
+            activation.needs_reset(f"receiveq: {error}")  # §2.1.2: tell the driver now
 
     def _fill(self, receiveq: Virtqueue) -> None:
         pending = self._pending

@@ -92,9 +92,7 @@ class VirtioCore:
             self.needs_reset("DRIVER_OK without FEATURES_OK")
             return
         self.active = True
-        self.device.activate(
-            Activation(self.memory, self.queues, self.accepted, self.interrupt, self.needs_reset)
-        )
+        self.device.activate(Activation(self.memory, self.queues, self.accepted, self, self.needs_reset))
 
     def needs_reset(self, reason: str) -> None:
         """The device cannot go on until the driver resets it (§2.1.2)."""
@@ -105,6 +103,17 @@ class VirtioCore:
             notify = bool(self.status & _DRIVER_OK)
         if notify:
             self.interrupt.config_changed()
+
+    # --- the device's interrupts, passed on to the transport's ------------------------
+
+    def used_buffer(self, queue: int) -> None:
+        self.interrupt.used_buffer(queue)
+
+    def config_changed(self) -> None:
+        """The device changed its configuration (§2.5.1): a new generation, then the
+        notification, so a driver reading across the change sees it and reads again."""
+        self.config_generation = (self.config_generation + 1) & 0xFF
+        self.interrupt.config_changed()
 
     # --- features -----------------------------------------------------------------
 

@@ -131,3 +131,14 @@ def test_a_device_reports_a_fault_found_off_the_notify_path(core: VirtioCore, me
     core.device.activations[-1].needs_reset("a receive ring went bad")
     assert core.status & NEEDS_RESET and not core.active
     assert isinstance(core.interrupt, Interrupts) and core.interrupt.config == 1
+
+
+def test_a_device_side_config_change_is_a_new_generation(core: VirtioCore, memory: GuestMemory) -> None:
+    negotiate(core, int(Feature.VERSION_1))
+    program_queue(core, Driver(memory, 8))
+    core.write_status(ACK | DRIVER | FEATURES_OK | DRIVER_OK)
+    assert isinstance(core.device, Echo)
+    before = core.config_generation
+    core.device.activations[-1].interrupt.config_changed()  # e.g. a console resized
+    assert core.config_generation == (before + 1) & 0xFF
+    assert isinstance(core.interrupt, Interrupts) and core.interrupt.config == 1
