@@ -3,6 +3,7 @@ description of each device."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -11,8 +12,9 @@ from pc_platform import MEMORY, pc_devices
 from pyvmm.arch.x86.acpi import build_acpi_tables
 from pyvmm.device_manager import DeviceManager
 from pyvmm.devices import Serial16550
-from pyvmm.devices.device import AddressSpace, PlacedDevice, ports
-from pyvmm.devices.ports import PortSink
+from pyvmm.devices.device import AddressSpace, DeviceState, PlacedDevice, ports
+from pyvmm.devices.ports import PortSink, PortSinkState
+from pyvmm.errors import StateError
 from pyvmm.resources import ResourceAllocator, ResourceError
 
 
@@ -65,3 +67,76 @@ def test_close_goes_on_past_a_failing_device() -> None:
     manager.close()
     assert closed == ["failing", "first"]
     assert manager.bus(AddressSpace.MMIO) is manager.mmio
+
+
+def serial_of(manager: DeviceManager) -> Serial16550:
+    uart = manager.model(Serial16550)
+    assert uart is not None
+    return uart
+
+
+def test_save_restore_goes_through_every_device_by_name() -> None:
+    with pc_devices() as source, pc_devices() as target:
+        serial_of(source).write(7, 1, 0x5A)  # SCR
+        sink = source.ports.find(0x80, 1)
+        source.ports.write(sink.base, 1, 0x42)  # a POST code on the first port sink
+        source.ports.write(0xED, 1, 0x17)  # and the second
+        states = source.save()
+        assert set(states) == {d.name for d in source.devices}
+        assert [type(s).__name__ for s in states["power"].models] == [
+            "PowerControlState",
+            "SleepControlState",
+        ]
+        assert states["port sinks"].models == (PortSinkState(0x42), PortSinkState(0x17))
+        target.restore(states)
+        assert target.save() == states
+        assert serial_of(target).read(7, 1) == 0x5A
+        target.reset()
+        assert serial_of(target).read(7, 1) == 0
+        with pc_devices() as fresh:
+            assert target.save() == fresh.save()
+
+
+def test_restore_needs_exactly_the_devices_names() -> None:
+    with pc_devices() as manager:
+        states = manager.save()
+        serial_of(manager).write(7, 1, 0x11)
+        missing = {name: state for name, state in states.items() if name != "i8042"}
+        with pytest.raises(StateError, match=r"missing \['i8042'\]"):
+            manager.restore(missing)
+        with pytest.raises(StateError, match="unknown"):
+            manager.restore({**states, "extra": states["i8042"]})
+        with pytest.raises(StateError, match="not a mapping"):
+            manager.restore(list(states.values()))
+        assert serial_of(manager).read(7, 1) == 0x11
+
+
+def test_a_refused_device_state_rolls_the_earlier_devices_back() -> None:
+    with pc_devices() as manager:
+        serial_of(manager).write(7, 1, 0x11)
+        states = dict(manager.save())
+        serial_state = states["serial (COM1)"].models[0]
+        states["serial (COM1)"] = DeviceState((dataclasses.replace(serial_state, scr=0x22),))
+        bad_rtc = dataclasses.replace(states["cmos-rtc"].models[0], index=0x100)
+        states["cmos-rtc"] = DeviceState((bad_rtc,))
+        with pytest.raises(StateError, match="cmos-rtc"):
+            manager.restore(states)
+        assert serial_of(manager).read(7, 1) == 0x11  # serial was restored, then rolled back
+        power = states["power"]
+        states["cmos-rtc"] = manager.save()["cmos-rtc"]
+        states["power"] = DeviceState(power.models[:1])  # one of its two models
+        with pytest.raises(StateError, match="power"):
+            manager.restore(states)
+        assert serial_of(manager).read(7, 1) == 0x11
+
+
+def test_a_device_without_saved_state_is_named_not_skipped() -> None:
+    with pc_devices() as manager:
+        model = object()
+        manager.add(PlacedDevice("stateless", model, ()))
+        with pytest.raises(StateError, match="stateless"):
+            manager.save()
+        serial_of(manager).write(7, 1, 0x33)
+        with pytest.raises(StateError, match="stateless"):
+            manager.reset()
+        assert serial_of(manager).read(7, 1) == 0  # the others were reset all the same
