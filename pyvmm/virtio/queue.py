@@ -48,6 +48,12 @@ _IDX = 1
 _AVAIL_RING = 2
 
 
+def _reset_meanwhile() -> VirtqueueError:
+    """The rings went away between the usability check and their use: another thread
+    (the driver, through a transport) reset the queue. Not the device's bug."""
+    return VirtqueueError(Fault.NOT_READY, "the queue was reset while in use")
+
+
 class Virtqueue:
     """One split virtqueue, device side."""
 
@@ -145,8 +151,10 @@ class Virtqueue:
     def avail_idx(self) -> int:
         """The driver's available idx, as it is in guest memory now."""
         self._check_usable()
-        assert self._avail is not None
-        return int(self._avail[_IDX])
+        avail = self._avail
+        if avail is None:
+            raise _reset_meanwhile()
+        return int(avail[_IDX])
 
     def pop(self) -> DescriptorChain | None:
         """The next available chain, checked, or None when the driver has posted none.
@@ -155,7 +163,8 @@ class Virtqueue:
         """
         self._check_usable()
         avail = self._avail
-        assert avail is not None and self._desc is not None
+        if avail is None or self._desc is None:
+            raise _reset_meanwhile()
         size = self.size
         # x86 does not reorder loads with loads, so the ring entry and descriptors read
         # below are at least as new as this idx (the driver's barrier, §2.7.13.3.1).
@@ -200,7 +209,8 @@ class Virtqueue:
         """
         self._check_usable()
         used, used16 = self._used, self._used16
-        assert used is not None and used16 is not None
+        if used is None or used16 is None:
+            raise _reset_meanwhile()
         if not 0 <= head < self.size:
             raise VirtqueueError(Fault.USED, f"head {head} is not below queue size {self.size}")
         if not 0 <= length <= 0xFFFF_FFFF:
@@ -224,7 +234,8 @@ class Virtqueue:
         """
         self._check_usable()
         avail = self._avail
-        assert avail is not None
+        if avail is None:
+            raise _reset_meanwhile()
         added, self._unsignalled = self._unsignalled, 0
         if added == 0:
             return False
@@ -246,29 +257,35 @@ class Virtqueue:
         driver notifies at most once more (spurious notifications must be handled).
         """
         self._check_usable()
-        assert self._used16 is not None
+        used16 = self._used16
+        if used16 is None:
+            raise _reset_meanwhile()
         self._notifications = False
         if not self.event_idx:
-            self._used16[_FLAGS] = _NO_NOTIFY
+            used16[_FLAGS] = _NO_NOTIFY
 
     def enable_notifications(self) -> bool:
         """Ask for available buffer notifications again; True if buffers are already
         pending, which the device must then pop: a driver that posted them while
         notifications were off did not notify and will not (§2.7.10)."""
         self._check_usable()
-        assert self._used16 is not None and self._avail is not None
+        used16, avail = self._used16, self._avail
+        if used16 is None or avail is None:
+            raise _reset_meanwhile()
         self._notifications = True
         if self.event_idx:
-            self._write_avail_event()
+            used16[2 + 4 * self.size] = self.next_avail
         else:
-            self._used16[_FLAGS] = 0
+            used16[_FLAGS] = 0
         full_barrier()  # the store above before the load of idx below (barrier.py)
-        return bool((self._avail[_IDX] - self.next_avail) & _U16)
+        return bool((avail[_IDX] - self.next_avail) & _U16)
 
     def _write_avail_event(self) -> None:
-        assert self._used16 is not None
+        used16 = self._used16
+        if used16 is None:
+            raise _reset_meanwhile()
         # avail_event follows the size used elements: u16 index 2 + 4 * size.
-        self._used16[2 + 4 * self.size] = self.next_avail
+        used16[2 + 4 * self.size] = self.next_avail
 
     def save(self) -> QueueState:
         """The queue's state for a snapshot."""
