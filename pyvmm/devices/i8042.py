@@ -36,6 +36,9 @@ masking.
 
 Locking: one lock guards all state. The interrupt lines are driven with it held (they
 must not call back into the device); `stop` is called after it is released.
+
+The registers and commands are in `pyvmm.devices.i8042_registers`, the saved state
+(`save()`, `restore()`, the keyboard's included) in `pyvmm.devices.i8042_state`.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ Locking: one lock guards the registers. vCPU threads take it for each register a
 and the console thread for `feed()`. The interrupt line and `output` are called with
 the lock held, so the level the line sees and the order of output bytes always match
 the register state; neither may call back into the device.
+
+The register map is in `pyvmm.devices.serial_registers`, the saved state (`save()`,
+`restore()`) in `pyvmm.devices.serial_state`.
 """
 
 from __future__ import annotations
