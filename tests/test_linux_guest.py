@@ -40,6 +40,12 @@ REPORT = (
     "echo nproc=$(nproc); grep MemTotal /proc/meminfo; echo cmdline=$(cat /proc/cmdline);"
     " echo date=$(date +%s); echo kernel=$(uname -r)"
 )
+# What Linux made of pyvmm's PCI: each function's IDs, class and first two resources
+# (start end flags), and the kernel's PCI messages.
+PCI_REPORT = (
+    "; for d in /sys/bus/pci/devices/*; do echo pci=${d##*/} $(cat $d/vendor $d/device $d/class)"
+    " $(head -2 $d/resource); done; dmesg | grep -iE 'pci|mmconf|e820' | sed 's/^/dmesg: /'"
+)
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,8 @@ class Scenario:
     # Started as soon as the suite is collected (conftest.py), to run alongside the
     # other tests: for a boot that takes longer than all of them.
     background: bool = False
+    devices: tuple[str, ...] = ()  # --device options
+    report: str = REPORT  # what the guest runs
 
 
 SCENARIOS = [
@@ -64,7 +72,11 @@ SCENARIOS = [
     Scenario(
         "stock-bzimage-1cpu", "stock", "bzImage", 1, cmdline=STOCK_SPEEDUPS, seconds=2700, background=True
     ),
+    Scenario(
+        "pci-testdev-1cpu", "default", "bzImage", 1, devices=("pci-testdev",), report=REPORT + PCI_REPORT
+    ),
 ]
+PCI_SCENARIO = SCENARIOS[-1]
 
 
 @dataclass
@@ -103,6 +115,7 @@ def run_command(scenario: Scenario, *, cmdline: str) -> list[str]:
         "--cpus", str(scenario.cpus), "--memory", f"{MEMORY_MIB}M",
         "--kernel-decompress", scenario.decompress, "--timeout", str(scenario.seconds),
         "--cmdline", " ".join(filter(None, ["console=ttyS0", scenario.cmdline, cmdline])),
+        *(word for device in scenario.devices for word in ("--device", device)),
     ]  # fmt: skip
 
 
@@ -111,7 +124,9 @@ class RunningBoot:
 
     def __init__(self, scenario: Scenario) -> None:
         self.scenario = scenario
-        command = run_command(scenario, cmdline=f"pyvmm.test={scenario.name} {run_parameter(REPORT)}")
+        command = run_command(
+            scenario, cmdline=f"pyvmm.test={scenario.name} {run_parameter(scenario.report)}"
+        )
         # Files, not pipes: nobody reads a background boot's output until it ends.
         self.stdout = tempfile.TemporaryFile()  # noqa: SIM115 (closed with the object)
         self.stderr = tempfile.TemporaryFile()  # noqa: SIM115
@@ -206,6 +221,29 @@ def test_the_guest_clock_is_the_hosts(boot: Boot) -> None:
 
 def test_poweroff_ends_pyvmm_with_status_0(boot: Boot) -> None:
     assert "pyvmm-run: exit=0" in boot.output
+    assert boot.status == 0, boot.output[-3000:]
+
+
+def test_linux_probes_pyvmms_pci_without_complaint() -> None:
+    """The guest's own view of PCI (sysfs, dmesg), one boot with --device pci-testdev."""
+    boot = start_boot(PCI_SCENARIO).wait()
+    functions = dict(re.findall(r"^pci=(\S+) (.*?)\r?$", boot.output, re.MULTILINE))
+    assert set(functions) == {"0000:00:00.0", "0000:00:01.0"}, boot.output[-5000:]
+    assert functions["0000:00:00.0"].startswith("0x1b36 0x0008 0x060000")  # the host bridge
+    # pci-testdev: its BARs where pyvmm placed them, 4 KiB of MMIO (IORESOURCE_MEM
+    # 0x200) and 256 ports (IORESOURCE_IO 0x100), both kept by Linux.
+    testdev = functions["0000:00:01.0"].split()
+    assert testdev[:3] == ["0x1b36", "0x0005", "0xff0000"]
+    assert testdev[3:5] == ["0x00000000c0000000", "0x00000000c0000fff"] and int(testdev[5], 16) & 0x200
+    assert testdev[6:8] == ["0x000000000000c000", "0x000000000000c0ff"] and int(testdev[8], 16) & 0x100
+    dmesg = [line for line in boot.output.splitlines() if line.startswith("dmesg: ")]
+    assert any("MMCONFIG at [mem 0xe0000000-0xe00fffff] reserved" in line for line in dmesg), dmesg
+    assert any("root bus resource [mem 0xc0000000-0xdfffffff window]" in line for line in dmesg), dmesg
+    # ("report a bug" is in Linux's standard "Using host bridge windows from ACPI" line.)
+    complaints = re.compile(
+        r"not reserved|can't claim|fail|conflict|no space|invalid|firmware bug|error|warn", re.I
+    )
+    assert not [line for line in dmesg if complaints.search(line)], dmesg
     assert boot.status == 0, boot.output[-3000:]
 
 
