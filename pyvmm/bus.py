@@ -102,7 +102,9 @@ class Bus:
         self.name = name
         self.limit = limit
         self.unclaimed = BusRange(0, limit, _Unclaimed(), "unclaimed")
-        self.retired: list[BusRange] = []  # removed ranges, kept for their counters
+        # Counters of removed ranges, one entry per name however often a guest moves a
+        # BAR (a list of every retired range would grow without bound).
+        self._retired: dict[str, BusRange] = {}
         self._lookup = _Lookup()
         self._lock = threading.Lock()  # serialises writers; readers take none
 
@@ -120,7 +122,7 @@ class Bus:
             if entry not in ranges:
                 raise BusConflictError(f"{self.name} range {entry.name} is not on the bus")
             self._publish(tuple(other for other in ranges if other is not entry))
-            self.retired.append(entry)
+            self._retire(entry)
 
     def move(self, entry: BusRange, base: int) -> BusRange:
         """Move `entry` to `base` in one step (a BAR the guest reprogrammed): the new
@@ -131,8 +133,16 @@ class Bus:
             if entry not in ranges:
                 raise BusConflictError(f"{self.name} range {entry.name} is not on the bus")
             self._publish(self._with(tuple(other for other in ranges if other is not entry), moved))
-            self.retired.append(entry)
+            self._retire(entry)
         return moved
+
+    def _retire(self, entry: BusRange) -> None:
+        """With the lock held: fold a removed range's counters into its name's total."""
+        total = self._retired.get(entry.name)
+        if total is None:
+            total = self._retired[entry.name] = BusRange(entry.base, entry.length, _Unclaimed(), entry.name)
+        total.reads += entry.reads
+        total.writes += entry.writes
 
     def _with(self, ranges: tuple[BusRange, ...], entry: BusRange) -> tuple[BusRange, ...]:
         """`ranges` plus `entry`, sorted, after checking it fits and overlaps nothing."""
@@ -168,7 +178,7 @@ class Bus:
         self.find(address, size).write(address, size, value)
 
     def stats(self) -> BusStats:
-        return BusStats([*self._lookup.ranges, *self.retired], self.unclaimed)
+        return BusStats([*self._lookup.ranges, *self._retired.values()], self.unclaimed)
 
 
 class PortBus(Bus):
