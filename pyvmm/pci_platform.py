@@ -157,6 +157,9 @@ class PciSlot:
     allocations: list[tuple[AddressWindow, int]] = field(default_factory=list)
     mapped: dict[int, tuple[Bus, BusRange]] = field(default_factory=dict)
     warned: set[int] = field(default_factory=set)  # BARs whose refusal was logged as a warning
+    # Told (BAR index, the range now on a bus, or None) after every BAR change: what a
+    # device keeps outside the buses (its KVM ioeventfds) follows the BAR through it.
+    observer: Callable[[int, BarRange | None], None] | None = None
 
 
 class PciPlatform:
@@ -238,16 +241,23 @@ class PciPlatform:
     # --- devices -------------------------------------------------------------------
 
     def add_function(
-        self, function: PciFunction, slot: int | None = None, *, msix: MsixTable | None = None, name: str = ""
+        self,
+        function: PciFunction,
+        slot: int | None = None,
+        *,
+        msix: MsixTable | None = None,
+        name: str = "",
+        observer: Callable[[int, BarRange | None], None] | None = None,
     ) -> int:
         """Put `function` in `slot` (or the lowest free one) of bus 0, as firmware
-        would: INTx routed, MSI-X connected, BARs placed and decoding. Its slot."""
+        would: INTx routed, MSI-X connected, BARs placed and decoding. Its slot.
+        `observer` hears of every BAR change after the buses did (see `PciSlot`)."""
         slot = self._devices.resources.pci_slot(slot)
         self.host.bus.add(function, slot)
         label = f"{name or 'pci'} 00:{slot:02x}.0"
         pin = function.config_read(INTERRUPT_PIN, 1)
         gsi = gsi_for(slot, pin - 1, DEFAULT_GSIS) if 1 <= pin <= 4 else None
-        placed = PciSlot(slot, function, label, gsi)
+        placed = PciSlot(slot, function, label, gsi, observer=observer)
         self.slots[slot] = placed
         if gsi is not None:
             function.intx_line = self._shared_gsi(gsi).pin()
@@ -317,37 +327,44 @@ class PciPlatform:
     def _bar_changed(self, placed: PciSlot, index: int, old: BarRange | None, new: BarRange | None) -> None:
         """`on_bar_change`: never raises, whatever the guest programmed."""
         with self._lock:
-            # What is on the bus is what this platform put there: `old` can be a range it
-            # refused (an overlap), so it goes by its own record.
-            current = placed.mapped.pop(index, None)
-            if new is None:
-                if current is not None:
-                    current[0].remove(current[1])
-                return
-            bus = self._bus(new.space)
-            refusal = self._refusal(new)
-            try:
-                if refusal is not None:
-                    raise BusConflictError(refusal)
-                if current is not None:
-                    placed.mapped[index] = (bus, bus.move(current[1], new.base))
-                else:
-                    handler = placed.function.bar_handler(index)
-                    placed.mapped[index] = (
-                        bus,
-                        bus.insert(new.base, new.size, handler, f"{placed.label} BAR{index}"),
-                    )
-            except (BusConflictError, PciError) as exc:
-                if current is not None:
-                    current[0].remove(current[1])
-                # Once per BAR at warning level: a guest looping on it must not flood the log.
-                level = logging.DEBUG if index in placed.warned else logging.WARNING
-                placed.warned.add(index)
-                log.log(
-                    level,
-                    "%s BAR %d at %s %#x+%#x left unmapped: %s",
-                    placed.label, index, new.space.value, new.base, new.size, exc,
-                )  # fmt: skip
+            self._remap(placed, index, new)
+            if placed.observer is not None:
+                mapped = placed.mapped.get(index)
+                placed.observer(index, new if mapped is not None else None)
+
+    def _remap(self, placed: PciSlot, index: int, new: BarRange | None) -> None:
+        """With the lock held: the bus gets BAR `index` at `new`, or loses it."""
+        # What is on the bus is what this platform put there: `old` can be a range it
+        # refused (an overlap), so it goes by its own record.
+        current = placed.mapped.pop(index, None)
+        if new is None:
+            if current is not None:
+                current[0].remove(current[1])
+            return
+        bus = self._bus(new.space)
+        refusal = self._refusal(new)
+        try:
+            if refusal is not None:
+                raise BusConflictError(refusal)
+            if current is not None:
+                placed.mapped[index] = (bus, bus.move(current[1], new.base))
+            else:
+                handler = placed.function.bar_handler(index)
+                placed.mapped[index] = (
+                    bus,
+                    bus.insert(new.base, new.size, handler, f"{placed.label} BAR{index}"),
+                )
+        except (BusConflictError, PciError) as exc:
+            if current is not None:
+                current[0].remove(current[1])
+            # Once per BAR at warning level: a guest looping on it must not flood the log.
+            level = logging.DEBUG if index in placed.warned else logging.WARNING
+            placed.warned.add(index)
+            log.log(
+                level,
+                "%s BAR %d at %s %#x+%#x left unmapped: %s",
+                placed.label, index, new.space.value, new.base, new.size, exc,
+            )  # fmt: skip
 
     def _unmap_all(self, placed: PciSlot) -> None:
         with self._lock:

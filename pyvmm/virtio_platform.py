@@ -94,9 +94,12 @@ def build_devices(config: MachineConfig) -> list[VirtioDevice]:
 
 
 def place_on_pci(devices: Sequence[VirtioDevice], context: VirtioContext) -> list[PlacedDevice]:
-    """virtio-pci (§4.1): the PCI side fills this in (one `VirtioPciFunction` per
-    device through `PciPlatform.add_function`)."""
-    raise ConfigError("virtio over PCI is not built yet: use --transport mmio")
+    """virtio-pci (§4.1): one `VirtioPciFunction` per device on the machine's PCI bus."""
+    if context.pci is None:
+        raise ConfigError("virtio over PCI needs the PCI bus, which this machine does not have")
+    from pyvmm.virtio_pci_placement import place_on_pci as place
+
+    return place(devices, context.memory, context.vm, context.io, context.pci)
 
 
 # --- virtio-mmio ---------------------------------------------------------------------------
