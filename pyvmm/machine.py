@@ -44,7 +44,7 @@ from pyvmm.pci_platform import PciPlatform
 from pyvmm.platform import PC_PLATFORM, PlatformContext
 from pyvmm.qemu_test_devices import build_test_devices
 from pyvmm.resources import ResourceAllocator
-from pyvmm.stats import ExitStats, collect
+from pyvmm.stats import ExitStats, IoStats, collect
 from pyvmm.vcpu import InstructionEmulator, VcpuRunner
 from pyvmm.virtio_platform import VirtioContext, virtio_devices
 
@@ -312,7 +312,8 @@ class Machine:
         """Exit counters so far (per reason, per vCPU, per device range)."""
         end = self._ended_at or time.monotonic()
         seconds = end - self._started_at if self._started_at else 0.0
-        return collect(seconds, [r.counters for r in self.runners], [self.ports, self.mmio])
+        io = IoStats(self.io.callbacks, self.io.busy_seconds, self.io.cpu_seconds)
+        return collect(seconds, [r.counters for r in self.runners], [self.ports, self.mmio], io)
 
     def _teardown(self) -> None:
         with self._lock:

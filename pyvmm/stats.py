@@ -44,6 +44,18 @@ class RangeStats:
 
 
 @dataclass(frozen=True)
+class IoStats:
+    """What device work cost on the I/O thread (pyvmm.io_thread.IoThread's counters)."""
+
+    callbacks: int
+    busy_seconds: float  # wall time spent in device callbacks
+    cpu_seconds: float  # the I/O thread's CPU time
+
+    def busy_share(self, run_seconds: float) -> float:
+        return self.busy_seconds / run_seconds if run_seconds else 0.0
+
+
+@dataclass(frozen=True)
 class ExitStats:
     """A snapshot of a VM's counters."""
 
@@ -53,6 +65,7 @@ class ExitStats:
     ranges: list[RangeStats]
     emulated: dict[str, int]
     exit_seconds: float = 0.0  # summed over the vCPUs (see VcpuCounters.exit_seconds)
+    io: IoStats | None = None  # the I/O thread's device work
 
     @property
     def total_exits(self) -> int:
@@ -76,6 +89,12 @@ class ExitStats:
         for name, count in sorted(self.exits.items(), key=lambda item: -item[1]):
             per_cpu = " ".join(f"{cpu.get(name, 0)}" for cpu in self.per_vcpu)
             lines.append(f"  {name:<{width}}  {count:>10}   per vCPU: {per_cpu}")
+        if self.io is not None and self.io.callbacks:
+            share = 100 * self.io.busy_share(self.run_seconds)
+            lines.append(
+                f"I/O thread: {self.io.callbacks} callbacks, busy {self.io.busy_seconds:.3f} s"
+                f" ({share:.1f}% of the run), CPU {self.io.cpu_seconds:.3f} s"
+            )
         lines.append("device ranges:")
         lines.append(f"  {'bus':<5} {'range':<23} {'device':<16} {'reads':>10} {'writes':>10}")
         for entry in self.ranges:
@@ -91,7 +110,9 @@ class ExitStats:
         return "\n".join(lines)
 
 
-def collect(run_seconds: float, vcpus: list[VcpuCounters], buses: list[Bus]) -> ExitStats:
+def collect(
+    run_seconds: float, vcpus: list[VcpuCounters], buses: list[Bus], io: IoStats | None = None
+) -> ExitStats:
     per_vcpu = [
         {_reason_name(reason): count for reason, count in enumerate(c.exits) if count} for c in vcpus
     ]
@@ -106,4 +127,4 @@ def collect(run_seconds: float, vcpus: list[VcpuCounters], buses: list[Bus]) -> 
         for entry in [*bus.stats().ranges, bus.stats().unclaimed]
     ]
     exit_seconds = sum(counters.exit_seconds for counters in vcpus)
-    return ExitStats(run_seconds, dict(totals), per_vcpu, ranges, dict(emulated), exit_seconds)
+    return ExitStats(run_seconds, dict(totals), per_vcpu, ranges, dict(emulated), exit_seconds, io)
