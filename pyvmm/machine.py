@@ -74,7 +74,6 @@ def _refuse_unbuilt_devices(config: MachineConfig) -> None:
     """Devices the configuration can name but this machine cannot build yet: refused,
     never silently left out."""
     asked = {
-        "--disk": bool(config.disks),
         "--net": bool(config.nets),
         "--console virtio": config.console_device != "serial",
     }

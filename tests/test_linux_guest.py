@@ -14,6 +14,7 @@ instead.
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -46,6 +47,19 @@ PCI_REPORT = (
     "; for d in /sys/bus/pci/devices/*; do echo pci=${d##*/} $(cat $d/vendor $d/device $d/class)"
     " $(head -2 $d/resource); done; dmesg | grep -iE 'pci|mmconf|e820' | sed 's/^/dmesg: /'"
 )
+# What Linux made of pyvmm's virtio devices: each one's vendor and device ID, the
+# entropy it gives, the disk's first bytes; then a write to the disk's second sector,
+# and the kernel's virtio messages.
+DISK_MAGIC = b"pyvmm-virtio-disk"
+GUEST_WRITE = b"written-by-the-guest\n"
+VIRTIO_REPORT = (
+    "; for d in /sys/bus/virtio/devices/*; do echo virtio=${d##*/} $(cat $d/vendor $d/device); done;"
+    " echo hwrng=$(cat /sys/class/misc/hw_random/rng_current);"
+    " echo random=$(head -c 64 /dev/hwrng | od -An -tx1 | tr -d ' \\n');"
+    f" echo disk=$(head -c {len(DISK_MAGIC)} /dev/vda);"
+    " echo written-by-the-guest | dd of=/dev/vda bs=512 seek=1 conv=fsync 2>/dev/null;"
+    " dmesg | grep -iE 'virtio|vd[a-z]' | sed 's/^/dmesg: /'"
+)
 
 
 @dataclass(frozen=True)
@@ -62,6 +76,8 @@ class Scenario:
     background: bool = False
     devices: tuple[str, ...] = ()  # --device options
     report: str = REPORT  # what the guest runs
+    options: tuple[str, ...] = ()  # more `pyvmm run` options
+    disk: bytes | None = None  # the contents of a --disk image made for the boot
 
 
 SCENARIOS = [
@@ -75,8 +91,18 @@ SCENARIOS = [
     Scenario(
         "pci-testdev-1cpu", "default", "bzImage", 1, devices=("pci-testdev",), report=REPORT + PCI_REPORT
     ),
+    Scenario(
+        "virtio-mmio-1cpu",
+        "default",
+        "bzImage",
+        1,
+        options=("--rng", "--transport", "mmio"),
+        disk=DISK_MAGIC.ljust(512, b".").ljust(1 << 20, b"\0"),
+        report=REPORT + VIRTIO_REPORT,
+    ),
 ]
-PCI_SCENARIO = SCENARIOS[-1]
+PCI_SCENARIO = SCENARIOS[-2]
+VIRTIO_SCENARIO = SCENARIOS[-1]
 
 
 @dataclass
@@ -86,6 +112,7 @@ class Boot:
     output: str
     started: float  # host time.time() around the run
     ended: float
+    disk: bytes | None = None  # the --disk image after the run
 
     def value(self, key: str) -> str:
         match = re.search(rf"^{key}=(.*?)\r?$", self.output, re.MULTILINE)
@@ -108,7 +135,7 @@ def images(flavour: str) -> dict[str, Path]:
     return _images[flavour]
 
 
-def run_command(scenario: Scenario, *, cmdline: str) -> list[str]:
+def run_command(scenario: Scenario, *, cmdline: str, disk: Path | None = None) -> list[str]:
     found = images(scenario.flavour)
     return [
         *PYVMM, "-v", "run", "--kernel", str(found[scenario.image]), "--initrd", str(found["initramfs"]),
@@ -116,6 +143,7 @@ def run_command(scenario: Scenario, *, cmdline: str) -> list[str]:
         "--kernel-decompress", scenario.decompress, "--timeout", str(scenario.seconds),
         "--cmdline", " ".join(filter(None, ["console=ttyS0", scenario.cmdline, cmdline])),
         *(word for device in scenario.devices for word in ("--device", device)),
+        *scenario.options, *(["--disk", str(disk)] if disk is not None else []),
     ]  # fmt: skip
 
 
@@ -124,8 +152,13 @@ class RunningBoot:
 
     def __init__(self, scenario: Scenario) -> None:
         self.scenario = scenario
+        self.disk: Path | None = None
+        self.disk_after: bytes | None = None
+        if scenario.disk is not None:
+            self.disk = Path(tempfile.mkdtemp(prefix="pyvmm-test-")) / "disk.img"
+            self.disk.write_bytes(scenario.disk)
         command = run_command(
-            scenario, cmdline=f"pyvmm.test={scenario.name} {run_parameter(scenario.report)}"
+            scenario, cmdline=f"pyvmm.test={scenario.name} {run_parameter(scenario.report)}", disk=self.disk
         )
         # Files, not pipes: nobody reads a background boot's output until it ends.
         self.stdout = tempfile.TemporaryFile()  # noqa: SIM115 (closed with the object)
@@ -144,7 +177,10 @@ class RunningBoot:
         self.stdout.seek(0)
         self.stderr.seek(0)
         output = (self.stdout.read() + self.stderr.read()).decode(errors="replace")
-        return Boot(self.scenario, status, output, self.started, time.time())
+        if self.disk is not None and self.disk.exists():  # read once, then removed
+            self.disk_after = self.disk.read_bytes()
+            shutil.rmtree(self.disk.parent)
+        return Boot(self.scenario, status, output, self.started, time.time(), self.disk_after)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -244,6 +280,27 @@ def test_linux_probes_pyvmms_pci_without_complaint() -> None:
         r"not reserved|can't claim|fail|conflict|no space|invalid|firmware bug|error|warn", re.I
     )
     assert not [line for line in dmesg if complaints.search(line)], dmesg
+    assert boot.status == 0, boot.output[-3000:]
+
+
+def test_linux_finds_and_uses_the_virtio_mmio_devices() -> None:
+    """One boot with --rng --disk --transport mmio: the devices announced in the DSDT
+    (not on the command line), probed once and without complaint, working."""
+    boot = start_boot(VIRTIO_SCENARIO).wait()
+    devices = dict(re.findall(r"^virtio=(\S+) (.*?)\r?$", boot.output, re.MULTILINE))
+    # pyvmm's vendor ID ("pyvm"), virtio-blk (2) before virtio-rng (4).
+    assert devices == {"virtio0": "0x6d767970 0x0002", "virtio1": "0x6d767970 0x0004"}, boot.output[-5000:]
+    assert boot.value("hwrng") == "virtio_rng.0"
+    random = bytes.fromhex(boot.value("random"))
+    assert len(random) == 64 and len(set(random)) > 16  # 64 bytes from the host's urandom
+    assert boot.value("disk") == DISK_MAGIC.decode()
+    assert boot.disk is not None and boot.disk[512 : 512 + len(GUEST_WRITE)] == GUEST_WRITE
+    assert "virtio_mmio.device=" not in boot.value("cmdline")  # one announcement: the DSDT
+    dmesg = [line for line in boot.output.splitlines() if line.startswith("dmesg: ")]
+    assert any("[vda] 2048 512-byte logical blocks" in line for line in dmesg), dmesg
+    complaints = re.compile(r"fail|error|can't|busy|invalid|warn|bug", re.I)
+    kernel = [line for line in dmesg if "command line:" not in line.lower()]  # not our own words
+    assert not [line for line in kernel if complaints.search(line)], dmesg
     assert boot.status == 0, boot.output[-3000:]
 
 

@@ -11,9 +11,10 @@ import pytest
 
 from pyvmm import Machine, MachineConfig
 from pyvmm.arch.x86.layout import MMIO_HOLE_START
+from pyvmm.device_config import DiskConfig
 from pyvmm.device_manager import DeviceManager
 from pyvmm.devices.device import PlacedDevice
-from pyvmm.errors import ConfigError
+from pyvmm.errors import ConfigError, ImageError
 from pyvmm.io_thread import IoThread
 from pyvmm.irq import NoIrqLine
 from pyvmm.kvm import Kvm
@@ -189,13 +190,13 @@ def test_a_failed_placement_closes_the_devices_placed_before(context: VirtioCont
 
 
 @pytest.mark.kvm
-def test_virtio_over_pci_is_refused_until_it_is_built(
+def test_a_device_that_cannot_be_placed_is_closed(
     context: VirtioContext, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     built = Quiet("rng")
     monkeypatch.setattr(models, "rng_device", lambda: built)
-    config = MachineConfig(kernel=str(GUESTS / "hello.elf"), rng=True)
-    with pytest.raises(ConfigError, match="virtio over PCI is not built yet"):
+    config = MachineConfig(kernel=str(GUESTS / "hello.elf"), rng=True)  # over PCI, with no PCI bus here
+    with pytest.raises(ConfigError, match="PCI"):
         virtio_devices(config, context)
     assert built.closed
     assert virtio_devices(MachineConfig(kernel=str(GUESTS / "hello.elf")), context) == []
@@ -215,7 +216,30 @@ def test_a_machine_boots_with_virtio_rng_on_mmio() -> None:
 
 
 @pytest.mark.kvm
-def test_a_machine_refuses_virtio_rng_over_pci_with_one_error() -> None:
-    machine = Machine(MachineConfig(kernel=str(GUESTS / "hello.elf"), rng=True))
-    with pytest.raises(ConfigError, match="virtio over PCI is not built yet"):
-        machine.run()
+def test_a_machine_puts_disks_before_the_entropy_device(tmp_path: Path) -> None:
+    image = tmp_path / "disk.img"
+    image.write_bytes(bytes(1 << 16))
+    config = MachineConfig(
+        kernel=str(GUESTS / "hello.elf"), disks=(DiskConfig(str(image)),), rng=True, transport="mmio"
+    )
+    machine = Machine(config)
+    result = machine.run()
+    assert "Hello from the pyvmm demo guest!" in result.console_text, result.exit.describe()
+    windows = [
+        (device.name, device.regions()[0].base)
+        for device in machine.devices.devices
+        if "virtio" in device.name
+    ]
+    assert windows == [
+        (f"virtio-mmio 0 (virtio-blk {image})", MMIO_HOLE_START),  # /dev/vda
+        ("virtio-mmio 1 (virtio-rng)", MMIO_HOLE_START + 0x1000),
+    ]
+
+
+@pytest.mark.kvm
+def test_a_missing_disk_image_is_one_error(tmp_path: Path) -> None:
+    config = MachineConfig(
+        kernel=str(GUESTS / "hello.elf"), disks=(DiskConfig(str(tmp_path / "absent.img")),), transport="mmio"
+    )
+    with pytest.raises(ImageError, match=r"absent\.img"):
+        Machine(config).run()
