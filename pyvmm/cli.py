@@ -34,6 +34,7 @@ from pyvmm.outcome import ExitKind, GuestExit
 STATUS_USAGE = 2
 STATUS_FAILURE = 1
 LINUX_CMDLINE = "console=ttyS0"  # pyvmm's own guest: its console is COM1
+ROOTS = ("disk", "initramfs")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -114,7 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--initrd", type=_file, help="initial ramdisk (Linux initrd, or Multiboot module 0)")
     run.add_argument(
-        "--cmdline", help=f"kernel command line (default: {LINUX_CMDLINE!r} for pyvmm's guest, else empty)"
+        "--cmdline",
+        help=f"kernel command line (default: {LINUX_CMDLINE!r} for pyvmm's guest, with 'root=/dev/vda rw'"
+        " from its root disk, which is added to a command line without root=; else empty)",
     )
     run.add_argument(
         "--guest",
@@ -122,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT,
         help="which of pyvmm's guests to boot without --kernel: the kernel built from Debian's"
         " linux-source (default) or Debian's stock cloud kernel",
+    )
+    run.add_argument(
+        "--root",
+        choices=ROOTS,
+        help="what pyvmm's own guest boots from: disk (its ext4 root disk as /dev/vda, a writable"
+        " copy kept between runs; default for --guest default) or initramfs (default for --guest stock)",
     )
     run.add_argument("--cpus", type=_cpus, default=1, help=f"number of vCPUs, 1 to {MAX_CPUS} (default 1)")
     run.add_argument(
@@ -189,16 +198,50 @@ def _stdout(data: bytes) -> None:
     write_all(sys.stdout.fileno(), data)
 
 
-def _guest(args: argparse.Namespace) -> tuple[str, str | None, str]:
-    """Kernel, initrd and command line: the user's, or pyvmm's own guest's."""
+def _guest(args: argparse.Namespace) -> tuple[str, str | None, str, tuple[DiskConfig, ...]]:
+    """Kernel, initrd, command line and the disks before the user's: the user's own
+    kernel (no disks), or pyvmm's own guest's, booted from its initramfs or from a
+    writable copy of its root disk as /dev/vda (pyvmm.images.guest_disk)."""
     if args.kernel is not None:
-        return args.kernel, args.initrd, args.cmdline or ""
-    from pyvmm.images.commands import build_with_progress  # the image cache loads only when used
+        if args.root is not None:
+            raise ConfigError("--root chooses what pyvmm's own guest boots from: it needs no --kernel")
+        return args.kernel, args.initrd, args.cmdline or "", ()
+    root = _root(args)
+    from pyvmm.images.commands import build_with_progress, root_disk_with_progress  # loaded only when used
 
     images = build_with_progress(args.guest)
-    initrd = args.initrd or str(images.path("initramfs"))
-    cmdline = args.cmdline if args.cmdline is not None else LINUX_CMDLINE
-    return str(images.path("bzImage")), initrd, cmdline
+    kernel = str(images.path("bzImage"))
+    if root == "initramfs":
+        initrd = args.initrd or str(images.path("initramfs"))
+        cmdline = args.cmdline if args.cmdline is not None else LINUX_CMDLINE
+        return kernel, initrd, cmdline, ()
+    disk = root_disk_with_progress(images)
+    return kernel, None, _disk_root_cmdline(args.cmdline), (DiskConfig(str(disk)),)
+
+
+def _root(args: argparse.Namespace) -> str:
+    """What pyvmm's own guest boots from: --root, or its guest's default."""
+    if args.root is None:  # an --initrd of one's own is a root of one's own
+        return "disk" if args.guest == DEFAULT and args.initrd is None else "initramfs"
+    if args.root == "disk" and args.guest == STOCK:
+        raise ConfigError("the stock guest has no root disk (its virtio drivers are modules its"
+                          " initramfs loads): use --root initramfs")
+    if args.root == "disk" and args.initrd is not None:
+        raise ConfigError("--initrd and --root disk: the guest boots from one or the other")
+    return str(args.root)
+
+
+def _disk_root_cmdline(cmdline: str | None) -> str:
+    """The command line of a disk root: `root=/dev/vda rw` goes before the user's own
+    words unless they name a root (as Firecracker adds it for its root drive), so a
+    --cmdline written for the initramfs still boots; a later `ro` wins over `rw`."""
+    from pyvmm.images.rootfs import ROOT_CMDLINE
+
+    if cmdline is None:
+        return f"{LINUX_CMDLINE} {ROOT_CMDLINE}"
+    if any(word.startswith("root=") for word in cmdline.split()):
+        return cmdline
+    return f"{ROOT_CMDLINE} {cmdline}".rstrip()
 
 
 class _Run:
@@ -265,7 +308,7 @@ def _say(line: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    kernel, initrd, cmdline = _guest(args)
+    kernel, initrd, cmdline, guest_disks = _guest(args)
     config = MachineConfig(
         kernel=kernel,
         initrd=initrd,
@@ -276,7 +319,7 @@ def _run(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         kernel_decompress=args.kernel_decompress,
         kernel_format=args.kernel_format,
-        disks=tuple(args.disk),
+        disks=(*guest_disks, *args.disk),  # the guest's root disk first: /dev/vda
         nets=tuple(args.net),
         rng=args.rng,
         console_device=args.console,

@@ -6,6 +6,7 @@ runs: `pyvmm run --kernel ...` never needs the image cache or the builder.
     pyvmm images path [--stock] NAME      NAME: bzImage, vmlinux, initramfs, rootfs, config, manifest
                                           (rootfs: the default flavour's root disk)
     pyvmm images list
+    pyvmm images reset-disk               the default guest's writable root disk starts afresh
 
 Paths go to stdout (one per line, for scripts); progress goes to stderr.
 """
@@ -41,6 +42,13 @@ def add_images_command(commands: Any) -> None:
     path.add_argument("name", choices=sorted(ARTIFACTS), metavar="NAME",
                       help=f"one of {', '.join(ARTIFACTS)}")
     path.set_defaults(handler=_run_images_command)
+
+    reset = sub.add_parser(
+        "reset-disk",
+        help="remove the default guest's writable root disk (the copy `pyvmm run` boots and keeps):"
+        " the next run starts from a fresh copy of rootfs",
+    )
+    reset.set_defaults(handler=_run_images_command)
 
     listing = sub.add_parser("list", help="show what the cache holds")
     listing.set_defaults(handler=_run_images_command)

@@ -1,12 +1,14 @@
 """The `pyvmm images` commands (their command line is in `pyvmm.images.cli`), and
-`build_with_progress`, which `pyvmm run` uses when it boots pyvmm's own guest."""
+`build_with_progress` and `root_disk_with_progress`, which `pyvmm run` uses when it
+boots pyvmm's own guest."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from pyvmm.images import DEFAULT, STOCK, artifacts
+from pyvmm.images import DEFAULT, STOCK, artifacts, guest_disk
 from pyvmm.images import build as builder
 from pyvmm.images.cache import Cache, CachedImages
 from pyvmm.images.progress import Progress
@@ -36,6 +38,18 @@ def build_with_progress(flavour: str, *, force: bool = False, jobs: int | None =
     return images
 
 
+def root_disk_with_progress(images: CachedImages) -> Path:
+    """The writable copy of `images`' root disk that `pyvmm run` boots (made on the first
+    run, then kept: pyvmm.images.guest_disk); says so on stderr when it is made."""
+    disk, made = guest_disk.writable_disk(images)
+    if made:
+        Progress.for_stream(sys.stderr).message(
+            f"the guest's root disk is {disk}, a copy of {images.path('rootfs')}: what the guest"
+            " writes there is kept between runs (`pyvmm images reset-disk` starts afresh)"
+        )
+    return disk
+
+
 def _build(args: argparse.Namespace) -> int:
     images = build_with_progress(_flavour(args), force=args.force, jobs=args.jobs)
     for name in _SHOWN:
@@ -46,6 +60,16 @@ def _build(args: argparse.Namespace) -> int:
 
 def _path(args: argparse.Namespace) -> int:
     print(builder.find(_flavour(args), Cache()).path(args.name))
+    return 0
+
+
+def _reset_disk(args: argparse.Namespace) -> int:
+    images = builder.find(DEFAULT, Cache())
+    removed = guest_disk.reset_disk(images)
+    if removed is None:
+        print(f"{guest_disk.disk_path(images)}: not made yet; the next `pyvmm run` makes it")
+    else:
+        print(f"{removed}: removed; the next `pyvmm run` makes a fresh copy of {images.path('rootfs')}")
     return 0
 
 
@@ -82,4 +106,4 @@ def _size(value: object) -> str:
     return f"{value / (1 << 20):.1f}M"
 
 
-_COMMANDS = {"build": _build, "path": _path, "list": _list}
+_COMMANDS = {"build": _build, "path": _path, "list": _list, "reset-disk": _reset_disk}

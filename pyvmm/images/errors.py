@@ -21,3 +21,7 @@ class ImageBuildError(VmmError):
 
 class NotBuiltError(VmmError):
     """An artifact was asked for that is not in the cache."""
+
+
+class GuestDiskError(VmmError):
+    """The default guest's writable root disk could not be made or removed."""

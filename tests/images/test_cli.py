@@ -98,3 +98,19 @@ def test_a_failing_phase_is_one_line_naming_it_and_the_log(
     assert last.startswith("pyvmm: error: images: unpack failed:") and f"(log: {log})" in last
     assert "$ tar -xf" in log.read_text()
     assert not list((tmp_path / "cache").glob("default-*")), "no entry from a failed build"
+
+
+def test_reset_disk_removes_the_default_guests_copy(
+        cached: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from pyvmm.images import guest_disk
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    disk = tmp_path / "data" / "pyvmm" / "disks" / f"default-{INPUTS.key}.ext4"
+    assert cli.main(["images", "reset-disk"]) == 0
+    assert capsys.readouterr().out == f"{disk}: not made yet; the next `pyvmm run` makes it\n"
+    made, _ = guest_disk.writable_disk(Cache().entries()[0])
+    assert made == disk and disk.read_bytes() == b"rootfs"
+    assert cli.main(["images", "reset-disk"]) == 0
+    assert capsys.readouterr().out.startswith(f"{disk}: removed; the next `pyvmm run` makes a fresh copy")
+    assert not disk.exists() and (cached / "rootfs.ext4").read_bytes() == b"rootfs"
