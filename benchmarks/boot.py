@@ -13,8 +13,9 @@ the end of the process (init runs `true` and powers off):
   and command line; where QEMU cannot boot, the row shows its failure line.
 
 The default guest also boots from its root disk (rootfs.ext4, `root=/dev/vda rw`,
-no initrd): pyvmm with the disk as its first virtio-blk disk (`--disk`, virtio-pci)
-and QEMU with the same image as virtio-blk-pci (`-drive if=virtio`), side by side.
+no initrd), as `pyvmm run` boots it without --kernel: pyvmm with the disk as its
+first virtio-blk disk (`--disk`, virtio-pci) and QEMU with the same image as
+virtio-blk-pci (`-drive if=virtio`), side by side.
 Each boot gets a fresh copy of the image, so every boot starts from the same disk
 and the cached one stays as built. This is the comparison the disk root exists for:
 the kernel copies an initramfs whole with its own code (about 25 s of a 54 s boot
@@ -32,7 +33,12 @@ init-time self-checks, which take more than half an hour on a software KVM) in e
 VMM alike; `--no-stock-speedups` boots it as it is.
 
     python benchmarks/boot.py [--flavours default,stock] [--roots initramfs,disk] [--cpus 1]
-                              [--trivial-runs 10] [--no-stock-speedups]
+                              [--loaders host,guest,vmlinux] [--trivial-runs 10]
+                              [--no-stock-speedups]
+
+`--loaders` picks pyvmm's initramfs rows (host decompression, guest decompression,
+the vmlinux); `--loaders host --roots initramfs,disk` is the comparison of the two
+roots alone, four boots per flavour.
 
 It exits 0 whatever the numbers are and non-zero with one line on stderr when it
 cannot measure. Targets: exit handling <= 10% of a boot's wall time; the trivial
@@ -235,6 +241,9 @@ def main() -> int:
     parser.add_argument("--roots", default="initramfs,disk",
                         help="comma-separated: initramfs, disk (default guest only)")  # fmt: skip
     parser.add_argument("--cpus", type=int, default=1)
+    parser.add_argument("--loaders", default="host,guest,vmlinux",
+                        help="comma-separated, pyvmm's initramfs rows: host, guest (decompression),"
+                        " vmlinux")  # fmt: skip
     parser.add_argument("--vmms", default="pyvmm,qemu", help="comma-separated: pyvmm, qemu")
     parser.add_argument("--trivial-runs", type=int, default=10)
     parser.add_argument("--stock-speedups", action=argparse.BooleanOptionalAction, default=True,
@@ -253,6 +262,9 @@ def main() -> int:
     roots = set(filter(None, args.roots.split(",")))
     if not roots <= {"initramfs", "disk"}:
         raise BenchmarkError(f"--roots takes initramfs and/or disk, not {args.roots!r}")
+    loaders = set(filter(None, args.loaders.split(",")))
+    if not loaders <= {"host", "guest", "vmlinux"}:
+        raise BenchmarkError(f"--loaders takes host, guest and/or vmlinux, not {args.loaders!r}")
     boots: list[Boot] = []
     for flavour in filter(None, args.flavours.split(",")):
         images = build_with_progress(flavour)
@@ -261,14 +273,17 @@ def main() -> int:
         cmdline = f"{CMDLINE} {STOCK_SPEEDUPS}" if flavour == "stock" and args.stock_speedups else CMDLINE
         runs = []
         if "initramfs" in roots:
-            runs += [
-                partial(pyvmm_boot, f"{flavour}: pyvmm, bzImage, host decompression", kernel, initrd,
-                        args.cpus, cmdline),
-                partial(pyvmm_boot, f"{flavour}: pyvmm, bzImage, guest decompression", kernel, initrd,
-                        args.cpus, cmdline, "--kernel-decompress", "guest"),
-                partial(pyvmm_boot, f"{flavour}: pyvmm, vmlinux", vmlinux, initrd, args.cpus, cmdline),
-                partial(qemu_boot, f"{flavour}: QEMU -M pc, bzImage", kernel, initrd, args.cpus, cmdline),
-            ]
+            by_loader = {
+                "host": partial(pyvmm_boot, f"{flavour}: pyvmm, bzImage, host decompression", kernel,
+                                initrd, args.cpus, cmdline),
+                "guest": partial(pyvmm_boot, f"{flavour}: pyvmm, bzImage, guest decompression", kernel,
+                                 initrd, args.cpus, cmdline, "--kernel-decompress", "guest"),
+                "vmlinux": partial(pyvmm_boot, f"{flavour}: pyvmm, vmlinux", vmlinux, initrd, args.cpus,
+                                   cmdline),
+            }  # fmt: skip
+            runs += [run for name, run in by_loader.items() if name in loaders]
+            runs.append(partial(qemu_boot, f"{flavour}: QEMU -M pc, bzImage", kernel, initrd, args.cpus,
+                                cmdline))  # fmt: skip
         if "disk" in roots and "rootfs" in artifacts(flavour):  # the stock kernel has no disk root
             disk = Root(disk=images.path("rootfs"))
             disk_cmdline = f"{cmdline} {ROOT_CMDLINE}"
