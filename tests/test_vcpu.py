@@ -67,7 +67,7 @@ def test_mmio_reaches_devices_and_unclaimed_reads_all_ones(tmp_path: Path) -> No
     code = (
         b"\xc7\x05" + struct.pack("<II", 0xD000_0004, 0xCAFEF00D)  # mov dword [0xd0000004], 0xcafef00d
         + b"\x8b\x1d" + struct.pack("<I", 0xD000_0004)  # mov ebx, [0xd0000004]
-        + b"\x8b\x0d" + struct.pack("<I", 0xE000_0000)  # mov ecx, [0xe0000000] (nothing there)
+        + b"\x8b\x0d" + struct.pack("<I", 0xF000_0000)  # mov ecx, [0xf0000000] (nothing there)
         + b"\x89\xd8"  # mov eax, ebx
         + b"\x31\xc8"  # xor eax, ecx  -> ~0xcafef00d
         + b"\xe7\xf4"  # out 0xf4, eax
