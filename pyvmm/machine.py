@@ -75,7 +75,6 @@ def _refuse_unbuilt_devices(config: MachineConfig) -> None:
     never silently left out."""
     asked = {
         "--net": bool(config.nets),
-        "--console virtio": config.console_device != "serial",
     }
     missing = [flag for flag, wanted in asked.items() if wanted]
     if missing:
@@ -114,6 +113,7 @@ class Machine:
         self.mmio = self.devices.mmio
         self.runners: list[VcpuRunner] = []
         self.serial: Serial16550 | None = None
+        self._input: Callable[[bytes], None] | None = None  # the interactive console's input
         self.rtc: CmosRtc | None = None
         self.memory: GuestMemory | None = None
         self.entry: boot.EntryPoint | None = None
@@ -162,7 +162,8 @@ class Machine:
                 self.config.console = None
 
     def send_input(self, data: bytes) -> None:
-        """Type `data` on the guest's serial console.
+        """Type `data` on the guest's interactive console (COM1, or hvc0 with
+        `console_device="virtio"`).
 
         Input sent before `run()` has built the UART waits for it; input sent after the
         VM has ended is dropped.
@@ -170,10 +171,10 @@ class Machine:
         with self._lock:
             if self._torn_down:
                 return
-            if self.serial is None:
+            if self._input is None:
                 self._pending_input += data
                 return
-            self.serial.feed(data)
+            self._input(data)
 
     @property
     def console_output(self) -> bytes:
@@ -265,15 +266,18 @@ class Machine:
             self.pci = PciPlatform(self.devices, memory.ram_ranges(), line, msi)
             self.devices.add(self.pci)
         self.devices.add_all(build_test_devices(self.config.test_devices, self.pci, line))
+        console_input: list[Callable[[bytes], None]] = []  # a virtio console's, if there is one
         virtio = VirtioContext(
-            memory, vm, self.io, self.devices.resources, line, self._console_output, self.pci
-        )
+            memory, vm, self.io, self.devices.resources, line, self._console_output, self.pci,
+            console_input=console_input.append,
+        )  # fmt: skip
         self.devices.add_all(virtio_devices(self.config, virtio))  # pyvmm.virtio_platform
         self.serial = self.devices.model(Serial16550)
         self.rtc = self.devices.model(CmosRtc)
         with self._lock:
-            if self._pending_input and self.serial is not None:
-                self.serial.feed(bytes(self._pending_input))
+            self._input = console_input[0] if console_input else self.serial.feed if self.serial else None
+            if self._pending_input and self._input is not None:
+                self._input(bytes(self._pending_input))
                 self._pending_input.clear()
 
     # --- running ------------------------------------------------------------------------

@@ -8,7 +8,8 @@ virtio-mmio placement (virtio 1.2 §4.2), one device per window:
   from the resource allocator's 32-bit MMIO window;
 - a GSI of its own: first the ISA IRQs the PC's devices leave free (5, 6, 7, 10, 11:
   the 8259 PIC reaches them too, so they work for a guest with ACPI off), then IOAPIC
-  pins 20-23 (above PCI's INTx GSIs 16-19), which only an ACPI guest learns about;
+  pins 20-23 (in `pyvmm.irq`'s PCI INTx range, free here: with virtio on MMIO the
+  machine has no PCI), which only an ACPI guest learns about;
 - one announcement per boot. Linux probes every announcement it is given and the
   second probe of one window fails with EBUSY ("can't request region"), so pyvmm
   gives exactly one, as QEMU's microvm does (it adds `virtio_mmio.device=` only when
@@ -38,6 +39,7 @@ from pyvmm.outcome import InterruptLine
 from pyvmm.pci_platform import PciPlatform
 from pyvmm.resources import ResourceAllocator, ResourceError
 from pyvmm.virtio import models
+from pyvmm.virtio.console import ConsoleDevice
 from pyvmm.virtio.device import VirtioDevice
 from pyvmm.virtio.mmio import WINDOW_SIZE, MmioNotifiers, Registrar, VirtioMmio
 
@@ -45,7 +47,7 @@ log = logging.getLogger(__name__)
 
 WINDOW_ALIGN = 0x1000
 ISA_GSIS = (5, 6, 7, 10, 11)  # free ISA IRQs: COM1 4, RTC 8, SCI 9, i8042 1 and 12, PIT 0/2
-IOAPIC_GSIS = (20, 21, 22, 23)  # above the PCI INTx GSIs (pyvmm.arch.x86.acpi.pci_host)
+IOAPIC_GSIS = (20, 21, 22, 23)  # PCI INTx GSIs, unused without PCI (pyvmm.irq.routing)
 VIRTIO_MMIO_HID = "LNRO0005"  # Linux's ACPI ID for virtio-mmio (drivers/virtio/virtio_mmio.c)
 
 
@@ -60,11 +62,13 @@ class VirtioContext:
     line: Callable[[int], InterruptLine]  # a GSI's interrupt line
     console: Callable[[bytes], None]  # the machine's console stream
     pci: PciPlatform | None = None  # where virtio-pci functions go (transport "pci")
+    # Told where the guest's console input goes when its console is virtio's (hvc0).
+    console_input: Callable[[Callable[[bytes], None]], None] | None = None
 
 
 def virtio_devices(config: MachineConfig, context: VirtioContext) -> list[PlacedDevice]:
     """Every virtio device `config` asks for, placed on `config.transport`."""
-    devices = build_devices(config)
+    devices = build_devices(config, context)
     if not devices:
         return []
     if config.transport == "mmio":
@@ -77,15 +81,22 @@ def virtio_devices(config: MachineConfig, context: VirtioContext) -> list[Placed
         raise
 
 
-def build_devices(config: MachineConfig) -> list[VirtioDevice]:
+def build_devices(config: MachineConfig, context: VirtioContext) -> list[VirtioDevice]:
     """The `VirtioDevice`s of `config`, in the order the guest should find them
-    (disks first, so the first --disk is /dev/vda, as on Firecracker)."""
+    (disks first, so the first --disk is /dev/vda, as on Firecracker). A virtio
+    console writes to the machine's console stream and takes its input."""
     devices: list[VirtioDevice] = []
     try:
         if config.disks:
             devices.extend(models.block_devices(config.disks))
         if config.rng:
             devices.append(models.rng_device())
+        if config.console_device == "virtio":
+            console = models.console_device(context.console)
+            devices.append(console)
+            assert isinstance(console, ConsoleDevice)
+            if context.console_input is not None:
+                context.console_input(console.feed)
     except BaseException:
         for device in devices:
             _close_quietly(device)

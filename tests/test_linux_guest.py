@@ -13,6 +13,7 @@ instead.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -55,10 +56,18 @@ GUEST_WRITE = b"written-by-the-guest\n"
 VIRTIO_REPORT = (
     "; for d in /sys/bus/virtio/devices/*; do echo virtio=${d##*/} $(cat $d/vendor $d/device); done;"
     " echo hwrng=$(cat /sys/class/misc/hw_random/rng_current);"
+    " echo consoles=$(cat /sys/class/tty/console/active);"
     " echo random=$(head -c 64 /dev/hwrng | od -An -tx1 | tr -d ' \\n');"
     f" echo disk=$(head -c {len(DISK_MAGIC)} /dev/vda);"
     " echo written-by-the-guest | dd of=/dev/vda bs=512 seek=1 conv=fsync 2>/dev/null;"
     " dmesg | grep -iE 'virtio|vd[a-z]' | sed 's/^/dmesg: /'"
+)
+# The default guest from its root disk: what / is mounted from, and a file written
+# there, synced, for the host to read back from the disk after the power-off.
+ROOT_FILE = "/root/written-in-the-guest"
+ROOT_REPORT = (
+    "; echo rootmount=$(grep ' / / ' /proc/self/mountinfo); echo vda=$(cat /sys/block/vda/dev);"
+    f" echo pyvmm-disk-root > {ROOT_FILE}; sync"
 )
 
 
@@ -78,12 +87,19 @@ class Scenario:
     report: str = REPORT  # what the guest runs
     options: tuple[str, ...] = ()  # more `pyvmm run` options
     disk: bytes | None = None  # the contents of a --disk image made for the boot
+    # As `pyvmm run` boots pyvmm's guest without --kernel: from the writable copy of
+    # its root disk, made for the boot in a data directory of its own.
+    own_guest: bool = False
 
 
+DISK_ROOT_SCENARIO = Scenario(
+    "disk-root-1cpu", "default", "bzImage", 1, own_guest=True, report=REPORT + ROOT_REPORT
+)
 SCENARIOS = [
     Scenario("bzimage-host-1cpu", "default", "bzImage", 1),
     Scenario("bzimage-guest-1cpu", "default", "bzImage", 1, decompress="guest"),
     Scenario("vmlinux-pvh-2cpu", "default", "vmlinux", 2),
+    DISK_ROOT_SCENARIO,
     # About 20 minutes here (docs/boot.md), so it runs in the background.
     Scenario(
         "stock-bzimage-1cpu", "stock", "bzImage", 1, cmdline=STOCK_SPEEDUPS, seconds=2700, background=True
@@ -96,13 +112,34 @@ SCENARIOS = [
         "default",
         "bzImage",
         1,
-        options=("--rng", "--transport", "mmio"),
+        cmdline="console=hvc0",  # the last console= is /dev/console: init's output goes through hvc0
+        options=("--rng", "--console", "virtio", "--transport", "mmio"),
         disk=DISK_MAGIC.ljust(512, b".").ljust(1 << 20, b"\0"),
         report=REPORT + VIRTIO_REPORT,
     ),
 ]
 PCI_SCENARIO = SCENARIOS[-2]
 VIRTIO_SCENARIO = SCENARIOS[-1]
+
+
+@dataclass(frozen=True)
+class RootDisk:
+    """What the host finds on the own guest's root disk after the run, read with
+    e2fsprogs (as a user could), not through pyvmm."""
+
+    names: tuple[str, ...]  # the files in the disk directory
+    root_file: str  # debugfs's `cat ROOT_FILE`
+    fsck_status: int  # e2fsck -fn: 0 when the guest left the file system clean
+
+    @classmethod
+    def read(cls, directory: Path) -> RootDisk:
+        names = tuple(sorted(path.name for path in directory.iterdir())) if directory.is_dir() else ()
+        if len(names) != 1:
+            return cls(names, "", -1)
+        disk = directory / names[0]
+        cat = subprocess.run(["debugfs", "-R", f"cat {ROOT_FILE}", str(disk)], capture_output=True, text=True)
+        fsck = subprocess.run(["e2fsck", "-fn", str(disk)], capture_output=True)
+        return cls(names, cat.stdout, fsck.returncode)
 
 
 @dataclass
@@ -113,6 +150,7 @@ class Boot:
     started: float  # host time.time() around the run
     ended: float
     disk: bytes | None = None  # the --disk image after the run
+    root_disk: RootDisk | None = None  # the own guest's root disk after the run
 
     def value(self, key: str) -> str:
         match = re.search(rf"^{key}=(.*?)\r?$", self.output, re.MULTILINE)
@@ -137,8 +175,9 @@ def images(flavour: str) -> dict[str, Path]:
 
 def run_command(scenario: Scenario, *, cmdline: str, disk: Path | None = None) -> list[str]:
     found = images(scenario.flavour)
+    guest = ["--kernel", str(found[scenario.image]), "--initrd", str(found["initramfs"])]
     return [
-        *PYVMM, "-v", "run", "--kernel", str(found[scenario.image]), "--initrd", str(found["initramfs"]),
+        *PYVMM, "-v", "run", *([] if scenario.own_guest else guest),
         "--cpus", str(scenario.cpus), "--memory", f"{MEMORY_MIB}M",
         "--kernel-decompress", scenario.decompress, "--timeout", str(scenario.seconds),
         "--cmdline", " ".join(filter(None, ["console=ttyS0", scenario.cmdline, cmdline])),
@@ -160,12 +199,16 @@ class RunningBoot:
         command = run_command(
             scenario, cmdline=f"pyvmm.test={scenario.name} {run_parameter(scenario.report)}", disk=self.disk
         )
+        # The own guest's root disk is made in a data directory of the boot's own,
+        # not the user's (pyvmm.images.guest_disk).
+        self.data_home = Path(tempfile.mkdtemp(prefix="pyvmm-test-data-")) if scenario.own_guest else None
+        env = {**os.environ, "XDG_DATA_HOME": str(self.data_home)} if self.data_home else None
         # Files, not pipes: nobody reads a background boot's output until it ends.
         self.stdout = tempfile.TemporaryFile()  # noqa: SIM115 (closed with the object)
         self.stderr = tempfile.TemporaryFile()  # noqa: SIM115
         self.started = time.time()
         self.process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=self.stdout, stderr=self.stderr, cwd=ROOT
+            command, stdin=subprocess.DEVNULL, stdout=self.stdout, stderr=self.stderr, cwd=ROOT, env=env
         )
 
     def wait(self) -> Boot:
@@ -180,7 +223,11 @@ class RunningBoot:
         if self.disk is not None and self.disk.exists():  # read once, then removed
             self.disk_after = self.disk.read_bytes()
             shutil.rmtree(self.disk.parent)
-        return Boot(self.scenario, status, output, self.started, time.time(), self.disk_after)
+        root_disk = None
+        if self.data_home is not None:  # read once, then removed
+            root_disk = RootDisk.read(self.data_home / "pyvmm" / "disks")
+            shutil.rmtree(self.data_home)
+        return Boot(self.scenario, status, output, self.started, time.time(), self.disk_after, root_disk)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -284,12 +331,19 @@ def test_linux_probes_pyvmms_pci_without_complaint() -> None:
 
 
 def test_linux_finds_and_uses_the_virtio_mmio_devices() -> None:
-    """One boot with --rng --disk --transport mmio: the devices announced in the DSDT
-    (not on the command line), probed once and without complaint, working."""
+    """One boot with --rng --disk --console virtio --transport mmio: the devices
+    announced in the DSDT (not on the command line), probed once and without
+    complaint, working; this report itself came through hvc0."""
     boot = start_boot(VIRTIO_SCENARIO).wait()
     devices = dict(re.findall(r"^virtio=(\S+) (.*?)\r?$", boot.output, re.MULTILINE))
-    # pyvmm's vendor ID ("pyvm"), virtio-blk (2) before virtio-rng (4).
-    assert devices == {"virtio0": "0x6d767970 0x0002", "virtio1": "0x6d767970 0x0004"}, boot.output[-5000:]
+    # pyvmm's vendor ID ("pyvm"): virtio-blk (2), virtio-rng (4), virtio-console (3).
+    expected = {
+        "virtio0": "0x6d767970 0x0002",
+        "virtio1": "0x6d767970 0x0004",
+        "virtio2": "0x6d767970 0x0003",
+    }
+    assert devices == expected, boot.output[-5000:]
+    assert "hvc0" in boot.value("consoles").split()
     assert boot.value("hwrng") == "virtio_rng.0"
     random = bytes.fromhex(boot.value("random"))
     assert len(random) == 64 and len(set(random)) > 16  # 64 bytes from the host's urandom
@@ -301,6 +355,32 @@ def test_linux_finds_and_uses_the_virtio_mmio_devices() -> None:
     complaints = re.compile(r"fail|error|can't|busy|invalid|warn|bug", re.I)
     kernel = [line for line in dmesg if "command line:" not in line.lower()]  # not our own words
     assert not [line for line in kernel if complaints.search(line)], dmesg
+    assert boot.status == 0, boot.output[-3000:]
+
+
+def test_the_default_guest_boots_from_its_root_disk() -> None:
+    """`pyvmm run` without --kernel, as the README's first command: no initrd, / is
+    the writable copy of rootfs.ext4 as /dev/vda, ext4 read-write; what the guest
+    writes there is on the copy after the power-off, which left it clean; the cached
+    image stays as built."""
+    boot = start_boot(DISK_ROOT_SCENARIO).wait()
+    assert "pyvmm-init: ready" in boot.output, boot.output[-3000:]
+    assert "Unpacking initramfs" not in boot.output  # the kernel had no initrd to unpack
+    words = boot.value("cmdline").split()
+    assert "root=/dev/vda" in words and "rw" in words, words
+    # mountinfo: ID PARENT MAJOR:MINOR ROOT MOUNT-POINT OPTIONS ... - TYPE SOURCE ...
+    mount = boot.value("rootmount").split()
+    assert mount[2] == boot.value("vda"), mount  # / is vda (the kernel names it /dev/root)
+    assert mount[mount.index("-") + 1] == "ext4" and mount[5].split(",")[0] == "rw", mount
+    cached = images("default")["rootfs"]
+    assert boot.root_disk is not None
+    assert boot.root_disk.names == (f"{cached.parent.name}.ext4",)  # default-<key>.ext4
+    assert boot.root_disk.root_file == "pyvmm-disk-root\n"
+    assert boot.root_disk.fsck_status == 0
+    untouched = subprocess.run(
+        ["debugfs", "-R", f"stat {ROOT_FILE}", str(cached)], capture_output=True, text=True
+    )
+    assert "File not found" in untouched.stderr, untouched
     assert boot.status == 0, boot.output[-3000:]
 
 

@@ -4,7 +4,7 @@ command line), on a real VM and its I/O thread; the machine boots with them."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -22,6 +22,7 @@ from pyvmm.memory import GuestMemory
 from pyvmm.outcome import InterruptLine
 from pyvmm.resources import ResourceAllocator, ResourceError
 from pyvmm.virtio import models
+from pyvmm.virtio.console import ConsoleDevice
 from pyvmm.virtio.device import Activation, DeviceType, VirtioDevice
 from pyvmm.virtio.mmio import MAGIC, VirtioMmio
 from pyvmm.virtio_platform import (
@@ -243,3 +244,40 @@ def test_a_missing_disk_image_is_one_error(tmp_path: Path) -> None:
     )
     with pytest.raises(ImageError, match=r"absent\.img"):
         Machine(config).run()
+
+
+@pytest.mark.kvm
+def test_a_virtio_console_comes_last_and_takes_the_console_input(context: VirtioContext) -> None:
+    inputs: list[Callable[[bytes], None]] = []
+    output: list[bytes] = []
+    wired = VirtioContext(
+        context.memory, context.vm, context.io, context.resources, no_line, output.append,
+        console_input=inputs.append,
+    )  # fmt: skip
+    config = MachineConfig(
+        kernel=str(GUESTS / "hello.elf"), rng=True, console_device="virtio", transport="mmio"
+    )
+    placed = virtio_devices(config, wired)
+    try:
+        assert [device.name for device in placed] == [
+            "virtio-mmio 0 (virtio-rng)",
+            "virtio-mmio 1 (virtio-console)",
+        ]
+        transport = placed[1].model
+        assert isinstance(transport, VirtioMmio) and isinstance(transport.device, ConsoleDevice)
+        assert inputs == [transport.device.feed]
+    finally:
+        for device in placed:
+            device.close()
+
+
+@pytest.mark.kvm
+def test_a_machine_sends_input_to_its_virtio_console() -> None:
+    config = MachineConfig(kernel=str(GUESTS / "hello.elf"), console_device="virtio", transport="mmio")
+    machine = Machine(config)
+    machine.send_input(b"typed early")  # before the devices exist: kept for the console
+    result = machine.run()
+    assert "Hello from the pyvmm demo guest!" in result.console_text, result.exit.describe()
+    console = next(d.model for d in machine.devices.devices if d.name == "virtio-mmio 0 (virtio-console)")
+    assert isinstance(console, VirtioMmio) and isinstance(console.device, ConsoleDevice)
+    assert console.device.rx_bytes == len(b"typed early")  # it went to hvc0, not to COM1
