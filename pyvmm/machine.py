@@ -70,17 +70,6 @@ def _emulator(
     return Emulator(vcpu, memory, mmio=mmio, read_msrs=read_msrs, run_ahead=_EMULATOR_RUN_AHEAD)
 
 
-def _refuse_unbuilt_devices(config: MachineConfig) -> None:
-    """Devices the configuration can name but this machine cannot build yet: refused,
-    never silently left out."""
-    asked = {
-        "--net": bool(config.nets),
-    }
-    missing = [flag for flag, wanted in asked.items() if wanted]
-    if missing:
-        raise ConfigError(f"not built into this pyvmm yet: {', '.join(missing)}")
-
-
 @dataclass(frozen=True)
 class RunResult:
     """How a run ended: the outcome, the console output and the exit statistics."""
@@ -105,7 +94,6 @@ class Machine:
 
     def __init__(self, config: MachineConfig) -> None:
         config.validate()
-        _refuse_unbuilt_devices(config)
         self.config = config
         self.devices = DeviceManager(ResourceAllocator(config.memory_bytes()))
         self.io = IoThread(self._device_failed, name="pyvmm-io")  # device work, off the vCPUs

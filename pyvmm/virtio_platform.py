@@ -33,6 +33,7 @@ from pyvmm.boot.entry import encode_text
 from pyvmm.config import MachineConfig
 from pyvmm.devices.device import PlacedDevice, mmio
 from pyvmm.errors import ConfigError
+from pyvmm.io_thread import IoThread
 from pyvmm.kvm import Vm
 from pyvmm.memory import GuestMemory
 from pyvmm.outcome import InterruptLine
@@ -41,7 +42,7 @@ from pyvmm.resources import ResourceAllocator, ResourceError
 from pyvmm.virtio import models
 from pyvmm.virtio.console import ConsoleDevice
 from pyvmm.virtio.device import VirtioDevice
-from pyvmm.virtio.mmio import WINDOW_SIZE, MmioNotifiers, Registrar, VirtioMmio
+from pyvmm.virtio.mmio import WINDOW_SIZE, MmioNotifiers, VirtioMmio
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class VirtioContext:
 
     memory: GuestMemory
     vm: Vm
-    io: Registrar  # the machine's IoThread: queue notifications are served there
+    io: IoThread  # queue notifications and the TAPs' receive paths are served there
     resources: ResourceAllocator
     line: Callable[[int], InterruptLine]  # a GSI's interrupt line
     console: Callable[[bytes], None]  # the machine's console stream
@@ -83,12 +84,15 @@ def virtio_devices(config: MachineConfig, context: VirtioContext) -> list[Placed
 
 def build_devices(config: MachineConfig, context: VirtioContext) -> list[VirtioDevice]:
     """The `VirtioDevice`s of `config`, in the order the guest should find them
-    (disks first, so the first --disk is /dev/vda, as on Firecracker). A virtio
-    console writes to the machine's console stream and takes its input."""
+    (disks first, so the first --disk is /dev/vda, as on Firecracker; then the
+    network cards, eth0 first). A virtio console writes to the machine's console
+    stream and takes its input."""
     devices: list[VirtioDevice] = []
     try:
         if config.disks:
             devices.extend(models.block_devices(config.disks))
+        if config.nets:  # each TAP opened now: a bad one is a TapError before the guest runs
+            devices.extend(models.net_devices(config.nets, context.io))
         if config.rng:
             devices.append(models.rng_device())
         if config.console_device == "virtio":

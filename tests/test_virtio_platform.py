@@ -8,10 +8,11 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from net.netns import Namespace, namespace
 
 from pyvmm import Machine, MachineConfig
 from pyvmm.arch.x86.layout import MMIO_HOLE_START
-from pyvmm.device_config import DiskConfig
+from pyvmm.device_config import DiskConfig, NetConfig
 from pyvmm.device_manager import DeviceManager
 from pyvmm.devices.device import PlacedDevice
 from pyvmm.errors import ConfigError, ImageError
@@ -19,12 +20,14 @@ from pyvmm.io_thread import IoThread
 from pyvmm.irq import NoIrqLine
 from pyvmm.kvm import Kvm
 from pyvmm.memory import GuestMemory
+from pyvmm.net.tap import TapError
 from pyvmm.outcome import InterruptLine
 from pyvmm.resources import ResourceAllocator, ResourceError
 from pyvmm.virtio import models
 from pyvmm.virtio.console import ConsoleDevice
 from pyvmm.virtio.device import Activation, DeviceType, VirtioDevice
 from pyvmm.virtio.mmio import MAGIC, VirtioMmio
+from pyvmm.virtio.net import NetDevice
 from pyvmm.virtio_platform import (
     ISA_GSIS,
     VirtioContext,
@@ -34,6 +37,7 @@ from pyvmm.virtio_platform import (
     virtio_devices,
 )
 
+__all__ = ["namespace"]  # the fixture, imported for pytest
 GUESTS = Path(__file__).resolve().parent.parent / "build" / "guests"
 RAM = 1 << 24
 
@@ -281,3 +285,46 @@ def test_a_machine_sends_input_to_its_virtio_console() -> None:
     console = next(d.model for d in machine.devices.devices if d.name == "virtio-mmio 0 (virtio-console)")
     assert isinstance(console, VirtioMmio) and isinstance(console.device, ConsoleDevice)
     assert console.device.rx_bytes == len(b"typed early")  # it went to hvc0, not to COM1
+
+
+@pytest.mark.kvm
+def test_network_cards_come_after_the_disks_and_before_the_entropy_device(
+    context: VirtioContext, tmp_path: Path, namespace: Namespace
+) -> None:
+    image = tmp_path / "disk.img"
+    image.write_bytes(bytes(1 << 16))
+    namespace.add_tap("ptap0")
+    config = MachineConfig(
+        kernel=str(GUESTS / "hello.elf"), disks=(DiskConfig(str(image)),),
+        nets=(NetConfig(tap="ptap0", mac="52:54:00:ab:cd:ef"),), rng=True, transport="mmio",
+    )  # fmt: skip
+    with namespace.inside():  # the TAP is opened while placing, here
+        placed = virtio_devices(config, context)
+    try:
+        assert [device.name for device in placed] == [
+            f"virtio-mmio 0 (virtio-blk {image})",  # /dev/vda
+            "virtio-mmio 1 (virtio-net (ptap0))",  # eth0
+            "virtio-mmio 2 (virtio-rng)",
+        ]
+        transport = placed[1].model
+        assert isinstance(transport, VirtioMmio) and isinstance(transport.device, NetDevice)
+        assert transport.device.mac == bytes.fromhex("525400abcdef")
+    finally:
+        for device in placed:
+            device.close()
+    assert "ptap0" in namespace.links()  # the user's TAP stays
+
+
+@pytest.mark.kvm
+def test_a_missing_tap_is_one_error_and_closes_the_disks_opened_before(
+    context: VirtioContext, tmp_path: Path, namespace: Namespace
+) -> None:
+    image = tmp_path / "disk.img"
+    image.write_bytes(bytes(1 << 16))
+    config = MachineConfig(
+        kernel=str(GUESTS / "hello.elf"), disks=(DiskConfig(str(image)),),
+        nets=(NetConfig(tap="nosuchtap0"),), transport="mmio",
+    )  # fmt: skip
+    with namespace.inside(), pytest.raises(TapError, match="'nosuchtap0' does not exist"):
+        virtio_devices(config, context)
+    models.block_devices(config.disks)[0].close()  # the image was unlocked again
