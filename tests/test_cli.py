@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -237,4 +238,85 @@ def test_a_kernel_that_is_no_kernel_is_one_line(tmp_path: Path, kind: str) -> No
             file.truncate(100 << 30)  # 100 GiB, sparse
     result = pyvmm("run", "--kernel", str(kernel), "--timeout", "5", timeout=60)
     assert_one_line_error(result)
+    assert result.returncode == 1
+
+
+# --- bad disks and network cards (issue 12): one line each, before the guest runs -------------
+
+# Prints "B" and a newline on COM1, then spins: the devices are built once "B" is out.
+BOOT_THEN_SPIN = b"\x66\xba\xf8\x03\xb0B\xee\xb0\n\xee" + SPIN
+
+
+@pytest.mark.kvm
+@pytest.mark.parametrize("kind", ["missing", "directory"])
+def test_a_disk_that_is_no_image_is_one_line(guests: Path, tmp_path: Path, kind: str) -> None:
+    image, words = {
+        "missing": (tmp_path / "absent.img", "absent.img: no such file"),
+        "directory": (tmp_path, "is a directory, not a disk image"),
+    }[kind]
+    result = pyvmm("run", "--kernel", str(guests / "hello.elf"), "--disk", str(image), timeout=60)
+    assert_one_line_error(result, "pyvmm: error: ", words)
+    assert result.returncode == 1
+    assert "Hello" not in result.stdout  # refused before the guest ran
+
+
+@pytest.mark.kvm
+def test_two_vms_cannot_open_one_image_for_writing(tmp_path: Path) -> None:
+    """The first pyvmm holds the image while its guest spins; a second one asking for
+    the same image fails at once with one line naming the lock, and the first runs on."""
+    kernel = write(tmp_path, "spin.img", multiboot_image(BOOT_THEN_SPIN))
+    image = write(tmp_path, "shared.img", bytes(1 << 16))
+    first = subprocess.Popen(
+        [*PYVMM, "run", "--kernel", str(kernel), "--disk", str(image)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert first.stdout is not None
+    try:
+        assert first.stdout.readline() == b"B\n"  # its disk is open and locked by now
+        started = time.monotonic()
+        second = pyvmm("run", "--kernel", str(kernel), "--disk", str(image), timeout=60)
+        assert time.monotonic() - started < 30  # at once, not after a wait for the lock
+        assert_one_line_error(second, "pyvmm: error: ", "shared.img", "in use by another VM")
+        assert second.returncode == 1 and second.stdout == ""
+        assert first.poll() is None  # the first VM was not disturbed
+    finally:
+        first.terminate()
+        _, errors = first.communicate(timeout=30)
+    assert first.returncode == 72, errors  # stopped by SIGTERM, as the README says
+
+
+needs_namespaces = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None or not os.path.exists("/dev/net/tun"),
+    reason="needs root, unshare and /dev/net/tun",
+)
+
+
+@pytest.mark.kvm
+@needs_namespaces
+def test_a_tap_that_does_not_exist_is_one_line(guests: Path) -> None:
+    """In a network namespace of its own (unshare -n): nothing is created there either."""
+    command = [*PYVMM, "run", "--kernel", str(guests / "hello.elf"), "--net", "tap=nosuchtap0"]
+    # Then: was a TAP of that name made (as TUNSETIFF would, for root)? 99 if so.
+    made = "ip link show nosuchtap0 >/dev/null 2>&1 && exit 99"
+    script = f"{shlex.join(command)}; status=$?; {made}; exit $status"
+    result = subprocess.run(["unshare", "-n", "sh", "-c", script], capture_output=True, text=True, timeout=60)
+    assert_one_line_error(result, "pyvmm: error: ", "TAP device 'nosuchtap0' does not exist")
+    assert result.returncode == 1
+
+
+@pytest.mark.kvm
+@needs_namespaces
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv")
+def test_no_permission_for_dev_net_tun_is_one_line(guests: Path, tmp_path: Path) -> None:
+    """/dev/net/tun replaced by a file nobody may open (a private mount namespace), and
+    pyvmm run as root without CAP_DAC_OVERRIDE, as a user without access to it."""
+    closed = write(tmp_path, "tun", b"")
+    closed.chmod(0)
+    pyvmm_command = [*PYVMM, "run", "--kernel", str(guests / "hello.elf"), "--net", "tap"]
+    drop = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *pyvmm_command]
+    script = f"mount --bind {shlex.quote(str(closed))} /dev/net/tun && exec {shlex.join(drop)}"
+    result = subprocess.run(
+        ["unshare", "-n", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert_one_line_error(result, "pyvmm: error: ", "no permission to open /dev/net/tun")
     assert result.returncode == 1
