@@ -39,6 +39,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -308,6 +309,8 @@ def main() -> int:
     images = build_with_progress("default")
     kernel, initrd = images.path("bzImage"), images.path("initramfs")
     echo = sys.stderr.buffer.write if args.verbose else None
+    # A SIGTERM unwinds like an error, so the namespace (and the TAP in it) goes too.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
     space = Namespace()
     rows: list[Row] = []
     try:
