@@ -202,6 +202,7 @@ class RunningBoot:
         # The own guest's root disk is made in a data directory of the boot's own,
         # not the user's (pyvmm.images.guest_disk).
         self.data_home = Path(tempfile.mkdtemp(prefix="pyvmm-test-data-")) if scenario.own_guest else None
+        self.root_disk: RootDisk | None = None
         env = {**os.environ, "XDG_DATA_HOME": str(self.data_home)} if self.data_home else None
         # Files, not pipes: nobody reads a background boot's output until it ends.
         self.stdout = tempfile.TemporaryFile()  # noqa: SIM115 (closed with the object)
@@ -223,11 +224,10 @@ class RunningBoot:
         if self.disk is not None and self.disk.exists():  # read once, then removed
             self.disk_after = self.disk.read_bytes()
             shutil.rmtree(self.disk.parent)
-        root_disk = None
-        if self.data_home is not None:  # read once, then removed
-            root_disk = RootDisk.read(self.data_home / "pyvmm" / "disks")
+        if self.data_home is not None and self.data_home.exists():  # read once, then removed
+            self.root_disk = RootDisk.read(self.data_home / "pyvmm" / "disks")
             shutil.rmtree(self.data_home)
-        return Boot(self.scenario, status, output, self.started, time.time(), self.disk_after, root_disk)
+        return Boot(self.scenario, status, output, self.started, time.time(), self.disk_after, self.root_disk)
 
     def stop(self) -> None:
         if self.process.poll() is None:
