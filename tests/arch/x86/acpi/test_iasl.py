@@ -10,11 +10,10 @@ broken table through unnoticed.
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
+from iasl_tools import disassemble, run
 from pc_platform import pc_devices
 
 from pyvmm.arch.x86.acpi import build_acpi_tables
@@ -36,40 +35,9 @@ from pyvmm.arch.x86.acpi.resources import (
 )
 from pyvmm.arch.x86.acpi.sdt import table
 
-# Anything ACPICA says about a table it does not like: "Firmware Warning ...",
-# "/* Incorrect checksum ... */", "Invalid ...", "ACPI Error", "Unknown ...".
-DIAGNOSTIC = re.compile(r"error|warning|incorrect|invalid|unknown|could not|failure", re.IGNORECASE)
-
 DATA_TABLES = ("XSDT", "RSDT", "FACP", "APIC")
 
 
-@pytest.fixture(scope="module")
-def iasl() -> str:
-    path = shutil.which("iasl")
-    if path is None:
-        pytest.fail(
-            "iasl (Intel ACPICA) is not installed: install the Debian package acpica-tools "
-            "(`apt-get install -y acpica-tools`, part of scripts/setup.sh)"
-        )
-    return path
-
-
-def run(iasl: str, *args: str | Path, cwd: Path) -> str:
-    result = subprocess.run([iasl, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=60)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output
-    return output
-
-
-def disassemble(iasl: str, data: bytes, name: str, directory: Path) -> str:
-    """`iasl -d` on one table; the .dsl text, after checking nothing was reported."""
-    binary = directory / f"{name}.dat"
-    binary.write_bytes(data)
-    output = run(iasl, "-d", binary, cwd=directory)
-    dsl = binary.with_suffix(".dsl").read_text()
-    assert not DIAGNOSTIC.search(output), output
-    assert not DIAGNOSTIC.search(dsl), dsl
-    return dsl
 
 
 def virtio_mmio(index: int, base: int, gsi: int) -> Device:

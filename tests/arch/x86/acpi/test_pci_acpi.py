@@ -5,12 +5,11 @@ iasl fails, as in test_iasl.py)."""
 from __future__ import annotations
 
 import re
-import shutil
 import struct
-import subprocess
 from pathlib import Path
 
 import pytest
+from iasl_tools import disassemble, run
 
 from pyvmm.arch.x86.acpi.aml import Scope, definition_block
 from pyvmm.arch.x86.acpi.errors import AcpiError
@@ -23,35 +22,6 @@ from pyvmm.arch.x86.acpi.pci_host import (
     routing_table,
 )
 from pyvmm.arch.x86.acpi.sdt import table
-
-# The same diagnostics test_iasl.py refuses (its helpers are not importable from here).
-DIAGNOSTIC = re.compile(r"error|warning|incorrect|invalid|unknown|could not|failure", re.IGNORECASE)
-
-
-@pytest.fixture(scope="module")
-def iasl() -> str:
-    path = shutil.which("iasl")
-    if path is None:
-        pytest.fail("iasl (Intel ACPICA) is not installed: install the Debian package acpica-tools")
-    return path
-
-
-def run(iasl: str, *args: str | Path, cwd: Path) -> str:
-    result = subprocess.run([iasl, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=60)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output
-    return output
-
-
-def disassemble(iasl: str, data: bytes, name: str, directory: Path) -> str:
-    binary = directory / f"{name}.dat"
-    binary.write_bytes(data)
-    output = run(iasl, "-d", binary, cwd=directory)
-    dsl = binary.with_suffix(".dsl").read_text()
-    assert not DIAGNOSTIC.search(output), output
-    assert not DIAGNOSTIC.search(dsl), dsl
-    return dsl
-
 
 WINDOWS = PciWindows(mmio32=(0xC000_0000, 0x3000_0000), mmio64=(0x80_0000_0000, 0x80_0000_0000))
 
