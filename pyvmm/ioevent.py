@@ -14,6 +14,9 @@ Writes KVM did not take (another length, another value) also come to
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Protocol
+
 from pyvmm.eventfd import EventFd
 from pyvmm.kvm import Cap, KvmError, Vm
 
@@ -77,3 +80,22 @@ class IoEventNotifier:
                 pio=self.pio, datamatch=self.datamatch, deassign=True,
             )  # fmt: skip
         self.eventfd.close()
+
+
+class Doorbell(Protocol):
+    """What a queue's notification source offers its I/O-thread callback."""
+
+    def consume(self) -> int: ...
+
+
+def notification_callback(
+    doorbell: Doorbell, notify: Callable[[int], None], queue: int
+) -> Callable[[], None]:
+    """The I/O-thread callback of one queue's doorbell: several guest writes since the
+    last turn are one notification of `queue`."""
+
+    def serve() -> None:
+        if doorbell.consume():
+            notify(queue)
+
+    return serve

@@ -13,10 +13,11 @@ way the device works on the I/O thread only.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from pyvmm.devices.device import PlacedDevice
 from pyvmm.eventfd import EventFd
+from pyvmm.ioevent import notification_callback
 from pyvmm.kvm import Cap, KvmError, Vm
 from pyvmm.memory import GuestMemory
 from pyvmm.pci import BarRange
@@ -48,7 +49,8 @@ class PciDoorbells:
             for index in range(len(transport.core.queues)):
                 eventfd = EventFd()
                 self.eventfds.append(eventfd)
-                io.register(eventfd, _served(eventfd, transport.core.notify, index), f"{name} queue {index}")
+                serve = notification_callback(eventfd, transport.core.notify, index)
+                io.register(eventfd, serve, f"{name} queue {index}")
         except BaseException:
             self.close()
             raise
@@ -99,13 +101,6 @@ class PciDoorbells:
                 self.io.unregister(eventfd)
                 eventfd.close()
 
-
-def _served(eventfd: EventFd, notify: Callable[[int], None], index: int) -> Callable[[], None]:
-    def serve() -> None:
-        if eventfd.consume():  # several writes since the last turn are one notification
-            notify(index)
-
-    return serve
 
 
 def place_on_pci(

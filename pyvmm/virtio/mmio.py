@@ -27,7 +27,7 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
-from pyvmm.ioevent import IoEventNotifier
+from pyvmm.ioevent import IoEventNotifier, notification_callback
 from pyvmm.kvm import Vm
 from pyvmm.memory import GuestMemory
 from pyvmm.outcome import InterruptLine
@@ -262,9 +262,8 @@ class MmioNotifiers:
                     vm, base + Reg.QUEUE_NOTIFY, 4, datamatch=index, in_kernel=in_kernel
                 )
                 self.doorbells.append(doorbell)
-                io.register(
-                    doorbell, _served(doorbell, transport.core.notify, index), f"{name} queue {index}"
-                )
+                serve = notification_callback(doorbell, transport.core.notify, index)
+                io.register(doorbell, serve, f"{name} queue {index}")
         except BaseException:
             self.close()
             raise
@@ -285,10 +284,3 @@ class MmioNotifiers:
             self.io.unregister(doorbell)
             doorbell.close()
 
-
-def _served(doorbell: IoEventNotifier, notify: Callable[[int], None], index: int) -> Callable[[], None]:
-    def serve() -> None:
-        if doorbell.consume():  # several guest writes since the last turn are one notification
-            notify(index)
-
-    return serve
