@@ -20,11 +20,25 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from guest_devices import (
+    FULL_DISK_BYTES,
+    FULL_FS_BYTES,
+    FULL_WRITE_BYTES,
+    GUEST_COMMANDS,
+    PATTERN_BYTES,
+    PATTERN_OFFSET,
+    READONLY_IMAGE,
+    READONLY_MAGIC,
+    DevicesResult,
+    GuestDevices,
+)
+from guest_network import PINGS
+from net.netns import why_not_usable
 from terminal import Terminal
 
 from pyvmm.images.initramfs import run_parameter
@@ -90,20 +104,43 @@ class Scenario:
     # As `pyvmm run` boots pyvmm's guest without --kernel: from the writable copy of
     # its root disk, made for the boot in a data directory of its own.
     own_guest: bool = False
+    # Made before the boot, with the options it adds and the namespace pyvmm runs in
+    # (tests/guest_devices.py); given the seconds it must last.
+    setup: Callable[[float], GuestDevices] | None = None
 
 
 DISK_ROOT_SCENARIO = Scenario(
     "disk-root-1cpu", "default", "bzImage", 1, own_guest=True, report=REPORT + ROOT_REPORT
 )
+# issue 12's devices over virtio-pci (the default transport), all in one boot: three
+# disks (random data, readonly=on, one on a full file system), eth0 on a TAP in a
+# namespace of its own, the entropy device, and hvc0 as the console that the report
+# comes through (tests/guest_devices.py).
+VIRTIO_PCI_SCENARIO = Scenario(
+    "virtio-pci-1cpu",
+    "default",
+    "bzImage",
+    1,
+    cmdline="console=hvc0",
+    options=("--rng", "--console", "virtio"),
+    report=REPORT + GUEST_COMMANDS,
+    setup=GuestDevices,
+)
+# The stock kernel's virtio drivers are modules its initramfs loads (virtio_pci,
+# virtio_blk, virtio_rng...): its boot reads and writes a disk and the entropy device.
+STOCK_REPORT = REPORT + VIRTIO_REPORT + "; echo modules=$(cut -d' ' -f1 /proc/modules)"
+STOCK_SCENARIO = Scenario(
+    "stock-bzimage-1cpu", "stock", "bzImage", 1, cmdline=STOCK_SPEEDUPS, seconds=2700, background=True,
+    options=("--rng",), disk=DISK_MAGIC.ljust(512, b".").ljust(1 << 20, b"\0"), report=STOCK_REPORT,
+)  # fmt: skip
 SCENARIOS = [
     Scenario("bzimage-host-1cpu", "default", "bzImage", 1),
     Scenario("bzimage-guest-1cpu", "default", "bzImage", 1, decompress="guest"),
     Scenario("vmlinux-pvh-2cpu", "default", "vmlinux", 2),
     DISK_ROOT_SCENARIO,
+    VIRTIO_PCI_SCENARIO,
     # About 20 minutes here (docs/boot.md), so it runs in the background.
-    Scenario(
-        "stock-bzimage-1cpu", "stock", "bzImage", 1, cmdline=STOCK_SPEEDUPS, seconds=2700, background=True
-    ),
+    STOCK_SCENARIO,
     Scenario(
         "pci-testdev-1cpu", "default", "bzImage", 1, devices=("pci-testdev",), report=REPORT + PCI_REPORT
     ),
@@ -151,6 +188,7 @@ class Boot:
     ended: float
     disk: bytes | None = None  # the --disk image after the run
     root_disk: RootDisk | None = None  # the own guest's root disk after the run
+    devices: DevicesResult | None = None  # what the scenario's setup found after the run
 
     def value(self, key: str) -> str:
         match = re.search(rf"^{key}=(.*?)\r?$", self.output, re.MULTILINE)
@@ -199,6 +237,10 @@ class RunningBoot:
         command = run_command(
             scenario, cmdline=f"pyvmm.test={scenario.name} {run_parameter(scenario.report)}", disk=self.disk
         )
+        self.setup = scenario.setup(scenario.seconds + 60) if scenario.setup is not None else None
+        self.devices_after: DevicesResult | None = None
+        if self.setup is not None:
+            command = self.setup.wrap([*command, *self.setup.options()])
         # The own guest's root disk is made in a data directory of the boot's own,
         # not the user's (pyvmm.images.guest_disk).
         self.data_home = Path(tempfile.mkdtemp(prefix="pyvmm-test-data-")) if scenario.own_guest else None
@@ -208,9 +250,13 @@ class RunningBoot:
         self.stdout = tempfile.TemporaryFile()  # noqa: SIM115 (closed with the object)
         self.stderr = tempfile.TemporaryFile()  # noqa: SIM115
         self.started = time.time()
-        self.process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=self.stdout, stderr=self.stderr, cwd=ROOT, env=env
-        )
+        try:
+            self.process = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=self.stdout, stderr=self.stderr, cwd=ROOT, env=env
+            )
+        except BaseException:
+            self._close_setup()
+            raise
 
     def wait(self) -> Boot:
         try:
@@ -227,12 +273,26 @@ class RunningBoot:
         if self.data_home is not None and self.data_home.exists():  # read once, then removed
             self.root_disk = RootDisk.read(self.data_home / "pyvmm" / "disks")
             shutil.rmtree(self.data_home)
-        return Boot(self.scenario, status, output, self.started, time.time(), self.disk_after, self.root_disk)
+        if self.setup is not None:  # read once, then removed
+            try:
+                self.devices_after = self.setup.finish()
+            finally:
+                self._close_setup()
+        return Boot(
+            self.scenario, status, output, self.started, time.time(), self.disk_after, self.root_disk,
+            self.devices_after,
+        )  # fmt: skip
 
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+        self._close_setup()
+
+    def _close_setup(self) -> None:
+        if self.setup is not None:
+            self.setup.close()
+            self.setup = None
 
 
 _running: dict[Scenario, RunningBoot] = {}
@@ -253,7 +313,14 @@ def stop_boots() -> None:
 
 @pytest.fixture(scope="module", params=SCENARIOS, ids=lambda scenario: scenario.name)
 def boot(request: pytest.FixtureRequest) -> Boot:
-    return start_boot(request.param).wait()
+    return wait_for(request.param)
+
+
+def wait_for(scenario: Scenario) -> Boot:
+    """The scenario's boot, started if need be; skipped where its setup cannot be made."""
+    if scenario.setup is not None and (reason := why_not_usable()) is not None:
+        pytest.skip(reason)  # a TAP in a namespace of its own needs root and /dev/net/tun
+    return start_boot(scenario).wait()
 
 
 def test_the_kernel_boots_to_init(boot: Boot) -> None:
@@ -384,10 +451,130 @@ def test_the_default_guest_boots_from_its_root_disk() -> None:
     assert boot.status == 0, boot.output[-3000:]
 
 
-@pytest.fixture
-def shell() -> Iterator[Terminal]:
-    """`pyvmm run` of the default bzImage on a pty, at the guest shell's prompt."""
-    command = run_command(SCENARIOS[0], cmdline="")
+def dmesg_lines(boot: Boot) -> list[str]:
+    return [line for line in boot.output.splitlines() if line.startswith("dmesg: ")]
+
+
+def pci_devices_boot() -> tuple[Boot, DevicesResult]:
+    """The virtio-pci scenario's one boot, and what its host side found."""
+    boot = wait_for(VIRTIO_PCI_SCENARIO)
+    assert boot.devices is not None
+    return boot, boot.devices
+
+
+def test_over_virtio_pci_linux_finds_each_device_once_without_complaint() -> None:
+    """Three disks, eth0, the entropy device and hvc0, as PCI functions in that order
+    (the first disk is /dev/vda), each bound to its virtio driver; the complaints in
+    dmesg are only the full disk's I/O errors, which that scenario asks for."""
+    boot, _ = pci_devices_boot()
+    devices = dict(re.findall(r"^virtio=(\S+) (\S+)\r?$", boot.output, re.MULTILINE))
+    # virtio device IDs (§5): block 2, network 1, entropy 4, console 3.
+    expected = {"virtio0": "0x0002", "virtio1": "0x0002", "virtio2": "0x0002"}
+    expected |= {"virtio3": "0x0001", "virtio4": "0x0004", "virtio5": "0x0003"}
+    assert devices == expected, boot.output[-5000:]
+    assert "hvc0" in boot.value("consoles").split()  # this report came through it
+    dmesg = dmesg_lines(boot)
+    assert any("[vda] 32768 512-byte logical blocks" in line for line in dmesg), dmesg
+    assert any(f"[vdc] {FULL_DISK_BYTES // 512} 512-byte logical blocks" in line for line in dmesg), dmesg
+    complaints = re.compile(r"fail|error|can't|busy|invalid|warn|bug", re.I)
+    expected_errors = re.compile(r"I/O error, dev vdc|Buffer I/O error on dev vdc")
+    kernel = [line for line in dmesg if "command line:" not in line.lower()]  # not our own words
+    unexpected = [line for line in kernel if complaints.search(line) and not expected_errors.search(line)]
+    assert not unexpected, dmesg
+    assert boot.status == 0, boot.output[-3000:]
+
+
+def test_a_host_prepared_disk_reads_back_and_the_guests_write_reaches_the_file() -> None:
+    """/dev/vda: 16 MiB of random data, hashed in the guest; then the guest writes a
+    MiB it got from the host at 4 MiB, fsyncs and powers off: the image holds exactly
+    that, and nothing else changed."""
+    boot, found = pci_devices_boot()
+    assert boot.value("vda-sha256") == found.disk_sha256
+    assert boot.value("pattern") == "0"
+    end = PATTERN_OFFSET + PATTERN_BYTES
+    assert len(found.disk_after) == len(found.disk)
+    assert found.disk_after[PATTERN_OFFSET:end] == found.download[:PATTERN_BYTES]
+    assert found.disk_after[:PATTERN_OFFSET] == found.disk[:PATTERN_OFFSET]
+    assert found.disk_after[end:] == found.disk[end:]
+
+
+def test_a_readonly_disk_refuses_the_guests_write_and_its_file_is_unchanged() -> None:
+    """/dev/vdb, readonly=on: the guest sees a read-only disk (VIRTIO_BLK_F_RO) it can
+    read; its write fails, and the image file is as the host made it."""
+    boot, found = pci_devices_boot()
+    assert boot.value("vdb-ro") == "1"
+    assert boot.value("vdb-head") == f"# {READONLY_MAGIC.decode()}: run by the guest with sh /dev/vdb"
+    assert boot.value("vdb-write") != "0", boot.output[-3000:]
+    assert found.readonly_after == READONLY_IMAGE
+
+
+def test_a_disk_on_a_full_file_system_gives_the_guest_io_errors_and_pyvmm_runs_on() -> None:
+    """/dev/vdc: a sparse image on a tmpfs too small for it. The guest's O_DIRECT
+    writes past the free space fail with EIO (the host's ENOSPC as VIRTIO_BLK_S_IOERR);
+    the guest goes on and powers off, and pyvmm ends with status 0."""
+    boot, _ = pci_devices_boot()
+    assert FULL_WRITE_BYTES > FULL_FS_BYTES  # the premise: the write cannot fit
+    assert boot.value("vdc-write") != "0", boot.output[-3000:]
+    errors = re.findall(r"^vdc-dd: (.*?)\r?$", boot.output, re.MULTILINE)
+    assert any(re.search(r"Input/output error|I/O error", line) for line in errors), errors  # EIO
+    assert any("I/O error, dev vdc" in line for line in dmesg_lines(boot)), dmesg_lines(boot)
+    assert "pyvmm-run: exit=0" in boot.output  # the rest of the report ran
+    assert boot.status == 0, boot.output[-3000:]
+
+
+def test_guest_and_host_ping_each_other_and_move_16_mib_each_way_over_tcp() -> None:
+    """eth0 on a TAP in a namespace of the test's own (tests/guest_network.py): each
+    side pings the other; the guest sends its /dev/vda (16 MiB) and the host 16 MiB of
+    its own, each stream's SHA-256 the same at both ends."""
+    boot, found = pci_devices_boot()
+    network = found.network
+    assert network.errors == [], network.errors
+    assert boot.value("eth0-up") == "0"
+    assert boot.value("eth0-mac") == "52:54:00:12:34:56"  # the first card's default
+    assert boot.value("guest-ping") == f"{PINGS} packets received"
+    assert network.replies == PINGS
+    # guest -> host: what arrived is the disk the guest hashed.
+    assert boot.value("upload") == "0"
+    assert network.uploaded == len(found.disk)
+    assert network.upload_sha256 == found.disk_sha256 == boot.value("vda-sha256")
+    # host -> guest
+    assert network.downloaded
+    assert boot.value("download") == "0"
+    assert boot.value("download-sha256") == found.download_sha256
+
+
+def test_the_entropy_device_over_virtio_pci() -> None:
+    boot, _ = pci_devices_boot()
+    assert boot.value("hwrng") == "virtio_rng.0"
+    random = bytes.fromhex(boot.value("random"))
+    assert len(random) == 64 and len(set(random)) > 16  # 64 bytes from the host's urandom
+
+
+def test_the_stock_kernel_loads_its_virtio_modules_and_uses_the_devices() -> None:
+    """Debian's kernel, whose virtio drivers are modules its initramfs loads: the disk
+    and the entropy device over virtio-pci work through them."""
+    boot = wait_for(STOCK_SCENARIO)
+    modules = set(boot.value("modules").split())
+    assert {"virtio_pci", "virtio_blk", "virtio_rng"} <= modules, modules
+    devices = dict(re.findall(r"^virtio=(\S+) \S+ (\S+)\r?$", boot.output, re.MULTILINE))
+    assert devices == {"virtio0": "0x0002", "virtio1": "0x0004"}, boot.output[-5000:]
+    assert boot.value("hwrng") == "virtio_rng.0"
+    random = bytes.fromhex(boot.value("random"))
+    assert len(random) == 64 and len(set(random)) > 16
+    assert boot.value("disk") == DISK_MAGIC.decode()
+    assert boot.disk is not None and boot.disk[512 : 512 + len(GUEST_WRITE)] == GUEST_WRITE
+    assert boot.status == 0, boot.output[-3000:]
+
+
+@pytest.fixture(params=["ttyS0"])
+def shell(request: pytest.FixtureRequest) -> Iterator[Terminal]:
+    """`pyvmm run` of the default bzImage on a pty, at the guest shell's prompt; the
+    shell is on COM1 (ttyS0), or on the virtio console over virtio-pci (hvc0), as the
+    test's `shell` parameter says."""
+    console = request.param
+    command = run_command(SCENARIOS[0], cmdline="" if console == "ttyS0" else f"console={console}")
+    if console == "hvc0":  # the last console= is /dev/console, where init's shell runs
+        command += ["--console", "virtio"]
     terminal = Terminal(command, ROOT)
     try:
         assert terminal.expect(b"pyvmm-init: ready", BOOT_SECONDS), bytes(terminal.seen[-3000:])
@@ -404,8 +591,12 @@ def test_a_person_at_the_shell_runs_a_command_and_powers_off(shell: Terminal) ->
     assert shell.wait(300) == 0, bytes(shell.seen[-3000:])
 
 
-def test_a_person_at_the_shell_leaves_with_the_escape_key(shell: Terminal) -> None:
-    shell.type(b"uname -s\r")
+@pytest.mark.parametrize("shell", ["hvc0"], indirect=True)
+def test_a_person_at_the_hvc0_shell_leaves_with_the_escape_key(shell: Terminal) -> None:
+    """The interactive shell on the virtio console (hvc0) through a real terminal:
+    keystrokes reach it, its answers come back, and Ctrl-A x still quits."""
+    shell.type(b"tty; uname -s\r")
+    assert shell.expect(b"/dev/hvc0", 120), bytes(shell.seen)
     assert shell.expect(b"Linux", 120), bytes(shell.seen)
     shell.type(b"\x01x")
     assert shell.wait(60) == STATUS_STOPPED, bytes(shell.seen[-3000:])
