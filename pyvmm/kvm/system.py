@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from pyvmm.kvm import ioctls, x86
 from pyvmm.kvm.errors import KvmError, KvmIoctlError, KvmUnavailableError
+from pyvmm.kvm.fd import FileDescriptor
 from pyvmm.kvm.uapi import KVM_API_VERSION, Cap
 
 if TYPE_CHECKING:
@@ -37,32 +38,6 @@ def checked_ioctl(fd: int, name: str, request: int, arg: int | ctypes._CData = 0
     if result < 0:
         raise KvmIoctlError(name, ctypes.get_errno() or errno.EIO)
     return result
-
-
-class FileDescriptor:
-    """Owns one fd; closing twice is harmless."""
-
-    fd = -1  # until __init__ has an fd: __del__ of a half-built object is a no-op
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-    def __enter__(self) -> FileDescriptor:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except OSError:
-            pass
 
 
 class Kvm(FileDescriptor):

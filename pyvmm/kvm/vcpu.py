@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, TypeVar
 
 from pyvmm.kvm import ioctls, uapi, x86
 from pyvmm.kvm.errors import KvmIoctlError
-from pyvmm.kvm.system import FileDescriptor, checked_ioctl
+from pyvmm.kvm.fd import FileDescriptor
+from pyvmm.kvm.system import checked_ioctl
 from pyvmm.kvm.uapi import Cap, ExitReason, MpState
 
 if TYPE_CHECKING:

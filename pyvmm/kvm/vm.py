@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 
 from pyvmm.kvm import ioctls, uapi, x86
 from pyvmm.kvm.errors import KvmCapabilityError
-from pyvmm.kvm.system import FileDescriptor, checked_ioctl
+from pyvmm.kvm.fd import FileDescriptor
+from pyvmm.kvm.system import checked_ioctl
 from pyvmm.kvm.uapi import Cap
 
 if TYPE_CHECKING:
