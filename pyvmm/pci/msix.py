@@ -21,11 +21,17 @@ The platform turns vectors into interrupts through an `MsixSink`:
 - `deliver(index, vector)` when a device `signal`s an unmasked vector, and when a
   vector with its pending bit set is unmasked (§6.8.2.9: the function then sends the
   pending message and clears the bit).
+
+Devices signal from their own threads (the I/O thread, block workers) while a vCPU
+thread rewrites the table: one lock orders the two, and `signal` goes by the vector
+as last reported to the sink, so a vector is only delivered once its route is in
+place, and one masked after `signal` looked is pending rather than lost.
 """
 
 from __future__ import annotations
 
 import struct
+import threading
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -85,6 +91,7 @@ class MsixTable:
         self._entries = bytearray(count * ENTRY_SIZE)
         self._pending = bytearray(self.pba_size)
         self._reported: list[MsixVector | None] = [None] * count
+        self._lock = threading.RLock()  # signal() against table and control changes
         self.table = _TableRegion(self)
         self.pba = _PbaRegion(self)
         self.reset()
@@ -100,13 +107,14 @@ class MsixTable:
 
     def reset(self) -> None:
         """§6.8.2.9: every vector masked, nothing pending, MSI-X disabled."""
-        self._entries[:] = bytes(len(self._entries))
-        for index in range(self.count):
-            self._entries[index * ENTRY_SIZE + ENTRY_CONTROL] = ENTRY_MASKED
-        self._pending[:] = bytes(len(self._pending))
-        self.enabled = False
-        self.function_masked = False
-        self._update(range(self.count))
+        with self._lock:
+            self._entries[:] = bytes(len(self._entries))
+            for index in range(self.count):
+                self._entries[index * ENTRY_SIZE + ENTRY_CONTROL] = ENTRY_MASKED
+            self._pending[:] = bytes(len(self._pending))
+            self.enabled = False
+            self.function_masked = False
+            self._update(range(self.count))
 
     def vector(self, index: int) -> MsixVector:
         if not 0 <= index < self.count:
@@ -128,36 +136,41 @@ class MsixTable:
     def signal(self, index: int) -> bool:
         """A device raises vector `index`: delivered now (True), or left pending because
         it is masked, or dropped because MSI-X is off (False: the device may use INTx)."""
-        vector = self.vector(index)
-        if not self.enabled:
-            return False
-        if vector.masked:
-            self._set_pending(index, True)
-            return False
-        if self.sink is not None:
-            self.sink.deliver(index, vector)
-        return True
+        if not 0 <= index < self.count:
+            raise PciError(f"MSI-X vector {index} is outside the table of {self.count}")
+        with self._lock:
+            if not self.enabled:
+                return False
+            vector = self._reported[index]
+            if vector is None or vector.masked:
+                self._set_pending(index, True)
+                return False
+            if self.sink is not None:
+                self.sink.deliver(index, vector)
+            return True
 
     def set_control(self, enabled: bool, function_masked: bool) -> None:
         """The capability's Message Control bits changed."""
-        if (enabled, function_masked) == (self.enabled, self.function_masked):
-            return
-        self.enabled, self.function_masked = enabled, function_masked
-        self._update(range(self.count))
+        with self._lock:
+            if (enabled, function_masked) == (self.enabled, self.function_masked):
+                return
+            self.enabled, self.function_masked = enabled, function_masked
+            self._update(range(self.count))
 
     def _update(self, indexes: range) -> None:
         """Report vectors whose routing changed; send the pending ones just unmasked."""
-        for index in indexes:
-            vector = self.vector(index)
-            if vector == self._reported[index]:
-                continue
-            self._reported[index] = vector
-            if self.sink is not None:
-                self.sink.vector_changed(index, vector)
-            if not vector.masked and self.pending(index):
-                self._set_pending(index, False)
+        with self._lock:
+            for index in indexes:
+                vector = self.vector(index)
+                if vector == self._reported[index]:
+                    continue
+                self._reported[index] = vector
                 if self.sink is not None:
-                    self.sink.deliver(index, vector)
+                    self.sink.vector_changed(index, vector)
+                if not vector.masked and self.pending(index):
+                    self._set_pending(index, False)
+                    if self.sink is not None:
+                        self.sink.deliver(index, vector)
 
     # --- guest accesses, through the regions below ---------------------------------
 
