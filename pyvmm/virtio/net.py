@@ -9,6 +9,9 @@ TAP accepts in a header it is given; the guest side (GUEST_CSUM, GUEST_TSO4/6,
 GUEST_UFO, GUEST_USO4/6) is set on the TAP with TUNSETOFFLOAD at activation, from
 what the driver accepted, so the kernel only hands over what the guest can take.
 
+(The mapping between virtio-net's feature bits and the TAP's offloads is
+net_offload.py.)
+
 Transmit (§5.1.6.2): on a notification of queue 1, each chain's readable part is one
 packet, written to the TAP with one writev. A chain the driver may not send (shorter
 than the header, with device-writable buffers, larger than 64 KiB plus headers) and
@@ -36,37 +39,17 @@ import struct
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from enum import IntFlag
 
 from pyvmm.eventfd import EventFd
 from pyvmm.io_thread import IoThread
-from pyvmm.net.if_tun import TunOffload
 from pyvmm.net.tap import Tap
 from pyvmm.virtio.chain import DescriptorChain
 from pyvmm.virtio.device import Activation, DeviceType, Interrupt, VirtioDevice
 from pyvmm.virtio.errors import VirtqueueError
+from pyvmm.virtio.net_offload import GSO_TO_GUEST, NetFeature, offered_features, tap_offload
 from pyvmm.virtio.queue import Virtqueue
 
 log = logging.getLogger(__name__)
-
-
-class NetFeature(IntFlag):
-    """virtio-net feature bits (§5.1.3) that pyvmm knows. Values are masks."""
-
-    CSUM = 1 << 0
-    GUEST_CSUM = 1 << 1
-    MAC = 1 << 5
-    GUEST_TSO4 = 1 << 7
-    GUEST_TSO6 = 1 << 8
-    GUEST_UFO = 1 << 10
-    HOST_TSO4 = 1 << 11
-    HOST_TSO6 = 1 << 12
-    HOST_UFO = 1 << 14
-    MRG_RXBUF = 1 << 15
-    STATUS = 1 << 16
-    GUEST_USO4 = 1 << 54
-    GUEST_USO6 = 1 << 55
-    HOST_USO = 1 << 56
 
 
 LINK_UP = 1  # VIRTIO_NET_S_LINK_UP (§5.1.4)
@@ -87,28 +70,6 @@ MAX_PACKET = HDR_SIZE + 14 + 4 + 65536
 SMALL_PACKET = HDR_SIZE + 14 + 4 + 1500
 RX_BUDGET = 64  # frames per callback, so one busy TAP does not starve the others
 _IOV_MAX = os.sysconf("SC_IOV_MAX")  # readv/writev take at most this many buffers
-
-_GSO_TO_GUEST = NetFeature.GUEST_TSO4 | NetFeature.GUEST_TSO6 | NetFeature.GUEST_UFO
-_GSO_TO_GUEST |= NetFeature.GUEST_USO4 | NetFeature.GUEST_USO6
-_USO = int(TunOffload.TUN_F_USO4 | TunOffload.TUN_F_USO6)
-
-
-def tap_offload(features: int, accepted_by_tap: int) -> int:
-    """The TUNSETOFFLOAD flags for the negotiated `features` (as QEMU's
-    tap_fd_set_offload): segmentation offloads only with partial checksums, which
-    §5.1.3.1 makes them depend on; USO4 and USO6 only together, as the TAP takes them."""
-    if not features & NetFeature.GUEST_CSUM:
-        return 0
-    flags = int(TunOffload.TUN_F_CSUM)
-    if features & NetFeature.GUEST_TSO4:
-        flags |= TunOffload.TUN_F_TSO4
-    if features & NetFeature.GUEST_TSO6:
-        flags |= TunOffload.TUN_F_TSO6
-    if features & NetFeature.GUEST_UFO:
-        flags |= TunOffload.TUN_F_UFO
-    if features & NetFeature.GUEST_USO4 and features & NetFeature.GUEST_USO6:
-        flags |= _USO
-    return flags & accepted_by_tap
 
 
 @dataclass
@@ -175,20 +136,7 @@ class NetDevice(VirtioDevice):
         return (QUEUE_SIZE, QUEUE_SIZE)
 
     def device_features(self) -> int:
-        features = NetFeature.MAC | NetFeature.STATUS | NetFeature.MRG_RXBUF
-        offloads = self.tap.offloads
-        if offloads & TunOffload.TUN_F_CSUM:
-            # A TAP that takes partial checksums also takes TSO headers from us.
-            features |= NetFeature.CSUM | NetFeature.GUEST_CSUM | NetFeature.HOST_TSO4 | NetFeature.HOST_TSO6
-            if offloads & TunOffload.TUN_F_TSO4:
-                features |= NetFeature.GUEST_TSO4
-            if offloads & TunOffload.TUN_F_TSO6:
-                features |= NetFeature.GUEST_TSO6
-            if offloads & TunOffload.TUN_F_UFO:
-                features |= NetFeature.GUEST_UFO | NetFeature.HOST_UFO
-            if offloads & _USO == _USO:
-                features |= NetFeature.GUEST_USO4 | NetFeature.GUEST_USO6 | NetFeature.HOST_USO
-        return int(features)
+        return offered_features(self.tap.offloads)
 
     def config(self) -> bytes:
         """struct virtio_net_config (§5.1.4): mac, status, max_virtqueue_pairs (1)."""
@@ -206,7 +154,7 @@ class NetDevice(VirtioDevice):
             self._needs_reset = activation.needs_reset
             self._mergeable = bool(features & NetFeature.MRG_RXBUF)
             self._zero_header = not features & NetFeature.GUEST_CSUM
-            self._rx_target = MAX_PACKET if features & _GSO_TO_GUEST else SMALL_PACKET
+            self._rx_target = MAX_PACKET if features & GSO_TO_GUEST else SMALL_PACKET
             self._active = True
         self._kick.signal()  # buffers posted before DRIVER_OK are not notified (§3.1.1)
 

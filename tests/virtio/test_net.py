@@ -36,7 +36,8 @@ from pyvmm.net.tap import Tap, TapError
 from pyvmm.virtio import DeviceStatus, Feature
 from pyvmm.virtio.core import VirtioCore
 from pyvmm.virtio.models import net_devices
-from pyvmm.virtio.net import HDR_SIZE, NET_HDR, NetDevice, NetFeature
+from pyvmm.virtio.net import HDR_SIZE, NET_HDR, NetDevice
+from pyvmm.virtio.net_offload import NetFeature
 
 __all__ = ["namespace"]  # the fixture, imported for pytest
 MAC = bytes.fromhex("525400123456")
