@@ -12,18 +12,26 @@ The rules enforced here, once for both transports:
   features are known), and DRIVER_OK activates the device once;
 - any guest fault in a queue (`VirtqueueError`) sets DEVICE_NEEDS_RESET and sends
   a configuration change notification (§2.1.2); the device stays quiet until reset.
+
+Saved state (`save` / `restore`, a `CoreState`): the negotiation, the selects, the
+queues and the device model's own part. Restoring an active device activates the
+model with the restored queues through the same path as DRIVER_OK, so it carries on
+where it was saved without the guest doing anything.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 
+from pyvmm.errors import StateError
 from pyvmm.memory import GuestMemory
 from pyvmm.virtio.device import Activation, Interrupt, VirtioDevice
 from pyvmm.virtio.errors import VirtqueueError
 from pyvmm.virtio.queue import Virtqueue
 from pyvmm.virtio.spec import DeviceStatus, Feature
+from pyvmm.virtio.state import CoreState, check_core_state, state_error
 
 log = logging.getLogger(__name__)
 
@@ -183,3 +191,58 @@ class VirtioCore:
             return
         self.device.write_config(offset, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
         self.config_generation = (self.config_generation + 1) & 0xFF
+
+    # --- saved state ------------------------------------------------------------------
+
+    def save(self) -> CoreState:
+        """The core's state and the device's (quiesced first: see `VirtioDevice.save`).
+        Chains the device holds unused go back to their rings in the saved queues."""
+        with self._lock:
+            device = self.device.save()
+            queues = []
+            for queue, unused in zip(self.queues, self.device.unused_chains(), strict=True):
+                saved = queue.save()
+                if unused:
+                    saved = dataclasses.replace(saved, next_avail=(saved.next_avail - unused) & 0xFFFF)
+                queues.append(saved)
+            return CoreState(
+                status=self.status,
+                accepted=self.accepted,
+                device_feature_select=self.device_feature_select,
+                driver_feature_select=self.driver_feature_select,
+                queue_select=self.queue_select,
+                config_generation=self.config_generation,
+                active=self.active,
+                queues=tuple(queues),
+                device=device,
+            )
+
+    def restore(self, state: object) -> None:
+        """Take a saved state, checked first; a bad one raises `StateError` and leaves
+        the core and the device as they were (what is only found while loading - rings
+        outside this guest's RAM, a device part of the wrong kind - puts back the
+        state saved on entry)."""
+        name = self.device.name
+        sizes = tuple(queue.max_size for queue in self.queues)
+        checked = check_core_state(name, state, self.offered, sizes)
+        with self._lock:
+            before = self.save()
+            try:
+                self._load(checked)
+            except (StateError, VirtqueueError) as error:
+                self._load(before)
+                raise state_error(name, error) from None
+
+    def _load(self, state: CoreState) -> None:
+        self.reset()
+        for queue, saved in zip(self.queues, state.queues, strict=True):
+            queue.restore(saved)
+        self.device.restore(state.device)
+        self.status = state.status
+        self.accepted = state.accepted
+        self.device_feature_select = state.device_feature_select
+        self.driver_feature_select = state.driver_feature_select
+        self.queue_select = state.queue_select
+        self.config_generation = state.config_generation
+        if state.active:
+            self._activate()

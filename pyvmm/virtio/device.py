@@ -6,6 +6,10 @@ A device never sees transport registers: virtio-pci (§4.1) and virtio-mmio (§4
 both drive it through `VirtioCore` (core.py), which negotiates features, keeps the
 device status and the queues, and calls `activate` once the driver is ready. The same
 device module works on both transports.
+
+Saved state (`save` / `restore`, device_state.py): a device saves only its own part;
+`VirtioCore` saves the queues and the negotiation beside it and, for a device that
+was active, activates the restored device with the restored queues as DRIVER_OK does.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from pyvmm.errors import StateError
 from pyvmm.memory import GuestMemory
+from pyvmm.virtio.device_state import VirtioDeviceState
 from pyvmm.virtio.queue import Virtqueue
 
 
@@ -99,3 +105,23 @@ class VirtioDevice(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """The VM is going away: release host resources (files, TAP devices, ...)."""
+
+    # --- saved state (device_state.py) -------------------------------------------------
+
+    def save(self) -> VirtioDeviceState:
+        """The device's own state, taken while the VMM has paused the vCPUs and the I/O
+        thread (nothing notifies the device meanwhile). `StateError` if the device
+        cannot be saved; this default: a device that never said what its state is."""
+        raise StateError(f"{self.name}: this device cannot be saved")
+
+    def restore(self, state: object) -> None:
+        """Take a saved state, checked first (`StateError`, nothing changed). Called on
+        a reset device, before the core activates it again."""
+        raise StateError(f"{self.name}: this device cannot be restored")
+
+    def unused_chains(self) -> Sequence[int]:
+        """For each queue, how many of the chains popped last the device holds without
+        having used them (receive buffers waiting for data). A saved queue gives them
+        back to the ring - its next_avail goes back by that many - so the restored
+        device pops them again: they were never used, the driver cannot tell."""
+        return (0,) * len(self.queue_sizes)

@@ -31,8 +31,10 @@ import os
 import threading
 from collections.abc import Sequence
 
+from pyvmm.devices.state_checks import check_type
 from pyvmm.errors import ConfigError
 from pyvmm.virtio.device import Activation, DeviceType, VirtioDevice
+from pyvmm.virtio.device_state import EntropyState
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +121,14 @@ class EntropyDevice(VirtioDevice):
     def reset(self) -> None:
         with self._lock:
             self._activation = None
+
+    def save(self) -> EntropyState:
+        """Nothing beyond the queue: each request is served within one `notify`, so a
+        paused I/O thread leaves none half done. The source is configuration."""
+        return EntropyState()
+
+    def restore(self, state: object) -> None:
+        check_type(self.name, state, EntropyState)
 
     def close(self) -> None:
         with self._lock:

@@ -1,16 +1,22 @@
-"""The saved state of one virtqueue, and its checks (saved state is untrusted input).
+"""The saved state of one virtqueue and of a `VirtioCore`, and their checks (saved
+state is untrusted input).
 
 Like rust-vmm's `QueueState`, a snapshot holds what the driver programmed and the
 device's two ring positions; `Virtqueue.restore` accepts it only through
 `check_state`, which validates every field on its own and against the others.
+`check_core_state` does the same for the transport-independent part of a device
+(`CoreState`), the queues' states included.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from pyvmm.devices.state_checks import check_bool, check_byte, check_int, check_tuple, check_type, fail
+from pyvmm.errors import StateError
+from pyvmm.virtio.device_state import VirtioDeviceState
 from pyvmm.virtio.errors import Fault, VirtqueueError
-from pyvmm.virtio.spec import is_valid_queue_size
+from pyvmm.virtio.spec import DeviceStatus, Feature, is_valid_queue_size
 
 _U16 = 0xFFFF
 _U64 = (1 << 64) - 1
@@ -69,3 +75,74 @@ def check_state(state: object, max_size: int) -> QueueState:
     if not state.ready and (state.next_avail or state.next_used or state.unsignalled or state.broken):
         raise VirtqueueError(Fault.STATE, "a queue that is not ready has ring positions")
     return state
+
+
+@dataclass(frozen=True)
+class CoreState:
+    """A `VirtioCore`'s state (§2.1 status, §2.2 features, §4.1.4.3 / §4.2.2 selects):
+    what the driver negotiated and programmed, each queue's `QueueState`, and the
+    device model's own part (`device`, a state of the model's type: device_state.py).
+
+    `active` is kept rather than derived: a driver may set FAILED after DRIVER_OK,
+    and the device keeps running then (only a reset stops it)."""
+
+    status: int  # the device status byte
+    accepted: int  # the driver's 64 feature bits
+    device_feature_select: int
+    driver_feature_select: int
+    queue_select: int
+    config_generation: int
+    active: bool  # DRIVER_OK activated the device model
+    queues: tuple[QueueState, ...]
+    device: VirtioDeviceState  # the device model's own part
+
+
+_U32 = 0xFFFF_FFFF
+_DRIVER_OK = int(DeviceStatus.DRIVER_OK)
+_FEATURES_OK = int(DeviceStatus.FEATURES_OK)
+_STOPPED = int(DeviceStatus.DEVICE_NEEDS_RESET | DeviceStatus.FAILED)
+_NEEDS_RESET = int(DeviceStatus.DEVICE_NEEDS_RESET)
+
+
+def check_core_state(name: str, state: object, offered: int, max_sizes: tuple[int, ...]) -> CoreState:
+    """`state` as a `CoreState` a core offering `offered` with queues of `max_sizes`
+    can hold; else `StateError`. The device part is the device model's to check.
+
+    The rules are the ones `VirtioCore` keeps while a driver programs it (§2.1.2,
+    §2.2, §3.1.1): FEATURES_OK only stuck if VERSION_1 and nothing unoffered was
+    accepted (before it, a driver may have written any bits); the device is active only
+    after DRIVER_OK with FEATURES_OK and until DEVICE_NEEDS_RESET; DRIVER_OK without
+    activation means the activation failed or the driver had given up.
+    """
+    state = check_type(name, state, CoreState)
+    status = check_byte(name, "status", state.status)
+    accepted = check_int(name, "accepted", state.accepted, 0, _U64)
+    for select in ("device_feature_select", "driver_feature_select", "queue_select"):
+        check_int(name, select, getattr(state, select), 0, _U32)
+    check_byte(name, "config_generation", state.config_generation)
+    active = check_bool(name, "active", state.active)
+    if status & _FEATURES_OK:
+        if not accepted & Feature.VERSION_1:
+            raise fail(name, "FEATURES_OK without VERSION_1 accepted")
+        if accepted & ~offered:
+            raise fail(name, f"accepted features {accepted & ~offered:#x} were never offered")
+    if active and (not status & _DRIVER_OK or not status & _FEATURES_OK or status & _NEEDS_RESET):
+        raise fail(name, f"active with status {status:#x}")
+    if not active and status & _DRIVER_OK and not status & _STOPPED:
+        raise fail(name, f"status {status:#x} says DRIVER_OK but the device is not active")
+    queues = check_tuple(name, "queues", state.queues, len(max_sizes))
+    if len(queues) != len(max_sizes):
+        raise fail(name, f"{len(queues)} queue states for {len(max_sizes)} queues")
+    for index, (queue, max_size) in enumerate(zip(queues, max_sizes, strict=True)):
+        try:
+            check_state(queue, max_size)
+        except VirtqueueError as error:
+            raise fail(name, f"queue {index}: {error.detail}") from None
+    return state
+
+
+def state_error(name: str, error: VirtqueueError | StateError) -> StateError:
+    """A queue's refusal of its state (its rings outside this RAM) as a `StateError`."""
+    if isinstance(error, StateError):
+        return error
+    return fail(name, error.detail)
