@@ -36,7 +36,7 @@ from pyvmm.device_manager import DeviceManager
 from pyvmm.devices import CmosRtc, Serial16550
 from pyvmm.errors import ConfigError
 from pyvmm.io_thread import IoThread
-from pyvmm.irq import KvmIrqLine, NoIrqLine
+from pyvmm.irq import GsiAllocator, KvmIrqLine, NoIrqLine, msi_vector
 from pyvmm.kvm import Cap, Kvm, Vcpu, Vm
 from pyvmm.memory import GuestMemory, split_around_hole
 from pyvmm.outcome import ExitKind, GuestExit, InterruptLine
@@ -250,7 +250,8 @@ class Machine:
         # PCI (pyvmm.pci_platform) unless virtio goes over MMIO, as on QEMU's PC.
         self.pci: PciPlatform | None = None
         if self.config.transport == "pci":
-            msi = vm.signal_msi if has_irqchip else None
+            # MSI-X vectors: a GSI route + irqfd each (KVM_SIGNAL_MSI where KVM has none)
+            msi = functools.partial(msi_vector, vm, GsiAllocator(vm)) if has_irqchip else None
             self.pci = PciPlatform(self.devices, memory.ram_ranges(), line, msi)
             self.devices.add(self.pci)
         self.devices.add_all(build_test_devices(self.config.test_devices, self.pci, line))

@@ -26,9 +26,14 @@ loses". Moving the BAR somewhere free maps it again.
 
 INTx: each GSI is a wired-OR of the pins routed to it (PCI 3.0 §2.2.6: INTx# are
 shareable, open-drain), driven through the machine's level-triggered KVM_IRQ_LINE.
-MSI-X: a message is sent with KVM_SIGNAL_MSI, which carries address and data
-itself, so a vector change needs no KVM route (with GSI routing and irqfds, one
-interrupts module would update a route in `vector_changed`).
+MSI-X (`MsixRoute`): each table entry the guest unmasks with a message gets an
+`MsiVector` of its own (`pyvmm.irq.msi_vector`: a GSI route and an irqfd, so a
+device's interrupt is one eventfd write from its thread; KVM_SIGNAL_MSI where KVM
+has no routes or they are all taken). The vector is made at the entry's first
+unmask and kept: a rewrite of the message re-routes it, masking it (its Mask bit,
+the Function Mask, MSI-X off, a reset) takes its route out of KVM's table, and
+closing the function frees the GSI. So a guest gets at most one GSI per entry of
+tables whose sizes pyvmm chose, however it loops over them.
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ from pyvmm.bus import Bus, BusConflictError, BusRange
 from pyvmm.device_manager import DeviceManager
 from pyvmm.devices.device import DeviceState, Region, mmio, ports
 from pyvmm.errors import StateError
-from pyvmm.kvm.errors import KvmError
+from pyvmm.irq import InterruptError, MsiMessage, MsiVector
 from pyvmm.outcome import InterruptLine
 from pyvmm.pci import (
     CONFIG_IO_LENGTH,
@@ -84,7 +89,7 @@ KVM_OWNED = (
     (KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS + KVM_TSS_PAGES * PAGE, "KVM's TSS and identity-map pages"),
 )
 
-MsiSender = Callable[[int, int], object]  # (address, data): KVM_SIGNAL_MSI
+MsiVectors = Callable[[], MsiVector]  # a new vector, no message yet (pyvmm.irq.msi_vector)
 
 
 class SharedGsi:
@@ -124,26 +129,49 @@ class _GsiInput:
 
 
 class MsixRoute:
-    """The `MsixSink` of one function: messages go out through `send`."""
+    """The `MsixSink` of one function: a `MsiVector` per table entry, made by `make` at
+    the entry's first unmask (see the module docstring)."""
 
-    def __init__(self, label: str, send: MsiSender | None) -> None:
+    def __init__(self, label: str, make: MsiVectors | None, count: int) -> None:
         self.label = label
-        self._send = send
+        self._make = make
+        self._vectors: list[MsiVector | None] = [None] * count
+        self._failed = False  # a vector could not be made: warned once
         self.delivered = 0
 
+    @property
+    def vectors(self) -> tuple[MsiVector | None, ...]:
+        return tuple(self._vectors)
+
     def vector_changed(self, index: int, vector: MsixVector) -> None:
-        # KVM_SIGNAL_MSI takes the message with each delivery: nothing to reprogram.
-        log.debug("%s MSI-X vector %d: %s", self.label, index, vector)
+        """On the vCPU thread writing the table (under the table's lock)."""
+        message = None if vector.masked else MsiMessage(vector.address, vector.data)
+        msi = self._vectors[index]
+        if msi is None:
+            if message is None or self._make is None:  # nothing to route, or no irqchip
+                return
+            try:
+                msi = self._vectors[index] = self._make()
+            except InterruptError as exc:
+                level = logging.DEBUG if self._failed else logging.WARNING
+                self._failed = True
+                log.log(level, "%s MSI-X vector %d gets no interrupt: %s", self.label, index, exc)
+                return
+        msi.update(message)
 
     def deliver(self, index: int, vector: MsixVector) -> None:
-        if self._send is None:  # no in-kernel irqchip: nowhere to send it
-            return
-        try:
-            self._send(vector.address, vector.data)
+        """On the device's thread: one eventfd write (or one KVM_SIGNAL_MSI)."""
+        msi = self._vectors[index]
+        if msi is not None:
+            msi.trigger()
             self.delivered += 1
-        except KvmError as exc:  # e.g. an address the guest made up: dropped, as by a real root port
-            log.warning("%s MSI-X vector %d (%#x, %#x) not delivered: %s", self.label, index,
-                        vector.address, vector.data, exc)  # fmt: skip
+
+    def close(self) -> None:
+        """Drop every route and irqfd (while the VM is open) and free their GSIs."""
+        for index, msi in enumerate(self._vectors):
+            if msi is not None:
+                msi.close()
+                self._vectors[index] = None
 
 
 @dataclass
@@ -160,6 +188,7 @@ class PciSlot:
     # Told (BAR index, the range now on a bus, or None) after every BAR change: what a
     # device keeps outside the buses (its KVM ioeventfds) follows the BAR through it.
     observer: Callable[[int, BarRange | None], None] | None = None
+    msix: MsixRoute | None = None
 
 
 class PciPlatform:
@@ -174,7 +203,7 @@ class PciPlatform:
         devices: DeviceManager,
         ram: Sequence[tuple[int, int]],
         line: Callable[[int], InterruptLine],
-        msi: MsiSender | None = None,
+        msi: MsiVectors | None = None,
         *,
         buses: int = 1,
     ) -> None:
@@ -226,6 +255,8 @@ class PciPlatform:
     def close(self) -> None:
         for placed in list(self.slots.values()):
             self._unmap_all(placed)
+            if placed.msix is not None:
+                placed.msix.close()
 
     # The functions' configuration spaces and BAR placements have no saved state yet:
     # a snapshot must refuse rather than lose them.
@@ -263,7 +294,7 @@ class PciPlatform:
             function.intx_line = self._shared_gsi(gsi).pin()
             function.config.set(INTERRUPT_LINE, 1, gsi)  # what a PC BIOS writes there
         if msix is not None:
-            msix.sink = MsixRoute(label, self._msi)
+            placed.msix = msix.sink = MsixRoute(label, self._msi, msix.count)
         function.bars.on_bar_change = functools.partial(self._bar_changed, placed)
         self._assign_bars(placed)
         log.debug("%s: BARs %s, GSI %s", label, function.bars.specs, gsi)
@@ -276,6 +307,8 @@ class PciPlatform:
             raise PciError(f"no PCI function at 00:{slot:02x}.0")
         placed.function.bars.on_bar_change = None
         self._unmap_all(placed)
+        if placed.msix is not None:
+            placed.msix.close()
         for window, base in placed.allocations:
             window.release(base)
         self._devices.resources.release_pci_slot(slot)

@@ -22,6 +22,7 @@ from pyvmm.device_manager import DeviceManager
 from pyvmm.devices.device import PlacedDevice, mmio
 from pyvmm.devices.pc_testdev import IOMEM_ADDRESS, IOMEM_LENGTH
 from pyvmm.devices.pci_testdev import PciTestdev
+from pyvmm.irq import MsiMessage
 from pyvmm.machine import RunResult
 from pyvmm.outcome import ExitKind
 from pyvmm.pci import BarKind, BarSpec, InterruptPin, MsixCapability, MsixTable, PciFunction, PciIds
@@ -44,6 +45,24 @@ class Line:
         self.levels.append(high)
 
 
+class Msi:
+    """An MSI vector that records what it sends (the KVM side is tests/irq's)."""
+
+    def __init__(self, sent: list[tuple[int, int]]) -> None:
+        self.message: MsiMessage | None = None
+        self._sent = sent
+
+    def trigger(self) -> None:
+        if self.message is not None:
+            self._sent.append((self.message.address, self.message.data))
+
+    def update(self, message: MsiMessage | None) -> None:
+        self.message = message
+
+    def close(self) -> None:
+        self.message = None
+
+
 class Pci:
     """A PCI platform in a device manager with the PC's devices, as the machine builds it."""
 
@@ -57,9 +76,8 @@ class Pci:
     def line(self, gsi: int) -> Line:
         return self.lines.setdefault(gsi, Line(gsi))
 
-    def send(self, address: int, data: int) -> int:
-        self.messages.append((address, data))
-        return 1
+    def send(self) -> Msi:
+        return Msi(self.messages)
 
     def ecam(self, slot: int, register: int, size: int, value: int | None = None) -> int:
         address = self.platform.resources.ecam_base + (slot << 15) + register
@@ -259,6 +277,12 @@ def test_msix_messages_reach_the_sender(pci: Pci) -> None:
     pci.ecam(slot, capability.offset + 2, 2, 1 << 15)  # MSI-X Enable
     assert table.signal(1)
     assert pci.messages == [(0xFEE0_0000, 0x4041)]
+    mmio.write(bar + 24, 4, 0x4042)  # rewritten while unmasked: the route follows
+    assert table.signal(1)
+    assert pci.messages[-1] == (0xFEE0_0000, 0x4042)
+    pci.platform.remove_function(slot)  # the function's vectors are closed with it
+    table.signal(1)
+    assert len(pci.messages) == 2
 
 
 def test_acpi_and_the_memory_map(pci: Pci) -> None:

@@ -1,12 +1,15 @@
 """MSI vectors: a message (address, data) that a device sends from any thread.
 
-Two ways to send one, chosen by what the host's KVM offers:
+Two ways to send one, chosen by what the host's KVM offers (`msi_vector`):
 
-- `SignalledMsi`: KVM_SIGNAL_MSI (api.rst §4.71) injects the message directly, one
-  ioctl per interrupt, nothing to set up. Used where KVM_CAP_SIGNAL_MSI exists.
 - `RoutedMsi`: an MSI route on a GSI of its own (KVM_SET_GSI_ROUTING, api.rst §4.52)
   and an irqfd on that GSI (api.rst §4.75): sending is one eventfd write from the
-  caller's thread. Needs KVM_CAP_IRQ_ROUTING and KVM_CAP_IRQFD.
+  caller's thread, no ioctl; the route changes only when the guest reprograms the
+  vector. Needs KVM_CAP_IRQ_ROUTING and KVM_CAP_IRQFD; the preferred way, as in
+  Cloud Hypervisor, Firecracker and crosvm.
+- `SignalledMsi`: KVM_SIGNAL_MSI (api.rst §4.71) injects the message directly, one
+  ioctl per interrupt, nothing to set up: the fallback where routes are missing or
+  all taken (KVM_CAP_SIGNAL_MSI).
 
 Both follow one rule for messages the guest programmed (an MSI-X table entry is
 guest-written): a message KVM refuses is not an error of the VMM. The vector logs it
@@ -141,16 +144,33 @@ class RoutedMsi:
             self.message = None
 
 
+def can_route(vm: Vm) -> bool:
+    """KVM_CHECK_EXTENSION: can this KVM send an MSI through a GSI route and an irqfd?"""
+    return bool(vm.kvm.check_extension(Cap.IRQ_ROUTING) and vm.kvm.check_extension(Cap.IRQFD))
+
+
+def can_signal(vm: Vm) -> bool:
+    """KVM_CHECK_EXTENSION: does this KVM have KVM_SIGNAL_MSI?"""
+    return bool(vm.kvm.check_extension(Cap.SIGNAL_MSI))
+
+
 def msi_vector(
-    vm: Vm, gsis: GsiAllocator, message: MsiMessage | None = None, *, prefer_signal: bool = True
+    vm: Vm, gsis: GsiAllocator, message: MsiMessage | None = None, *, prefer_signal: bool = False
 ) -> MsiVector:
-    """An MSI vector by what this KVM offers: KVM_SIGNAL_MSI when it has it (and
-    `prefer_signal`), else a GSI route and an irqfd."""
-    if prefer_signal and vm.kvm.check_extension(Cap.SIGNAL_MSI):
+    """An MSI vector by what this KVM offers: a GSI route and an irqfd when it can
+    (unless `prefer_signal`), else KVM_SIGNAL_MSI; also KVM_SIGNAL_MSI when every MSI
+    route is taken. `InterruptError` when this KVM can send no MSI at all."""
+    signal = can_signal(vm)
+    if can_route(vm) and not (prefer_signal and signal):
+        try:
+            return RoutedMsi(vm, gsis, message)
+        except InterruptError as exc:
+            if not signal:
+                raise
+            log.warning("%s; this MSI goes by KVM_SIGNAL_MSI instead", exc)
+    if signal:
         return SignalledMsi(vm, message)
-    if not (vm.kvm.check_extension(Cap.IRQ_ROUTING) and vm.kvm.check_extension(Cap.IRQFD)):
-        raise InterruptError(
-            "this host's KVM can send no MSI: it lacks KVM_CAP_SIGNAL_MSI and"
-            " KVM_CAP_IRQ_ROUTING with KVM_CAP_IRQFD"
-        )
-    return RoutedMsi(vm, gsis, message)
+    raise InterruptError(
+        "this host's KVM can send no MSI: it lacks KVM_CAP_SIGNAL_MSI and"
+        " KVM_CAP_IRQ_ROUTING with KVM_CAP_IRQFD"
+    )

@@ -96,6 +96,12 @@ class GsiAllocator:
         """How many MSI routes fit next to the irqchip routes."""
         return max(self.max_routes - len(self._fixed), 0)
 
+    @property
+    def msi_in_use(self) -> int:
+        """How many MSI GSIs are allocated, routed or not."""
+        with self._lock:
+            return len(self._msi)
+
     def allocate_msi(self, message: MsiMessage | None) -> int:
         """The lowest free GSI from 24, routed to `message` (None: no route yet)."""
         if not self.max_routes:

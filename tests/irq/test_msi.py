@@ -78,8 +78,8 @@ def test_routed_msi_from_the_io_thread(guest: InterruptGuest) -> None:
 def test_msi_vector_picks_by_capability(guest: InterruptGuest) -> None:
     gsis = GsiAllocator(guest.vm)
     if guest.vm.kvm.check_extension(Cap.SIGNAL_MSI):
-        assert isinstance(msi_vector(guest.vm, gsis, to_cpu0(0x40)), SignalledMsi)
-    routed = msi_vector(guest.vm, gsis, to_cpu0(0x41), prefer_signal=False)
+        assert isinstance(msi_vector(guest.vm, gsis, to_cpu0(0x40), prefer_signal=True), SignalledMsi)
+    routed = msi_vector(guest.vm, gsis, to_cpu0(0x41))  # a route and an irqfd by default
     assert isinstance(routed, RoutedMsi)
     routed.trigger()
     guest.expect(0x41)
