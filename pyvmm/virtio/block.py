@@ -47,9 +47,12 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from pyvmm.device_config import SERIAL_MAX, DiskConfig
+from pyvmm.devices.state_checks import check_type, fail
+from pyvmm.errors import StateError
 from pyvmm.virtio.block_file import DiskFile, skip_bytes
 from pyvmm.virtio.chain import DescriptorChain
 from pyvmm.virtio.device import Activation, DeviceType, VirtioDevice
+from pyvmm.virtio.device_state import BlockState
 from pyvmm.virtio.errors import Fault, VirtqueueError
 from pyvmm.virtio.queue import Virtqueue
 
@@ -106,6 +109,7 @@ MAX_DISCARD_SEG = 32
 DISCARD_ALIGNMENT = 4096 // SECTOR
 _REQUEST_IO_ERRORS = (errno.EIO, errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS)
 _RESET_WAIT_SECONDS = 30.0
+SAVE_WAIT_SECONDS = 10.0  # how long save() waits for the requests in flight
 WORKERS = 2  # the file-I/O pool's size (module docstring: measured)
 
 
@@ -216,6 +220,32 @@ class BlockDevice(VirtioDevice):
         if self._pool is not None:
             self._pool.shutdown(wait=True)
         self.file.close()
+
+    # --- saved state (device_state.py) ----------------------------------------------------
+
+    def save(self, *, timeout: float = SAVE_WAIT_SECONDS) -> BlockState:
+        """What the guest knows of the disk, once no request is in flight.
+
+        The VMM pauses the vCPUs and the I/O thread first, so no request starts; those
+        the worker pool still serves are waited for (up to `timeout` seconds), because a
+        saved queue cannot hold a request half done: it is either in the used ring or
+        still available. Their data reaches the file before save returns (a snapshot of
+        the file taken then is consistent with the saved queue). A pool stuck longer
+        (a hung NFS server) is a `StateError`, not a snapshot that loses requests."""
+        with self._lock:
+            if not self._idle.wait_for(lambda: self._in_flight == 0, timeout):
+                raise StateError(f"{self.name}: {self._in_flight} requests still in flight after {timeout} s")
+            return BlockState(self.capacity, self._features, self.serial)
+
+    def restore(self, state: object) -> None:
+        """The disk opened again must be the one the guest saw: same capacity, same
+        offered features (readonly, discard), same serial. Else `StateError`."""
+        checked = check_type(self.name, state, BlockState)
+        mine = BlockState(self.capacity, self._features, self.serial)
+        for field in ("capacity", "features", "serial"):
+            saved, current = getattr(checked, field), getattr(mine, field)
+            if type(saved) is not type(current) or saved != current:
+                raise fail(self.name, f"{field} {saved!r:.40} is not this disk's {current!r:.40}")
 
     # --- completion --------------------------------------------------------------------
 

@@ -44,8 +44,10 @@ import threading
 from collections.abc import Callable, Sequence
 from enum import IntFlag
 
+from pyvmm.devices.state_checks import check_bytes, check_int, check_tuple, check_type, fail
 from pyvmm.virtio.chain import DescriptorChain
 from pyvmm.virtio.device import Activation, DeviceType, VirtioDevice
+from pyvmm.virtio.device_state import ConsoleState
 from pyvmm.virtio.errors import VirtqueueError
 from pyvmm.virtio.queue import Virtqueue
 
@@ -156,6 +158,33 @@ class ConsoleDevice(VirtioDevice):
     def close(self) -> None:
         with self._rx_lock, self._tx_lock:
             self._activation = None
+
+    def save(self) -> ConsoleState:
+        """The size and the host input the guest has no buffer for yet. Every chain is
+        used within the call that popped it, so nothing is in flight between calls;
+        the output callback is configuration, and the counters are statistics."""
+        with self._rx_lock, self._tx_lock:
+            return ConsoleState(self._size, bytes(self._pending))
+
+    def restore(self, state: object) -> None:
+        """A console with F_SIZE takes a size, one without none (the offered features
+        must not change under the driver); the input fits the host buffer."""
+        checked = check_type(self.name, state, ConsoleState)
+        size = None
+        if checked.size is not None:
+            pair = check_tuple(self.name, "size", checked.size, 2)
+            if len(pair) != 2:
+                raise fail(self.name, f"size holds {len(pair)} entries, not (cols, rows)")
+            size = (
+                check_int(self.name, "cols", pair[0], 0, 0xFFFF),
+                check_int(self.name, "rows", pair[1], 0, 0xFFFF),
+            )
+        if (size is None) != (self._size is None):
+            raise fail(self.name, "a size is saved for a console without one, or none for one with a size")
+        pending = check_bytes(self.name, "pending_input", checked.pending_input, 0, self._host_buffer_size)
+        with self._rx_lock, self._tx_lock:
+            self._size = size
+            self._pending = bytearray(pending)
 
     # --- host side -----------------------------------------------------------------
 
