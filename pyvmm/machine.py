@@ -41,7 +41,7 @@ from pyvmm.kvm import Cap, Kvm, Vcpu, Vm
 from pyvmm.memory import GuestMemory, split_around_hole
 from pyvmm.outcome import ExitKind, GuestExit, InterruptLine
 from pyvmm.pci_platform import PciPlatform
-from pyvmm.platform import PC_PLATFORM, PlatformContext
+from pyvmm.platform import ACPI_POWER, PC_PLATFORM, PlatformContext
 from pyvmm.qemu_test_devices import build_test_devices
 from pyvmm.resources import ResourceAllocator
 from pyvmm.stats import ExitStats, IoStats, collect
@@ -208,6 +208,7 @@ class Machine:
             rsdp_address=write_acpi_tables(
                 memory,
                 config.cpus,
+                power=ACPI_POWER,
                 devices=self.devices.aml(),
                 tables=self.pci.acpi_tables() if self.pci else (),
             ),

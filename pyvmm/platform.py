@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pyvmm.arch.x86.acpi import PowerRegisters
 from pyvmm.arch.x86.acpi.dsdt import (
     fw_cfg_device,
     keyboard_device,
@@ -27,8 +28,13 @@ from pyvmm.devices.ports import IO_DELAY_PORT, POST_CODE_PORT
 from pyvmm.devices.power import (
     PM1A_CNT_LENGTH,
     PM1A_CNT_PORT,
+    RESET_PORT,
+    RESET_VALUE,
+    S5_SLEEP_TYPE,
+    SLEEP_CONTROL_PORT,
     SLEEP_PORTS_BASE,
     SLEEP_PORTS_LENGTH,
+    SLEEP_STATUS_PORT,
     SleepControl,
 )
 from pyvmm.devices.rtc import RTC_IRQ, RTC_PORT, RTC_PORT_LENGTH
@@ -64,9 +70,23 @@ def debug_exit(context: PlatformContext) -> PlacedDevice:
     return PlacedDevice("debug-exit", device, placement)
 
 
+# The power row's registers as the FADT and the DSDT's \_S5_ announce them: the ACPI
+# tables (arch) take this value, so they describe what the device (devices) implements
+# without arch importing devices.
+ACPI_POWER = PowerRegisters(
+    sleep_control_port=SLEEP_CONTROL_PORT,
+    sleep_status_port=SLEEP_STATUS_PORT,
+    reset_port=RESET_PORT,
+    reset_value=RESET_VALUE,
+    s5_sleep_type=S5_SLEEP_TYPE,
+)
+
+
 def power(context: PlatformContext) -> PlacedDevice:
-    """The ACPI PM1a control and sleep/reset registers (FADT), one motherboard device."""
-    control, sleep = PowerControl(context.stop), SleepControl(context.stop)
+    """The ACPI PM1a control and sleep/reset registers (FADT: `ACPI_POWER`), one
+    motherboard device."""
+    s5 = ACPI_POWER.s5_sleep_type
+    control, sleep = PowerControl(context.stop, s5), SleepControl(context.stop, s5)
     return PlacedDevice(
         "power",
         control,

@@ -15,6 +15,7 @@ from pyvmm.devices import Serial16550
 from pyvmm.devices.device import AddressSpace, DeviceState, PlacedDevice, ports
 from pyvmm.devices.ports import PortSink, PortSinkState
 from pyvmm.errors import StateError
+from pyvmm.platform import ACPI_POWER
 from pyvmm.resources import ResourceAllocator, ResourceError
 
 
@@ -33,7 +34,7 @@ def test_the_dsdt_describes_the_ports_the_buses_route() -> None:
     """Each I/O descriptor in the platform's AML (IO(Decode16, min, max, align, len):
     bytes 0x47, 1, min, max, align, len) names ports a device answers on."""
     with pc_devices() as manager:
-        dsdt = build_acpi_tables(1, devices=manager.aml()).table("DSDT").data
+        dsdt = build_acpi_tables(1, power=ACPI_POWER, devices=manager.aml()).table("DSDT").data
         descriptors = re.findall(rb"\x47\x01(..)(..)(.)(.)", dsdt, re.DOTALL)
         assert len(descriptors) >= 6
         for minimum, _, _, length in descriptors:

@@ -29,6 +29,7 @@ from pyvmm.pci import BarKind, BarSpec, InterruptPin, MsixCapability, MsixTable,
 from pyvmm.pci.regions import BarRegions
 from pyvmm.pci.registers import Command
 from pyvmm.pci_platform import LAPIC_ADDRESS, PciPlatform
+from pyvmm.platform import ACPI_POWER
 from pyvmm.resources import IOAPIC_ADDRESS
 
 TEST_IDS = PciIds(0x1234, 0x5678, 0xFF, 0)
@@ -235,6 +236,8 @@ def test_a_64_bit_bar_moves_in_two_reports(pci: Pci) -> None:
 
 
 def test_intx_follows_the_swizzle_and_gsis_are_shared(pci: Pci) -> None:
+    # The _PRT's GSIs are PCI's in the resource allocator: no other device gets them.
+    assert [pci.manager.resources.gsis.owner(gsi) for gsi in range(16, 21)] == ["PCI INTx"] * 4 + [None]
     functions = []
     for pin in (InterruptPin.INTA, InterruptPin.INTA, InterruptPin.INTB):
         functions.append(PciFunction(TEST_IDS, interrupt_pin=pin))
@@ -287,7 +290,9 @@ def test_msix_messages_reach_the_sender(pci: Pci) -> None:
 
 def test_acpi_and_the_memory_map(pci: Pci) -> None:
     r = pci.platform.resources
-    tables = build_acpi_tables(1, devices=pci.manager.aml(), tables=pci.platform.acpi_tables())
+    tables = build_acpi_tables(
+        1, power=ACPI_POWER, devices=pci.manager.aml(), tables=pci.platform.acpi_tables()
+    )
     mcfg = tables.table("MCFG").data
     base, segment, start, end = struct.unpack_from("<QHBB", mcfg, 44)
     assert (base, segment, start, end) == (r.ecam_base, 0, 0, 0)

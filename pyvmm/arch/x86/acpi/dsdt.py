@@ -1,7 +1,8 @@
 """The Differentiated System Description Table (ACPI 6.4 §5.2.11.1): the devices a
 guest cannot probe for, in AML.
 
-    \\_S5_              Package {5, 0}: SLP_TYP for the sleep control register (S5 = off)
+    \\_S5_              Package {n, 0}: SLP_TYP for the sleep control register (S5 = off;
+                        n is the platform's, 5 on the PC: pyvmm.platform.ACPI_POWER)
     \\_SB_.Cnnn         one processor device (ACPI0007) per vCPU, _UID n = MADT UID
     \\_SB_.<devices>    what the device manager's devices contribute, in their order;
                         for the PC platform (pyvmm.platform): COM1 (PNP0501), RTC_
@@ -20,7 +21,6 @@ from pyvmm.arch.x86.acpi.aml import Aml, Device, EisaId, Name, Package, Scope, d
 from pyvmm.arch.x86.acpi.errors import AcpiError
 from pyvmm.arch.x86.acpi.resources import IO, IrqNoFlags, ResourceTemplate
 from pyvmm.arch.x86.acpi.sdt import table
-from pyvmm.devices.power import S5_SLEEP_TYPE  # the sleep registers are the FADT's too (fadt.py)
 
 DSDT_REVISION = 2  # integers are 64 bits wide
 
@@ -78,11 +78,12 @@ def motherboard_resources(name: str, port_ranges: Sequence[tuple[int, int]]) -> 
     return Device(name, [Name("_HID", EisaId("PNP0C02")), Name("_UID", 0), Name("_CRS", resources)])
 
 
-def build_dsdt(cpus: int, devices: Sequence[Aml]) -> bytes:
-    """The DSDT: ``\\_S5_``, then the processors and `devices` in ``\\_SB_``."""
+def build_dsdt(cpus: int, devices: Sequence[Aml], *, s5_sleep_type: int) -> bytes:
+    """The DSDT: ``\\_S5_`` (`s5_sleep_type`, as the FADT's sleep control register takes
+    it), then the processors and `devices` in ``\\_SB_``."""
     processors: list[Aml] = [processor_device(uid) for uid in range(cpus)]
     terms = [
-        Name("_S5_", Package([S5_SLEEP_TYPE, 0])),
+        Name("_S5_", Package([s5_sleep_type, 0])),
         Scope("\\_SB_", [*processors, *devices]),
     ]
     return table(b"DSDT", DSDT_REVISION, definition_block(terms))

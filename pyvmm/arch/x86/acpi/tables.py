@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pyvmm.arch.x86.acpi.aml import Aml
 from pyvmm.arch.x86.acpi.dsdt import build_dsdt
 from pyvmm.arch.x86.acpi.errors import AcpiError
-from pyvmm.arch.x86.acpi.fadt import DEFAULT_BOOT_ARCH, BootArch, build_fadt
+from pyvmm.arch.x86.acpi.fadt import DEFAULT_BOOT_ARCH, BootArch, PowerRegisters, build_fadt
 from pyvmm.arch.x86.acpi.madt import TIMER_GSI_KVM_DEFAULT, build_madt
 from pyvmm.arch.x86.acpi.sdt import HEADER_SIZE, RSDP_SIZE, rsdp, rsdt, xsdt
 from pyvmm.memory import GuestMemory
@@ -86,6 +86,7 @@ def _align(address: int) -> int:
 def build_acpi_tables(
     cpus: int,
     *,
+    power: PowerRegisters,
     devices: Sequence[Aml] = (),
     tables: Sequence[bytes] = (),
     timer_gsi: int = TIMER_GSI_KVM_DEFAULT,
@@ -94,21 +95,23 @@ def build_acpi_tables(
     limit: int = ACPI_AREA_END,
 ) -> AcpiTables:
     """All tables for a guest with `cpus` vCPUs, laid out from `base` (the RSDP) to at
-    most `limit`. `devices` are the AML objects of the machine's devices, for ``\\_SB_``
-    (`DeviceManager.aml()`); `tables` are further whole tables (header and checksum
-    included, e.g. `mcfg.build_mcfg`) for the XSDT and RSDT to point at."""
+    most `limit`. `power`: the platform's sleep and reset registers, for the FADT and
+    ``\\_S5_`` (`pyvmm.platform.ACPI_POWER`). `devices` are the AML objects of the
+    machine's devices, for ``\\_SB_`` (`DeviceManager.aml()`); `tables` are further
+    whole tables (header and checksum included, e.g. `mcfg.build_mcfg`) for the XSDT
+    and RSDT to point at."""
     for extra in tables:
         signature = extra[:4]
         if len(extra) < HEADER_SIZE or signature in _BUILT_HERE or not signature.isalnum():
             raise AcpiError(f"extra ACPI table {signature!r} is not a table pyvmm can add")
-    dsdt = build_dsdt(cpus, devices)
+    dsdt = build_dsdt(cpus, devices, s5_sleep_type=power.s5_sleep_type)
     madt = build_madt(cpus, timer_gsi=timer_gsi)
     pointers = [0] * (2 + len(tables))
     # Every table but the DSDT has a size known before the addresses are: lay out first.
     xsdt_address = _align(base + RSDP_SIZE)
     rsdt_address = _align(xsdt_address + len(xsdt(pointers)))
     fadt_address = _align(rsdt_address + len(rsdt(pointers)))
-    madt_address = _align(fadt_address + len(build_fadt(0)))
+    madt_address = _align(fadt_address + len(build_fadt(0, power)))
     extra_addresses = []
     address = madt_address + len(madt)
     for extra in tables:
@@ -126,7 +129,7 @@ def build_acpi_tables(
         AcpiTable("RSDP", base, rsdp(xsdt_address, rsdt_address)),
         AcpiTable("XSDT", xsdt_address, xsdt(pointed)),
         AcpiTable("RSDT", rsdt_address, rsdt(pointed)),
-        AcpiTable("FACP", fadt_address, build_fadt(dsdt_address, boot_arch=boot_arch)),
+        AcpiTable("FACP", fadt_address, build_fadt(dsdt_address, power, boot_arch=boot_arch)),
         AcpiTable("APIC", madt_address, madt),
         *(
             AcpiTable(extra[:4].decode("ascii"), at, extra)
@@ -141,6 +144,7 @@ def write_acpi_tables(
     memory: GuestMemory,
     cpus: int,
     *,
+    power: PowerRegisters,
     devices: Sequence[Aml] = (),
     tables: Sequence[bytes] = (),
     timer_gsi: int = TIMER_GSI_KVM_DEFAULT,
@@ -148,11 +152,14 @@ def write_acpi_tables(
 ) -> int:
     """Write the RSDP and every table into the BIOS area of `memory`; the RSDP's address.
 
+    `power`: the platform's sleep and reset registers (FADT, ``\\_S5_``).
     `devices`: the AML device objects of the machine's devices, for ``\\_SB_``.
     `tables`: further whole tables (the MCFG), pointed to by the XSDT and RSDT.
     `timer_gsi`: where ISA IRQ 0 reaches the IOAPIC (see `madt`).
     """
-    built = build_acpi_tables(cpus, devices=devices, tables=tables, timer_gsi=timer_gsi, boot_arch=boot_arch)
+    built = build_acpi_tables(
+        cpus, power=power, devices=devices, tables=tables, timer_gsi=timer_gsi, boot_arch=boot_arch
+    )
     for entry in built.tables:
         memory.write(entry.address, entry.data)
     log.debug("ACPI tables for %d vCPUs at [%#x, %#x)", cpus, built.rsdp_address, built.end)

@@ -34,6 +34,7 @@ from pyvmm.arch.x86.acpi.resources import (
     WordIO,
 )
 from pyvmm.arch.x86.acpi.sdt import table
+from pyvmm.platform import ACPI_POWER
 
 DATA_TABLES = ("XSDT", "RSDT", "FACP", "APIC")
 
@@ -57,7 +58,7 @@ def virtio_mmio(index: int, base: int, gsi: int) -> Device:
 
 @pytest.mark.parametrize("cpus", [1, 8, 64])
 def test_data_tables_disassemble_cleanly(iasl: str, tmp_path: Path, cpus: int) -> None:
-    built = build_acpi_tables(cpus, timer_gsi=TIMER_GSI_PC)
+    built = build_acpi_tables(cpus, power=ACPI_POWER, timer_gsi=TIMER_GSI_PC)
     dsl = {name: disassemble(iasl, built.table(name).data, name.lower(), tmp_path) for name in DATA_TABLES}
 
     fadt_address = f"{built.table('FACP').address:016X}"
@@ -92,7 +93,7 @@ def test_data_tables_disassemble_cleanly(iasl: str, tmp_path: Path, cpus: int) -
 
 
 def test_x2apic_madt_disassembles_cleanly(iasl: str, tmp_path: Path) -> None:
-    madt = disassemble(iasl, build_acpi_tables(260).table("APIC").data, "apic", tmp_path)
+    madt = disassemble(iasl, build_acpi_tables(260, power=ACPI_POWER).table("APIC").data, "apic", tmp_path)
     assert madt.count("[Processor Local APIC]") == 255
     assert madt.count("[Processor Local x2APIC]") == 5
     assert "[Local x2APIC NMI]" in madt
@@ -103,7 +104,8 @@ def test_dsdt_disassembles_to_the_devices_and_compiles_back(iasl: str, tmp_path:
     extra = [virtio_mmio(0, 0xD000_0000, 5), virtio_mmio(1, 0xD000_0200, 6)]
     with pc_devices() as platform:
         devices = [*platform.aml(), *extra]
-    dsl = disassemble(iasl, build_acpi_tables(cpus, devices=devices).table("DSDT").data, "dsdt", tmp_path)
+    dsdt = build_acpi_tables(cpus, power=ACPI_POWER, devices=devices).table("DSDT").data
+    dsl = disassemble(iasl, dsdt, "dsdt", tmp_path)
 
     assert re.search(r"Name \(_S5, Package \(0x02\).*?\{\s*0x05,\s*Zero\s*\}", dsl, re.DOTALL)
     assert "Scope (\\_SB)" in dsl

@@ -1,0 +1,93 @@
+"""The bottom of the layer tree (docs/architecture.md): KVM binding → guest memory →
+boot → arch. Each imports only from the layers below it (and `pyvmm.errors`, the one
+exception hierarchy; the KVM binding not even that), wherever the import stands: at
+the top, inside a function, or only for type checking. The one exception: boot reads
+the guest physical layout (`pyvmm.arch.x86.layout`, a table that imports nothing)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "pyvmm"
+
+# (layer, where it lives, the pyvmm modules it may import besides its own)
+LAYERS = [
+    ("KVM binding", "kvm", ()),
+    ("guest memory", "memory.py", ("pyvmm.kvm", "pyvmm.errors")),
+    # arch.x86.layout, the table of guest physical addresses, is a leaf (checked below)
+    # that the loaders read for where the boot protocols put things.
+    ("boot", "boot", ("pyvmm.kvm", "pyvmm.memory", "pyvmm.errors", "pyvmm.arch.x86.layout")),
+    ("arch", "arch", ("pyvmm.kvm", "pyvmm.memory", "pyvmm.boot", "pyvmm.errors")),
+]
+
+
+def _module(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(source: str, package: str) -> list[tuple[int, str]]:
+    """The pyvmm modules `source` (a file of `package`) imports, with their line
+    numbers; relative imports resolved against `package`."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            name = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = parts[: len(parts) - node.level + 1]
+                name = ".".join([*base, name] if name else base)
+            found.append((node.lineno, name))
+    return sorted((line, name) for line, name in found if name == "pyvmm" or name.startswith("pyvmm."))
+
+
+def _file_imports(path: Path) -> list[tuple[int, str]]:
+    module = _module(path)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    return _imports(path.read_text(), package)
+
+
+def _within(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+@pytest.mark.parametrize(("layer", "where", "allowed"), LAYERS, ids=[layer for layer, _, _ in LAYERS])
+def test_a_layer_imports_nothing_above_it(layer: str, where: str, allowed: tuple[str, ...]) -> None:
+    root = PACKAGE / where
+    files = [root] if root.is_file() else sorted(root.rglob("*.py"))
+    own = "pyvmm." + where.removesuffix(".py")
+    assert files
+    upward = [
+        f"{path.relative_to(PACKAGE.parent)}:{line} imports {name}"
+        for path in files
+        for line, name in _file_imports(path)
+        if not any(_within(name, prefix) for prefix in (own, *allowed))
+    ]
+    assert upward == [], f"{layer} imports from above it"
+
+
+def test_the_layout_table_is_a_leaf() -> None:
+    assert _file_imports(PACKAGE / "arch" / "x86" / "layout.py") == []
+
+
+def test_the_check_sees_an_import_anywhere_in_a_file() -> None:
+    source = (
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n"
+        "    import pyvmm.machine\n"
+        "def f():\n"
+        "    from pyvmm.devices.power import RESET_PORT\n"
+        "from ..layout import MMIO_HOLE_START\n"
+        "from . import sdt\n"
+    )
+    assert _imports(source, "pyvmm.arch.x86.acpi") == [
+        (3, "pyvmm.machine"),
+        (5, "pyvmm.devices.power"),
+        (6, "pyvmm.arch.x86.layout"),
+        (7, "pyvmm.arch.x86.acpi"),
+    ]
