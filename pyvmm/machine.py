@@ -244,6 +244,7 @@ class Machine:
         """The PC platform's devices (pyvmm.platform), on the buses."""
 
         def line(gsi: int) -> InterruptLine:
+            self.devices.resources.gsis.claim(gsi, "a platform device")  # not for virtio-mmio
             return KvmIrqLine(vm, gsi) if has_irqchip else NoIrqLine()
 
         context = PlatformContext(memory, self.config.cpus, self.stop, line, self._console_output)

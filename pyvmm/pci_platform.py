@@ -215,6 +215,8 @@ class PciPlatform:
         self.buses = buses
         self.host = PciHost(buses)
         devices.resources.pci_slot(HOST_BRIDGE_SLOT)
+        for gsi in DEFAULT_GSIS:  # the _PRT gives them to PCI, whichever slots get used
+            devices.resources.gsis.claim(gsi, "PCI INTx")
         self._gsis: dict[int, SharedGsi] = {}
         self.slots: dict[int, PciSlot] = {}
         self._lock = threading.Lock()  # BAR changes of different vCPUs

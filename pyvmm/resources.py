@@ -1,9 +1,12 @@
 """The platform's resources, handed out from one place: I/O ports, the 32-bit MMIO
-window in the hole below 4 GiB, a 64-bit MMIO window above RAM, and PCI slots.
+window in the hole below 4 GiB, a 64-bit MMIO window above RAM, PCI slots, and the
+GSIs of the irqchip's input pins.
 
-Fixed resources (the PC's legacy ports) are reserved first; what PCI BARs and
-virtio-mmio devices get is allocated around them, so no two devices can ever be given
-overlapping ranges. GSIs are handed out by `pyvmm.interrupts`' allocator.
+Fixed resources (the PC's legacy ports, the ISA IRQs of its devices, the GSIs PCI's
+_PRT names) are reserved first; what PCI BARs and virtio-mmio devices get is allocated
+around them, so no two devices can ever be given overlapping ranges or one another's
+interrupt line. MSI GSIs (from 24) are routes, not pins: `pyvmm.irq.GsiAllocator`
+hands those out with KVM's routing table.
 
 PCI takes its share once (`ResourceAllocator.pci`): a 512 MiB window at the bottom
 of the 32-bit MMIO window (room for many 32-bit BARs, while devices outside PCI keep
@@ -16,10 +19,12 @@ windows stays free for devices outside PCI (virtio-mmio).
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from pyvmm.arch.x86.layout import KVM_IDENTITY_MAP_ADDRESS, MMIO_HOLE_END, MMIO_HOLE_START, GiB, MiB
 from pyvmm.errors import ConfigError
+from pyvmm.kvm.x86 import KVM_IOAPIC_NUM_PINS
 
 # PCI I/O BARs from 0xC000 up, as QEMU's PC places them: clear of every ISA device.
 PCI_IO_WINDOW = (0xC000, 0x10000)
@@ -31,10 +36,46 @@ MMIO64_SIZE = 64 * GiB
 PCI_SLOTS = 32
 PCI_MMIO32_SIZE = 512 * MiB
 ECAM_BUS_SIZE = 1 * MiB  # configuration space of one bus (PCIe base §7.2.2)
+PIN_GSIS = range(KVM_IOAPIC_NUM_PINS)  # ISA IRQs 0-15 (PIC and IOAPIC), IOAPIC pins 16-23
 
 
 class ResourceError(ConfigError):
     """A window is full, or a fixed range is already taken."""
+
+
+class PinGsis:
+    """The GSIs of the in-kernel PIC and IOAPIC inputs (0-23, `pyvmm.irq.routing`):
+    which a device holds. Fixed lines are `claim`ed (several claims of one GSI are
+    one shared line, as PCI INTx is); a device that needs a line of its own gets the
+    first free one of its candidates with `allocate`."""
+
+    def __init__(self) -> None:
+        self._taken: dict[int, str] = {}  # GSI -> who holds it
+
+    def claim(self, gsi: int, owner: str) -> int:
+        """A fixed line: `gsi` is taken (shared with whoever holds it already)."""
+        if gsi not in PIN_GSIS:
+            raise ResourceError(f"{owner}: GSI {gsi} is no input of the irqchip (0-{PIN_GSIS[-1]})")
+        self._taken.setdefault(gsi, owner)
+        return gsi
+
+    def free(self, candidates: Iterable[int]) -> list[int]:
+        """The candidates nobody holds, in order."""
+        return [gsi for gsi in candidates if gsi in PIN_GSIS and gsi not in self._taken]
+
+    def allocate(self, candidates: Iterable[int], owner: str) -> int:
+        """The first free GSI of `candidates`, now `owner`'s alone."""
+        candidates = list(candidates)
+        for gsi in self.free(candidates):
+            self._taken[gsi] = owner
+            return gsi
+        raise ResourceError(f"{owner}: no free GSI among {', '.join(map(str, candidates))}")
+
+    def owner(self, gsi: int) -> str | None:
+        return self._taken.get(gsi)
+
+    def release(self, gsi: int) -> None:
+        self._taken.pop(gsi, None)
 
 
 @dataclass
@@ -105,6 +146,7 @@ class ResourceAllocator:
         mmio64_start = max(-(-ram_end // GiB) * GiB, MMIO_HOLE_END)
         self.mmio64 = AddressWindow("64-bit MMIO window", mmio64_start, mmio64_start + MMIO64_SIZE)
         self._slots = [False] * PCI_SLOTS
+        self.gsis = PinGsis()
         self._pci: PciResources | None = None
         assert MMIO32_WINDOW[1] <= KVM_IDENTITY_MAP_ADDRESS
 

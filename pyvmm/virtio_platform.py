@@ -6,10 +6,13 @@ virtio-mmio placement (virtio 1.2 §4.2), one device per window:
 
 - a 0x200-byte window (registers + 256 bytes of configuration space), 4 KiB aligned,
   from the resource allocator's 32-bit MMIO window;
-- a GSI of its own: first the ISA IRQs the PC's devices leave free (5, 6, 7, 10, 11:
-  the 8259 PIC reaches them too, so they work for a guest with ACPI off), then IOAPIC
-  pins 20-23 (in `pyvmm.irq`'s PCI INTx range, free here: with virtio on MMIO the
-  machine has no PCI), which only an ACPI guest learns about;
+- a GSI of its own from the resource allocator (`ResourceAllocator.gsis`, where the
+  PC's devices hold their ISA IRQs and PCI its INTx GSIs): first the ISA IRQs the PC
+  leaves free (5, 6, 7, 10, 11: the 8259 PIC reaches them too, so they work for a
+  guest with ACPI off), then IOAPIC pins 16-23 (PCI INTx's range, free here: with
+  virtio on MMIO the machine has no PCI), which only an ACPI guest learns about. So
+  a machine takes up to 13 virtio-mmio devices (`--disk`, `--net`, `--rng`, the
+  console together), 5 with `acpi=off`; one more is a `ResourceError` saying so;
 - one announcement per boot. Linux probes every announcement it is given and the
   second probe of one window fails with EBUSY ("can't request region"), so pyvmm
   gives exactly one, as QEMU's microvm does (it adds `virtio_mmio.device=` only when
@@ -34,6 +37,7 @@ from pyvmm.config import MachineConfig
 from pyvmm.devices.device import PlacedDevice, mmio
 from pyvmm.errors import ConfigError
 from pyvmm.io_thread import IoThread
+from pyvmm.irq import PCI_INTX_GSIS
 from pyvmm.kvm import Vm
 from pyvmm.memory import GuestMemory
 from pyvmm.outcome import InterruptLine
@@ -48,7 +52,7 @@ log = logging.getLogger(__name__)
 
 WINDOW_ALIGN = 0x1000
 ISA_GSIS = (5, 6, 7, 10, 11)  # free ISA IRQs: COM1 4, RTC 8, SCI 9, i8042 1 and 12, PIT 0/2
-IOAPIC_GSIS = (20, 21, 22, 23)  # PCI INTx GSIs, unused without PCI (pyvmm.irq.routing)
+IOAPIC_GSIS = tuple(PCI_INTX_GSIS)  # 16-23: PCI INTx GSIs, unused without PCI
 VIRTIO_MMIO_HID = "LNRO0005"  # Linux's ACPI ID for virtio-mmio (drivers/virtio/virtio_mmio.c)
 
 
@@ -143,26 +147,29 @@ def place_on_mmio(
     """Each device on its own virtio-mmio window and GSI, announced in the DSDT
     (`acpi`) or on the kernel command line (see the module docstring). On failure
     every device is closed, placed or not."""
-    gsis = mmio_gsis(acpi)
+    candidates = mmio_gsis(acpi)
     placed: list[PlacedDevice] = []
     with _closing_on_error(placed, devices):
-        if len(devices) > len(gsis):
+        free = context.resources.gsis.free(candidates)
+        if len(devices) > len(free):
             without = "" if acpi else " with acpi=off"
             raise ResourceError(
-                f"{len(devices)} virtio-mmio devices, but only {len(gsis)} free GSIs{without}"
+                f"{len(devices)} virtio-mmio devices, but only {len(free)} free GSIs{without}"
+                f" ({', '.join(map(str, free))}); --transport pci takes more"
             )
-        for index, (device, gsi) in enumerate(zip(devices, gsis, strict=False)):
-            placed.append(_place_one(index, device, gsi, context, acpi))
+        for index, device in enumerate(devices):
+            placed.append(_place_one(index, device, candidates, context, acpi))
     return placed
 
 
 def _place_one(
-    index: int, device: VirtioDevice, gsi: int, context: VirtioContext, acpi: bool
+    index: int, device: VirtioDevice, candidates: Sequence[int], context: VirtioContext, acpi: bool
 ) -> PlacedDevice:
+    label = f"virtio-mmio {index} ({device.name})"
+    gsi = context.resources.gsis.allocate(candidates, label)
     base = context.resources.mmio32.allocate(WINDOW_SIZE, WINDOW_ALIGN)
     transport = VirtioMmio(device, context.memory, context.line(gsi))
     notifiers = MmioNotifiers(context.vm, context.io, transport, base)
-    label = f"virtio-mmio {index} ({device.name})"
     log.info(
         "%s at %#x, GSI %d, announced %s", label, base, gsi, "in the DSDT" if acpi else "on the command line"
     )

@@ -71,3 +71,23 @@ def test_an_ecam_of_256_buses_is_aligned_to_its_size() -> None:
     assert pci.ecam_size == 256 * MiB and pci.ecam_base % (256 * MiB) == 0
     with pytest.raises(ResourceError, match="256 buses"):
         ResourceAllocator(256 * MiB).pci(0)
+
+
+def test_pin_gsis_fixed_lines_are_shared_allocated_ones_are_not() -> None:
+    gsis = ResourceAllocator(64 * MiB).gsis
+    assert gsis.claim(4, "COM1") == 4
+    assert gsis.claim(4, "a second user of the line") == 4  # a shared line, first holder named
+    assert gsis.owner(4) == "COM1"
+    assert gsis.free([3, 4, 5, 24]) == [3, 5]  # 24 is an MSI route, no pin
+    assert gsis.allocate([4, 5, 6], "virtio-mmio 0") == 5
+    assert gsis.allocate([4, 5, 6], "virtio-mmio 1") == 6
+    with pytest.raises(ResourceError, match="virtio-mmio 2: no free GSI among 4, 5, 6"):
+        gsis.allocate([4, 5, 6], "virtio-mmio 2")
+    gsis.release(6)
+    assert gsis.allocate([4, 5, 6], "virtio-mmio 2") == 6
+
+
+@pytest.mark.parametrize("gsi", [-1, 24, 1 << 32])
+def test_a_gsi_that_is_no_pin_cannot_be_claimed(gsi: int) -> None:
+    with pytest.raises(ResourceError, match="no input of the irqchip"):
+        ResourceAllocator(64 * MiB).gsis.claim(gsi, "x")

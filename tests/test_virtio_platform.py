@@ -113,8 +113,9 @@ def test_acpi_off_on_the_command_line(cmdline: str | bytes, off: bool) -> None:
 
 def test_without_acpi_only_the_pics_irqs_are_used() -> None:
     assert mmio_gsis(acpi=False) == ISA_GSIS == (5, 6, 7, 10, 11)
-    assert mmio_gsis(acpi=True)[: len(ISA_GSIS)] == ISA_GSIS
-    assert not set(mmio_gsis(acpi=True)) & {0, 1, 2, 4, 8, 9, 12, 16, 17, 18, 19}  # ISA devices, PCI INTx
+    # With ACPI the IOAPIC-only pins too: all of 16-23, PCI INTx's, on a machine without PCI.
+    assert mmio_gsis(acpi=True) == (*ISA_GSIS, *range(16, 24))
+    assert not set(mmio_gsis(acpi=True)) & {0, 1, 2, 4, 8, 9, 12}  # the PC's ISA devices
 
 
 def manager_with(*words: str) -> DeviceManager:
@@ -182,6 +183,43 @@ def test_more_devices_than_gsis_is_one_error_and_closes_them_all(context: Virtio
     with pytest.raises(ResourceError, match="6 virtio-mmio devices, but only 5 free GSIs with acpi=off"):
         place_on_mmio(devices, context, acpi=False)
     assert all(device.closed for device in devices)
+
+
+@pytest.mark.kvm
+def test_thirteen_devices_get_distinct_gsis_and_a_fourteenth_is_one_error(context: VirtioContext) -> None:
+    placed = place_on_mmio([Quiet(str(i)) for i in range(13)], context, acpi=True)
+    try:
+        owners = [context.resources.gsis.owner(gsi) for gsi in mmio_gsis(acpi=True)]
+        assert owners == [f"virtio-mmio {i} ({i})" for i in range(13)]
+    finally:
+        for device in placed:
+            device.close()
+    with Kvm() as kvm, kvm.create_vm() as vm:
+        fresh = VirtioContext(context.memory, vm, context.io, ResourceAllocator(RAM), no_line, print)
+        devices = [Quiet(str(i)) for i in range(14)]
+        with pytest.raises(ResourceError, match=r"14 virtio-mmio devices, but only 13 free GSIs \(5, 6,"):
+            place_on_mmio(devices, fresh, acpi=True)
+        assert all(device.closed for device in devices)
+
+
+@pytest.mark.kvm
+def test_gsis_the_other_devices_hold_are_skipped(context: VirtioContext) -> None:
+    """The platform's fixed lines (as the machine's line() claims them) and PCI's
+    INTx GSIs are never given to a virtio-mmio device."""
+    context.resources.gsis.claim(5, "a platform device")
+    for gsi in (16, 17, 18, 19):
+        context.resources.gsis.claim(gsi, "PCI INTx")
+    placed = place_on_mmio([Quiet("a"), Quiet("b"), Quiet("c"), Quiet("d"), Quiet("e")], context, acpi=True)
+    try:
+        words = [context.resources.gsis.owner(gsi) for gsi in (5, 6, 7, 10, 11, 16, 20)]
+        assert words == [
+            "a platform device", "virtio-mmio 0 (a)", "virtio-mmio 1 (b)", "virtio-mmio 2 (c)",
+            "virtio-mmio 3 (d)", "PCI INTx", "virtio-mmio 4 (e)",
+        ]  # fmt: skip
+        assert (20).to_bytes(4, "little") in placed[4].aml()[0].encode()  # its _CRS Interrupt
+    finally:
+        for device in placed:
+            device.close()
 
 
 @pytest.mark.kvm

@@ -4,8 +4,8 @@ The GSI space of the PC platform pyvmm builds (api.rst §4.24 KVM_CREATE_IRQCHIP
 
 - GSIs 0-15 are the ISA IRQs, fixed by the device (COM1 is 4): KVM routes each to
   the PIC and to the IOAPIC pin of the same number;
-- GSIs 16-23 are the remaining IOAPIC pins, routed to the IOAPIC only: PCI INTx lines
-  are allocated from them;
+- GSIs 16-23 are the remaining IOAPIC pins, routed to the IOAPIC only: PCI INTx
+  (and virtio-mmio devices on a machine without PCI) use them;
 - GSIs from 24 up to KVM's limit (KVM_CHECK_EXTENSION(KVM_CAP_IRQ_ROUTING) is the
   most routes a table may hold) are MSI routes, one entry each.
 
@@ -59,15 +59,15 @@ def _msi_entry(gsi: int, message: MsiMessage) -> uapi.kvm_irq_routing_entry:
 
 
 class GsiAllocator:
-    """Hands out PCI INTx GSIs and MSI routes, and keeps KVM's routing table whole.
-    Thread-safe: one lock orders allocations and commits."""
+    """Hands out MSI routes and keeps KVM's routing table whole. Thread-safe: one lock
+    orders allocations and commits. (Which device holds which pin GSI, 0-23, is the
+    resource allocator's: `pyvmm.resources.PinGsis`.)"""
 
     def __init__(self, vm: Vm) -> None:
         self.vm = vm
         # 0 when this KVM has no KVM_SET_GSI_ROUTING: ISA and INTx lines still work.
         self.max_routes = vm.kvm.check_extension(Cap.IRQ_ROUTING)
         self._fixed = irqchip_routes()
-        self._intx_used: set[int] = set()
         self._msi: dict[int, MsiMessage | None] = {}  # None: allocated, no route for now
         self._lock = threading.Lock()
 
@@ -77,19 +77,6 @@ class GsiAllocator:
         if irq not in ISA_IRQS:
             raise InterruptError(f"ISA IRQs are 0-15, not {irq}")
         return irq
-
-    def allocate_intx(self) -> int:
-        """The lowest free IOAPIC pin of 16-23, for a PCI INTx line."""
-        with self._lock:
-            for gsi in PCI_INTX_GSIS:
-                if gsi not in self._intx_used:
-                    self._intx_used.add(gsi)
-                    return gsi
-        raise InterruptError(f"all {len(PCI_INTX_GSIS)} PCI INTx GSIs (16-23) are in use")
-
-    def free_intx(self, gsi: int) -> None:
-        with self._lock:
-            self._intx_used.discard(gsi)
 
     @property
     def msi_capacity(self) -> int:

@@ -10,7 +10,6 @@ from irq.conftest import InterruptGuest
 
 from pyvmm.irq import (
     FIRST_MSI_GSI,
-    PCI_INTX_GSIS,
     GsiAllocator,
     InterruptError,
     KvmIrqLine,
@@ -39,15 +38,6 @@ def test_irqchip_routes_are_those_of_kvm_create_irqchip() -> None:
     assert (12, uapi.KVM_IRQCHIP_PIC_SLAVE, 4) in routes
     assert (20, uapi.KVM_IRQCHIP_IOAPIC, 20) in routes
     assert not any(gsi == 20 and chip != uapi.KVM_IRQCHIP_IOAPIC for gsi, chip, _pin in routes)
-
-
-def test_intx_gsis_are_16_to_23(vm: Vm) -> None:
-    gsis = GsiAllocator(vm)
-    assert [gsis.allocate_intx() for _ in PCI_INTX_GSIS] == list(range(16, 24))
-    with pytest.raises(InterruptError, match="INTx"):
-        gsis.allocate_intx()
-    gsis.free_intx(19)
-    assert gsis.allocate_intx() == 19
 
 
 def test_isa_irqs_are_their_own_gsis() -> None:
@@ -81,7 +71,7 @@ def test_without_routing_support_msi_routes_are_refused(vm: Vm) -> None:
     gsis.max_routes = 0  # KVM_CAP_IRQ_ROUTING absent
     with pytest.raises(InterruptError, match="KVM_CAP_IRQ_ROUTING"):
         gsis.allocate_msi(MESSAGE)
-    assert gsis.allocate_intx() == 16  # the irqchip's own routes still serve INTx
+    assert len(gsis.entries()) == len(irqchip_routes())  # the irqchip's own routes stay
 
 
 def test_a_refused_table_leaves_the_allocator_unchanged(vm: Vm) -> None:
