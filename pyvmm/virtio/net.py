@@ -40,11 +40,14 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from pyvmm.devices.state_checks import check_bool, check_bytes, check_type, fail
+from pyvmm.errors import StateError
 from pyvmm.eventfd import EventFd
 from pyvmm.io_thread import IoThread
 from pyvmm.net.tap import Tap
 from pyvmm.virtio.chain import DescriptorChain
 from pyvmm.virtio.device import Activation, DeviceType, Interrupt, VirtioDevice
+from pyvmm.virtio.device_state import NetState
 from pyvmm.virtio.errors import VirtqueueError
 from pyvmm.virtio.net_offload import GSO_TO_GUEST, NetFeature, offered_features, tap_offload
 from pyvmm.virtio.queue import Virtqueue
@@ -105,6 +108,7 @@ class NetDevice(VirtioDevice):
         self.name = f"{name} ({tap.name})"
         self.tap = tap
         self.mac = bytes(mac)
+        self.link_up = True  # a TAP's carrier is not watched: the link is up
         self.stats = NetStats()
         self._io = io
         self._rx_lock = threading.Lock()
@@ -126,6 +130,11 @@ class NetDevice(VirtioDevice):
         self._spill = memoryview(bytearray(MAX_PACKET))
         self._iov: list[memoryview] = [self._spill]
         self._spilled: _Spilled | None = None
+        # Chains leave the held ones in the order they were popped. A chain returned at
+        # once (no room for a header) while others were held makes those not the last
+        # ones popped: they cannot go back to the ring in a saved state
+        # (`unused_chains`) until they are used. How many of them are left:
+        self._before_gap = 0
         self._kick = EventFd()
         io.register(self._kick, self._on_kick, f"{self.name} rx notify")
 
@@ -140,7 +149,7 @@ class NetDevice(VirtioDevice):
 
     def config(self) -> bytes:
         """struct virtio_net_config (§5.1.4): mac, status, max_virtqueue_pairs (1)."""
-        return self.mac + struct.pack("<HH", LINK_UP, 1)
+        return self.mac + struct.pack("<HH", LINK_UP if self.link_up else 0, 1)
 
     def write_config(self, offset: int, data: bytes) -> None:
         pass  # §5.1.4: every field is read-only for a VERSION_1 driver
@@ -190,6 +199,41 @@ class NetDevice(VirtioDevice):
         self._polling = False
         self._kick.close()
         self.tap.close()
+
+    # --- saved state (device_state.py) ----------------------------------------------------
+
+    def save(self) -> NetState:
+        """The MAC and the link status. The TAP is configuration (the restoring VMM
+        opens it again). Nothing is in flight on transmit between notifications; the
+        receive chains held for the next frame go back to the ring (`unused_chains`),
+        and a frame half delivered into them (waiting in the spill buffer for more
+        chains) is dropped, as a NIC's FIFO is lost: TCP sends it again."""
+        with self._rx_lock, self._tx_lock:
+            return NetState(self.mac, self.link_up)
+
+    def unused_chains(self) -> Sequence[int]:
+        """The receive chains popped and not used yet, all the last ones popped."""
+        with self._rx_lock:
+            if self._before_gap:
+                raise StateError(
+                    f"{self.name}: the driver posted a receive buffer too small for a header "
+                    "between buffers in use; save again after the next frame"
+                )
+            return (self._unused_count(), 0)
+
+    def _unused_count(self) -> int:
+        return len(self._held) + (len(self._spilled.chains) if self._spilled is not None else 0)
+
+    def restore(self, state: object) -> None:
+        """The MAC the guest read (it may differ from this run's --net mac=: the guest
+        keeps using the one it saw) and the link status."""
+        checked = check_type(self.name, state, NetState)
+        mac = check_bytes(self.name, "mac", checked.mac, 6, 6)
+        if mac[0] & 1 or mac == bytes(6):  # a card's own address is unicast, not 0
+            raise fail(self.name, f"mac {mac.hex(':')} is not a unicast address")
+        link_up = check_bool(self.name, "link_up", checked.link_up)
+        with self._rx_lock, self._tx_lock:
+            self.mac, self.link_up = mac, link_up
 
     # --- transmit (§5.1.6.2) ----------------------------------------------------------
 
@@ -308,6 +352,7 @@ class NetDevice(VirtioDevice):
                 or chain.writable_len < HDR_SIZE
                 or len(chain.writable) + len(self._iov) > _IOV_MAX
             ):
+                self._before_gap = self._unused_count()
                 rxq.add_used(chain.head, 0)
                 self.stats.rx_bad_buffers += 1
                 continue
@@ -385,6 +430,7 @@ class NetDevice(VirtioDevice):
         assert rxq is not None
         for chain, count in chains:
             rxq.add_used(chain.head, count)
+        self._before_gap = max(self._before_gap - len(chains), 0)
         self.stats.rx_packets += 1
 
     def _forget_held(self) -> None:
@@ -393,6 +439,7 @@ class NetDevice(VirtioDevice):
         self._held_bytes = 0
         self._iov = [self._spill]
         self._spilled = None
+        self._before_gap = 0
 
     def _start_polling(self) -> None:
         if not self._polling:

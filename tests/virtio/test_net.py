@@ -5,6 +5,7 @@ and hostile chains get the behaviour net.py defines."""
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import select
 import socket
@@ -29,15 +30,18 @@ from virtio.driver import WRITE, Driver
 from virtio.handshake import start
 
 from pyvmm.device_config import NetConfig
+from pyvmm.errors import StateError
 from pyvmm.io_thread import IoThread
 from pyvmm.memory import GuestMemory
 from pyvmm.net.if_tun import TunOffload
 from pyvmm.net.tap import Tap, TapError
 from pyvmm.virtio import DeviceStatus, Feature
 from pyvmm.virtio.core import VirtioCore
+from pyvmm.virtio.device_state import NetState
 from pyvmm.virtio.models import net_devices
 from pyvmm.virtio.net import HDR_SIZE, NET_HDR, NetDevice
 from pyvmm.virtio.net_offload import NetFeature
+from pyvmm.virtio.state import CoreState
 
 __all__ = ["namespace"]  # the fixture, imported for pytest
 MAC = bytes.fromhex("525400123456")
@@ -431,3 +435,129 @@ def test_net_devices_builds_cards_and_closes_them_on_a_bad_one(namespace: Namesp
         assert namespace.links() == {"lo"}  # the first card's TAP went with it
     finally:
         io.stop()
+
+
+# --- saved state (NetState, and the receive chains the device holds) ------------------------
+
+
+def wait_popped(card: Card, count: int) -> None:
+    deadline = time.monotonic() + 5
+    while card.core.queues[0].next_avail != count:
+        assert time.monotonic() < deadline, f"the device popped {card.core.queues[0].next_avail} of {count}"
+        time.sleep(0.005)
+
+
+def save_and_move(card: Card, device_mac: bytes = MAC) -> CoreState:
+    """Save with the I/O thread paused (as a snapshot does), close the card as its VMM
+    would at exit, and restore the state into a new card on the TAP opened again."""
+    card.io.pause()
+    try:
+        state = card.core.save()
+    finally:
+        card.io.resume()
+    card.device.close()
+    with card.namespace.inside():
+        tap = Tap.open("ptap0")
+    card.device = NetDevice(tap, device_mac, card.io)
+    card.core = VirtioCore(card.device, card.memory, card.interrupts)
+    card.core.restore(state)
+    return state
+
+
+def test_a_restored_card_receives_into_the_chains_it_held_and_transmits(card: Card) -> None:
+    card.start(BASE | MRG)
+    heads = card.post_rx(*[256] * 8)
+    frame = udp_frame(MAC, card.tap_mac, HOST_IP, GUEST_IP, 1, 2, bytes(range(200)) * 5)  # 5 chains
+    card.host_send(frame)
+    assert len(card.received(5)) == 5
+    wait_popped(card, 8)  # the other 3 are held for the next frame
+    state = save_and_move(card)
+    assert state.device == NetState(MAC, True)
+    rxq = state.queues[0]
+    assert (rxq.next_avail, rxq.next_used) == (5, 5)  # the 3 held chains went back to the ring
+    assert card.core.active and card.core.save() == state
+    # The next frame lands in the next chain posted, at the next used position.
+    card.host_send(frame[:100])
+    ((head, length, data),) = card.received(1)
+    assert (head, length, data) == (heads[5], HDR_SIZE + 100, header(1) + frame[:100])
+    assert card.rx is not None and card.rx.used_idx() == 6
+    with card.namespace.inside():
+        listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with listener:
+        listener.bind((HOST_IP, 5556))
+        card.transmit(header(0) + udp_frame(card.tap_mac, MAC, GUEST_IP, HOST_IP, 4444, 5556, b"restored"))
+        listener.settimeout(5)
+        assert listener.recvfrom(100) == (b"restored", (GUEST_IP, 4444))
+    assert card.tx is not None and card.tx.get_used() == [(0, 0)]
+
+
+def test_a_frame_half_delivered_is_dropped_and_its_chains_go_back(card: Card) -> None:
+    card.start(BASE | MRG)
+    heads = card.post_rx(256, 256)
+    big = udp_frame(MAC, card.tap_mac, HOST_IP, GUEST_IP, 1, 2, bytes(1000))
+    card.host_send(big)
+    deadline = time.monotonic() + 5
+    while card.device.stats.rx_spilled == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    state = save_and_move(card)
+    assert (state.queues[0].next_avail, state.queues[0].next_used) == (0, 0)
+    small = udp_frame(MAC, card.tap_mac, HOST_IP, GUEST_IP, 1, 2, b"small")
+    card.host_send(small)
+    ((head, length, data),) = card.received(1)
+    assert (head, length, data) == (heads[0], HDR_SIZE + len(small), header(1) + small)
+
+
+def test_a_card_holding_chains_around_an_unusable_one_cannot_be_saved_yet(card: Card) -> None:
+    card.start(BASE | MRG)
+    assert card.rx is not None
+    card.rx.add([], [256])
+    card.rx.add([], [HDR_SIZE - 1])  # returned unused, after the first was taken
+    card.post_rx(256)
+    wait_popped(card, 3)
+    card.io.pause()
+    try:
+        with pytest.raises(StateError, match="save again after the next frame"):
+            card.core.save()
+    finally:
+        card.io.resume()
+    card.host_send(udp_frame(MAC, card.tap_mac, HOST_IP, GUEST_IP, 1, 2, b"x"))
+    assert len(card.received(2)) == 2  # the short one, then the frame
+    assert card.core.save().queues[0].next_avail == 2  # the third, still held, goes back
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        NetState(MAC[:5], True),
+        NetState(bytearray(MAC), True),  # type: ignore[arg-type]
+        NetState(bytes.fromhex("030000000001"), True),  # multicast
+        NetState(bytes(6), True),
+        NetState(MAC, 1),  # type: ignore[arg-type]
+    ],
+)
+def test_bad_net_states_are_refused_and_change_nothing(card: Card, bad: NetState) -> None:
+    card.start(BASE | MRG)
+    card.post_rx(2048)
+    wait_popped(card, 1)
+    card.io.pause()
+    try:
+        before = card.core.save()
+        with pytest.raises(StateError):
+            card.core.restore(dataclasses.replace(before, device=bad))
+        assert card.core.save() == before
+    finally:
+        card.io.resume()
+    frame = udp_frame(MAC, card.tap_mac, HOST_IP, GUEST_IP, 1, 2, b"still")
+    card.host_send(frame)
+    assert card.received(1)[0][2] == header(1) + frame
+
+
+def test_the_saved_mac_and_link_status_are_what_the_guest_reads(card: Card) -> None:
+    card.start(BASE)
+    card.device.restore(NetState(bytes.fromhex("020000000042"), False))
+    assert card.core.read_config(0, 6).to_bytes(6, "little") == bytes.fromhex("020000000042")
+    assert card.core.read_config(6, 2) == 0  # link down
+    state = save_and_move(card, device_mac=MAC)  # this run's --net mac= differs
+    assert state.device == NetState(bytes.fromhex("020000000042"), False)
+    assert card.device.config()[:6] == bytes.fromhex("020000000042")
