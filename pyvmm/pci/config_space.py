@@ -18,6 +18,10 @@ Accesses a guest may make, and what they do (a hostile guest gets defined behavi
   all; ECAM can, and PCIe base §7.2.2 leaves it undefined, so pyvmm defines it as the
   master abort it would be on a bus (§6.1: a master abort reads all ones).
 
+A saved state is the bytes (`snapshot`); `restore` takes an image back only if its
+read-only bits are this function's (bits the device itself drives are named with
+`set_device_owned`), then tells every watcher, as a reset does.
+
 Devices react to guest writes through `watch`: a callback after any write that
 touches a range (BARs, Command, MSI-X Message Control). A range can instead be
 `intercept`ed, handing reads and writes to a handler (e.g. virtio's PCI configuration
@@ -65,6 +69,7 @@ class ConfigSpace:
         self._data = bytearray(size)
         self._writable = bytearray(size)
         self._w1c = bytearray(size)
+        self._device_owned = bytearray(size)  # read-only bits the device changes (INTx status)
         self._watches: list[tuple[_Range, Watcher]] = []
         self._intercepts: list[tuple[_Range, ConfigHandler]] = []
 
@@ -94,6 +99,12 @@ class ConfigSpace:
         self._check(offset, size)
         self._w1c[offset : offset + size] = (mask & _ones(size)).to_bytes(size, "little")
 
+    def set_device_owned(self, offset: int, size: int, mask: int) -> None:
+        """Read-only bits the device itself changes while it runs (Status' Interrupt
+        Status): a saved image may differ from the current one there."""
+        self._check(offset, size)
+        self._device_owned[offset : offset + size] = (mask & _ones(size)).to_bytes(size, "little")
+
     def writable(self, offset: int, size: int) -> int:
         self._check(offset, size)
         return int.from_bytes(self._writable[offset : offset + size], "little")
@@ -119,6 +130,31 @@ class ConfigSpace:
         for index, mask in enumerate(self._writable):
             if mask or self._w1c[index]:
                 self._data[index] &= ~(mask | self._w1c[index]) & 0xFF
+        for _, watcher in self._watches:
+            watcher()
+
+    def snapshot(self) -> bytes:
+        """Every byte's current value, for a saved state."""
+        return bytes(self._data)
+
+    def mismatch(self, image: bytes) -> str | None:
+        """Why `image` (a `snapshot`) cannot be this space's, or None: its length, or a
+        read-only bit the guest could not have changed and the device did not."""
+        if len(image) != self.size:
+            return f"{len(image)} bytes of configuration space, not {self.size}"
+        for index, (old, new) in enumerate(zip(self._data, image, strict=True)):
+            fixed = ~(self._writable[index] | self._w1c[index] | self._device_owned[index]) & 0xFF
+            if (old ^ new) & fixed:
+                return f"read-only bits of byte {index:#x} are {new & fixed:#04x}, not {old & fixed:#04x}"
+        return None
+
+    def restore(self, image: bytes) -> None:
+        """Take a saved image (`mismatch` must find nothing), then tell every watcher,
+        so BARs, INTx and MSI-X follow it as they follow a guest's writes."""
+        problem = self.mismatch(image)
+        if problem is not None:
+            raise PciError(problem)
+        self._data[:] = image
         for _, watcher in self._watches:
             watcher()
 

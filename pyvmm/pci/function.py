@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from pyvmm.bus import BusDevice
+from pyvmm.devices.state_checks import check_bool, check_bytes, check_type, fail
 from pyvmm.outcome import InterruptLine
 from pyvmm.pci.bar import BarSet, BarSpec
 from pyvmm.pci.capabilities import CapabilityList
@@ -51,6 +52,7 @@ from pyvmm.pci.registers import (
     InterruptPin,
     Status,
 )
+from pyvmm.pci.state import PciFunctionState
 
 # QEMU's default subsystem IDs (Red Hat / QEMU), which guests already know.
 QEMU_SUBSYSTEM_VENDOR = 0x1AF4
@@ -111,6 +113,7 @@ class PciFunction:
         config.set(INTERRUPT_PIN, 1, interrupt_pin)
         config.set_writable(COMMAND, 2, COMMAND_WRITABLE)
         config.set_w1c(STATUS, 2, STATUS_W1C)
+        config.set_device_owned(STATUS, 2, Status.INTERRUPT)
         config.set_writable(CACHE_LINE_SIZE, 1, 0xFF)
         config.set_writable(INTERRUPT_LINE, 1, 0xFF)
         self.bars = BarSet(config, bars or {})
@@ -168,6 +171,34 @@ class PciFunction:
             self._line_level = level
             if self.intx_line is not None:
                 self.intx_line.set_level(level)
+
+    # --- saved state (state.py) -------------------------------------------------------
+
+    @property
+    def label(self) -> str:
+        return f"pci {self.ids.vendor:04x}:{self.ids.device:04x}"
+
+    def save(self) -> PciFunctionState:
+        return PciFunctionState(self.config.snapshot(), self._intx_asserted)
+
+    def restore(self, state: object) -> None:
+        """Take a saved configuration space, checked first (`StateError`, nothing
+        changed): every read-only bit must be this function's, and Status' Interrupt
+        Status must say what `intx_asserted` says. The BARs then move on the buses the
+        way a guest's writes move them (`bars.on_bar_change`), and the INTx line and
+        MSI-X follow the restored Command and Message Control."""
+        name = self.label
+        checked = check_type(name, state, PciFunctionState)
+        image = check_bytes(name, "config", checked.config, self.config.size, self.config.size)
+        asserted = check_bool(name, "intx_asserted", checked.intx_asserted)
+        problem = self.config.mismatch(image)
+        if problem is not None:
+            raise fail(name, problem)
+        status = int.from_bytes(image[STATUS : STATUS + 2], "little")
+        if bool(status & Status.INTERRUPT) != asserted:
+            raise fail(name, f"Status {status:#06x} disagrees with intx_asserted {asserted}")
+        self._intx_asserted = asserted
+        self.config.restore(image)  # its watchers: BARs, INTx (_drive_intx), MSI-X
 
     def reset(self) -> None:
         """Function-level reset: guest-writable header bits to 0 (BARs unassigned, decode

@@ -35,9 +35,11 @@ import threading
 from dataclasses import dataclass
 from typing import Protocol
 
+from pyvmm.devices.state_checks import check_bool, check_bytes, check_type, fail
 from pyvmm.pci.capabilities import CapabilityId, CapabilityList
 from pyvmm.pci.errors import PciError
 from pyvmm.pci.registers import BAR_COUNT
+from pyvmm.pci.state import MsixState
 
 MAX_VECTORS = 2048  # an 11-bit Table Size
 ENTRY_SIZE = 16
@@ -171,6 +173,42 @@ class MsixTable:
                     self._set_pending(index, False)
                     if self.sink is not None:
                         self.sink.deliver(index, vector)
+
+    # --- saved state (state.py) ----------------------------------------------------
+
+    def save(self) -> MsixState:
+        with self._lock:
+            return MsixState(bytes(self._entries), bytes(self._pending), self.enabled, self.function_masked)
+
+    def restore(self, state: object) -> None:
+        """Take a saved table, checked first (`StateError`, nothing changed): the
+        entries' read-only bits are 0, no pending bit past the last vector, and a
+        vector is pending only while it is masked (§6.8.2.9: unmasking sends it). The
+        sink then hears of every vector whose routing changed, as after a guest write."""
+        name = "msix"
+        checked = check_type(name, state, MsixState)
+        entries = check_bytes(name, "entries", checked.entries, self.table_size, self.table_size)
+        pending = check_bytes(name, "pending", checked.pending, self.pba_size, self.pba_size)
+        enabled = check_bool(name, "enabled", checked.enabled)
+        function_masked = check_bool(name, "function_masked", checked.function_masked)
+        for where, byte in enumerate(entries):
+            if byte & ~ENTRY_WRITABLE[where % ENTRY_SIZE]:
+                raise fail(
+                    name, f"entry {where // ENTRY_SIZE} has read-only bits set at byte {where % ENTRY_SIZE}"
+                )
+        for index in range(8 * len(pending)):
+            if not pending[index // 8] >> (index % 8) & 1:
+                continue
+            if index >= self.count:
+                raise fail(name, f"vector {index} is pending in a table of {self.count}")
+            masked = entries[index * ENTRY_SIZE + ENTRY_CONTROL] & ENTRY_MASKED
+            if enabled and not function_masked and not masked:
+                raise fail(name, f"vector {index} is pending but not masked")
+        with self._lock:
+            self._entries[:] = entries
+            self._pending[:] = pending
+            self.enabled, self.function_masked = enabled, function_masked
+            self._update(range(self.count))
 
     # --- guest accesses, through the regions below ---------------------------------
 

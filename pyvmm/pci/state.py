@@ -1,0 +1,34 @@
+"""The saved state of a PCI function (PCI Local Bus Specification 3.0 §6.1-6.2) and of
+its MSI-X table and PBA (§6.8.2), and their checks: a saved state is untrusted input
+(`pyvmm.devices.state_checks`).
+
+A function's state is its configuration space as bytes - Command, Status, the BARs,
+the capabilities' writable fields, Interrupt Line - and whether its INTx pin is
+asserted. Restoring it goes through `ConfigSpace.restore`, which refuses an image
+whose read-only bits differ from this function's (another device, another layout),
+then tells the same watchers a guest's write does: the BARs move on the buses through
+`on_bar_change` exactly as when the guest programs them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PciFunctionState:
+    """A `PciFunction`'s state as plain data."""
+
+    config: bytes  # the whole configuration space, 4096 bytes
+    intx_asserted: bool  # the device holds its INTx pin (Status' Interrupt Status)
+
+
+@dataclass(frozen=True)
+class MsixState:
+    """An `MsixTable`'s state: the vector table and PBA bytes, and the two Message
+    Control bits (also in the function's configuration space, which must agree)."""
+
+    entries: bytes  # 16 bytes per vector (§6.8.2.6-6.8.2.9)
+    pending: bytes  # the PBA, whole qwords
+    enabled: bool
+    function_masked: bool
