@@ -73,3 +73,11 @@ KVM_GET_TSC_KHZ = _IO(0xA3)
 KVM_GET_SREGS2 = _IOR(0xCC, x86.kvm_sregs2)
 KVM_SET_SREGS2 = _IOW(0xCD, x86.kvm_sregs2)
 KVM_GET_XSAVE2 = _IOR(0xCF, x86.kvm_xsave)
+
+# Each request's name, for error messages. The numbers are unique (tests/kvm checks
+# it), so a caller passes the number alone and never writes its name a second time.
+NAMES: dict[int, str] = {
+    value: name
+    for name, value in list(globals().items())
+    if name.startswith("KVM_") and isinstance(value, int)
+}

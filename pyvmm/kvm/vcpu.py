@@ -6,18 +6,15 @@ import ctypes
 import errno
 import fcntl
 import mmap
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 from pyvmm.kvm import ioctls, uapi, x86
 from pyvmm.kvm.errors import KvmIoctlError
-from pyvmm.kvm.fd import FileDescriptor
-from pyvmm.kvm.system import checked_ioctl
+from pyvmm.kvm.handle import KvmHandle
 from pyvmm.kvm.uapi import Cap, ExitReason, MpState
 
 if TYPE_CHECKING:
     from pyvmm.kvm.vm import Vm
-
-State = TypeVar("State", bound=ctypes.Structure)
 
 # Offsets into struct kvm_run for readers that avoid building ctypes objects per exit.
 RUN_IMMEDIATE_EXIT = uapi.kvm_run.immediate_exit.offset
@@ -28,7 +25,7 @@ _KVM_RUN = ioctls.KVM_RUN
 _INTERRUPTED = (errno.EINTR, errno.EAGAIN)
 
 
-class Vcpu(FileDescriptor):
+class Vcpu(KvmHandle):
     """A vCPU created by `Vm.create_vcpu()`."""
 
     def __init__(self, vm: Vm, fd: int, vcpu_id: int) -> None:
@@ -67,61 +64,54 @@ class Vcpu(FileDescriptor):
 
     # --- state, one pair of accessors per structure -----------------------------------
 
-    def _get(self, name: str, request: int, state: State) -> State:
-        checked_ioctl(self.fd, name, request, state)
-        return state
-
-    def _set(self, name: str, request: int, state: ctypes.Structure) -> None:
-        checked_ioctl(self.fd, name, request, state)
-
     def get_regs(self) -> x86.kvm_regs:
-        return self._get("KVM_GET_REGS", ioctls.KVM_GET_REGS, x86.kvm_regs())
+        return self._get(ioctls.KVM_GET_REGS, x86.kvm_regs())
 
     def set_regs(self, regs: x86.kvm_regs) -> None:
-        self._set("KVM_SET_REGS", ioctls.KVM_SET_REGS, regs)
+        self._ioctl(ioctls.KVM_SET_REGS, regs)
 
     def get_sregs(self) -> x86.kvm_sregs:
-        return self._get("KVM_GET_SREGS", ioctls.KVM_GET_SREGS, x86.kvm_sregs())
+        return self._get(ioctls.KVM_GET_SREGS, x86.kvm_sregs())
 
     def set_sregs(self, sregs: x86.kvm_sregs) -> None:
-        self._set("KVM_SET_SREGS", ioctls.KVM_SET_SREGS, sregs)
+        self._ioctl(ioctls.KVM_SET_SREGS, sregs)
 
     def get_fpu(self) -> x86.kvm_fpu:
-        return self._get("KVM_GET_FPU", ioctls.KVM_GET_FPU, x86.kvm_fpu())
+        return self._get(ioctls.KVM_GET_FPU, x86.kvm_fpu())
 
     def set_fpu(self, fpu: x86.kvm_fpu) -> None:
-        self._set("KVM_SET_FPU", ioctls.KVM_SET_FPU, fpu)
+        self._ioctl(ioctls.KVM_SET_FPU, fpu)
 
     def get_lapic(self) -> x86.kvm_lapic_state:
-        return self._get("KVM_GET_LAPIC", ioctls.KVM_GET_LAPIC, x86.kvm_lapic_state())
+        return self._get(ioctls.KVM_GET_LAPIC, x86.kvm_lapic_state())
 
     def set_lapic(self, lapic: x86.kvm_lapic_state) -> None:
-        self._set("KVM_SET_LAPIC", ioctls.KVM_SET_LAPIC, lapic)
+        self._ioctl(ioctls.KVM_SET_LAPIC, lapic)
 
     def get_mp_state(self) -> MpState:
-        state = self._get("KVM_GET_MP_STATE", ioctls.KVM_GET_MP_STATE, uapi.kvm_mp_state())
+        state = self._get(ioctls.KVM_GET_MP_STATE, uapi.kvm_mp_state())
         return MpState(state.mp_state)
 
     def set_mp_state(self, value: MpState) -> None:
-        self._set("KVM_SET_MP_STATE", ioctls.KVM_SET_MP_STATE, uapi.kvm_mp_state(int(value)))
+        self._ioctl(ioctls.KVM_SET_MP_STATE, uapi.kvm_mp_state(int(value)))
 
     def get_vcpu_events(self) -> x86.kvm_vcpu_events:
-        return self._get("KVM_GET_VCPU_EVENTS", ioctls.KVM_GET_VCPU_EVENTS, x86.kvm_vcpu_events())
+        return self._get(ioctls.KVM_GET_VCPU_EVENTS, x86.kvm_vcpu_events())
 
     def set_vcpu_events(self, events: x86.kvm_vcpu_events) -> None:
-        self._set("KVM_SET_VCPU_EVENTS", ioctls.KVM_SET_VCPU_EVENTS, events)
+        self._ioctl(ioctls.KVM_SET_VCPU_EVENTS, events)
 
     def get_debugregs(self) -> x86.kvm_debugregs:
-        return self._get("KVM_GET_DEBUGREGS", ioctls.KVM_GET_DEBUGREGS, x86.kvm_debugregs())
+        return self._get(ioctls.KVM_GET_DEBUGREGS, x86.kvm_debugregs())
 
     def set_debugregs(self, regs: x86.kvm_debugregs) -> None:
-        self._set("KVM_SET_DEBUGREGS", ioctls.KVM_SET_DEBUGREGS, regs)
+        self._ioctl(ioctls.KVM_SET_DEBUGREGS, regs)
 
     def get_xcrs(self) -> x86.kvm_xcrs:
-        return self._get("KVM_GET_XCRS", ioctls.KVM_GET_XCRS, x86.kvm_xcrs())
+        return self._get(ioctls.KVM_GET_XCRS, x86.kvm_xcrs())
 
     def set_xcrs(self, xcrs: x86.kvm_xcrs) -> None:
-        self._set("KVM_SET_XCRS", ioctls.KVM_SET_XCRS, xcrs)
+        self._ioctl(ioctls.KVM_SET_XCRS, xcrs)
 
     def get_xsave(self) -> ctypes.Structure:
         """The vCPU's XSAVE area; KVM_GET_XSAVE2 with the size KVM_CAP_XSAVE2 reports."""
@@ -129,18 +119,18 @@ class Vcpu(FileDescriptor):
             size = self.vm.check_extension(Cap.XSAVE2)
             self._xsave_type = x86.xsave_with(size) if size else x86.kvm_xsave
         if self._xsave_type is x86.kvm_xsave:
-            return self._get("KVM_GET_XSAVE", ioctls.KVM_GET_XSAVE, x86.kvm_xsave())
-        return self._get("KVM_GET_XSAVE2", ioctls.KVM_GET_XSAVE2, self._xsave_type())
+            return self._get(ioctls.KVM_GET_XSAVE, x86.kvm_xsave())
+        return self._get(ioctls.KVM_GET_XSAVE2, self._xsave_type())
 
     def set_xsave(self, area: ctypes.Structure) -> None:
-        self._set("KVM_SET_XSAVE", ioctls.KVM_SET_XSAVE, area)
+        self._ioctl(ioctls.KVM_SET_XSAVE, area)
 
     def set_cpuid2(self, entries: list[x86.kvm_cpuid_entry2]) -> None:
         table = x86.cpuid2_with(len(entries))()
         table.nent = len(entries)
         for index, entry in enumerate(entries):
             table.entries[index] = entry
-        self._set("KVM_SET_CPUID2", ioctls.KVM_SET_CPUID2, table)
+        self._ioctl(ioctls.KVM_SET_CPUID2, table)
 
     def get_msrs(self, indices: list[int]) -> dict[int, int]:
         """KVM_GET_MSRS; only the MSRs KVM returned (it stops at the first it cannot read)."""
@@ -148,7 +138,7 @@ class Vcpu(FileDescriptor):
         table.nmsrs = len(indices)
         for slot, index in enumerate(indices):
             table.entries[slot].index = index
-        done = checked_ioctl(self.fd, "KVM_GET_MSRS", ioctls.KVM_GET_MSRS, table)
+        done = self._ioctl(ioctls.KVM_GET_MSRS, table)
         return {table.entries[i].index: table.entries[i].data for i in range(done)}
 
     def set_msrs(self, values: dict[int, int]) -> None:
@@ -157,7 +147,7 @@ class Vcpu(FileDescriptor):
         for slot, (index, data) in enumerate(values.items()):
             table.entries[slot].index = index
             table.entries[slot].data = data
-        done = checked_ioctl(self.fd, "KVM_SET_MSRS", ioctls.KVM_SET_MSRS, table)
+        done = self._ioctl(ioctls.KVM_SET_MSRS, table)
         if done != len(values):
             failed = table.entries[done].index
             raise KvmIoctlError("KVM_SET_MSRS", errno.EINVAL, f"MSR {failed:#x} refused")
@@ -166,11 +156,11 @@ class Vcpu(FileDescriptor):
         request = uapi.kvm_guest_debug(control=control)
         for index, value in enumerate(debugreg or []):
             request.arch.debugreg[index] = value
-        self._set("KVM_SET_GUEST_DEBUG", ioctls.KVM_SET_GUEST_DEBUG, request)
+        self._ioctl(ioctls.KVM_SET_GUEST_DEBUG, request)
 
     def translate(self, linear_address: int) -> uapi.kvm_translation:
         request = uapi.kvm_translation(linear_address=linear_address)
-        return self._get("KVM_TRANSLATE", ioctls.KVM_TRANSLATE, request)
+        return self._get(ioctls.KVM_TRANSLATE, request)
 
     def set_signal_mask(self, blocked: set[int]) -> None:
         """KVM_SET_SIGNAL_MASK: the signals blocked while this vCPU is in KVM_RUN."""
@@ -178,11 +168,11 @@ class Vcpu(FileDescriptor):
         for signal_number in blocked:
             mask |= 1 << (signal_number - 1)
         request = uapi.kvm_signal_mask_sigset(len=8, sigset=mask)
-        self._set("KVM_SET_SIGNAL_MASK", ioctls.KVM_SET_SIGNAL_MASK, request)
+        self._ioctl(ioctls.KVM_SET_SIGNAL_MASK, request)
 
     def nmi(self) -> None:
-        checked_ioctl(self.fd, "KVM_NMI", ioctls.KVM_NMI)
+        self._ioctl(ioctls.KVM_NMI)
 
     def interrupt(self, vector: int) -> None:
         """KVM_INTERRUPT: only without an in-kernel local APIC."""
-        self._set("KVM_INTERRUPT", ioctls.KVM_INTERRUPT, uapi.kvm_interrupt(vector))
+        self._ioctl(ioctls.KVM_INTERRUPT, uapi.kvm_interrupt(vector))

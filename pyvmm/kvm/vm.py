@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING
 
 from pyvmm.kvm import ioctls, uapi, x86
 from pyvmm.kvm.errors import KvmCapabilityError
-from pyvmm.kvm.fd import FileDescriptor
-from pyvmm.kvm.system import checked_ioctl
+from pyvmm.kvm.handle import KvmHandle
 from pyvmm.kvm.uapi import Cap
 
 if TYPE_CHECKING:
@@ -17,7 +16,7 @@ if TYPE_CHECKING:
     from pyvmm.kvm.vcpu import Vcpu
 
 
-class Vm(FileDescriptor):
+class Vm(KvmHandle):
     """A VM created by `Kvm.create_vm()`."""
 
     def __init__(self, kvm: Kvm, fd: int) -> None:
@@ -26,7 +25,7 @@ class Vm(FileDescriptor):
 
     def check_extension(self, cap: Cap | int) -> int:
         """KVM_CHECK_EXTENSION on the VM fd (per-VM answers, e.g. KVM_CAP_MAX_VCPUS)."""
-        return checked_ioctl(self.fd, "KVM_CHECK_EXTENSION", ioctls.KVM_CHECK_EXTENSION, int(cap))
+        return self._ioctl(ioctls.KVM_CHECK_EXTENSION, int(cap))
 
     def require(self, cap: Cap, purpose: str) -> int:
         value = self.kvm.check_extension(cap)
@@ -38,7 +37,7 @@ class Vm(FileDescriptor):
         request = uapi.kvm_enable_cap(cap=int(cap))
         for index, value in enumerate(args):
             request.args[index] = value
-        checked_ioctl(self.fd, f"KVM_ENABLE_CAP({cap.name})", ioctls.KVM_ENABLE_CAP, request)
+        self._ioctl(ioctls.KVM_ENABLE_CAP, request, context=f"KVM_CAP_{cap.name}")
 
     # --- memory -----------------------------------------------------------------------
 
@@ -47,44 +46,42 @@ class Vm(FileDescriptor):
     ) -> None:
         flags = uapi.KVM_MEM_LOG_DIRTY_PAGES if log_dirty else 0
         region = uapi.kvm_userspace_memory_region(slot, flags, gpa, size, host_address)
-        checked_ioctl(
-            self.fd, "KVM_SET_USER_MEMORY_REGION", ioctls.KVM_SET_USER_MEMORY_REGION, region
-        )
+        self._ioctl(ioctls.KVM_SET_USER_MEMORY_REGION, region)
 
     def get_dirty_log(self, slot: int, pages: int) -> list[int]:
         """The slot's dirty bitmap, as 64-bit words (bit n of word w = page 64·w + n)."""
         words = (ctypes.c_uint64 * max((pages + 63) // 64, 1))()
         request = uapi.kvm_dirty_log(slot=slot, dirty_bitmap=ctypes.addressof(words))
-        checked_ioctl(self.fd, "KVM_GET_DIRTY_LOG", ioctls.KVM_GET_DIRTY_LOG, request)
+        self._ioctl(ioctls.KVM_GET_DIRTY_LOG, request)
         return list(words)
 
     def set_tss_addr(self, address: int) -> None:
         """Three pages KVM needs below 4 GiB on Intel hosts (api.rst §4.43)."""
-        checked_ioctl(self.fd, "KVM_SET_TSS_ADDR", ioctls.KVM_SET_TSS_ADDR, address)
+        self._ioctl(ioctls.KVM_SET_TSS_ADDR, address)
 
     def set_identity_map_addr(self, address: int) -> None:
         value = ctypes.c_uint64(address)
-        checked_ioctl(self.fd, "KVM_SET_IDENTITY_MAP_ADDR", ioctls.KVM_SET_IDENTITY_MAP_ADDR, value)
+        self._ioctl(ioctls.KVM_SET_IDENTITY_MAP_ADDR, value)
 
     # --- interrupt controllers and timer ------------------------------------------------
 
     def create_irqchip(self) -> None:
         """In-kernel PIC, IOAPIC and local APICs (api.rst §4.24)."""
-        checked_ioctl(self.fd, "KVM_CREATE_IRQCHIP", ioctls.KVM_CREATE_IRQCHIP)
+        self._ioctl(ioctls.KVM_CREATE_IRQCHIP)
 
     def create_pit2(self) -> None:
         config = x86.kvm_pit_config(flags=x86.KVM_PIT_SPEAKER_DUMMY)
-        checked_ioctl(self.fd, "KVM_CREATE_PIT2", ioctls.KVM_CREATE_PIT2, config)
+        self._ioctl(ioctls.KVM_CREATE_PIT2, config)
 
     def irq_line(self, irq: int, level: bool) -> None:
         request = uapi.kvm_irq_level(irq=irq, level=int(level))
-        checked_ioctl(self.fd, "KVM_IRQ_LINE", ioctls.KVM_IRQ_LINE, request)
+        self._ioctl(ioctls.KVM_IRQ_LINE, request)
 
     def signal_msi(self, address: int, data: int) -> int:
         """KVM_SIGNAL_MSI (api.rst §4.71, KVM_CAP_SIGNAL_MSI, in-kernel irqchip): inject one
         MSI message. Greater than 0 when delivered, 0 when the guest blocked it."""
         request = uapi.kvm_msi(address_lo=address & 0xFFFF_FFFF, address_hi=address >> 32, data=data)
-        return checked_ioctl(self.fd, "KVM_SIGNAL_MSI", ioctls.KVM_SIGNAL_MSI, request)
+        return self._ioctl(ioctls.KVM_SIGNAL_MSI, request)
 
     def set_gsi_routing(self, entries: list[uapi.kvm_irq_routing_entry]) -> None:
         """KVM_SET_GSI_ROUTING (api.rst §4.52, KVM_CAP_IRQ_ROUTING): replace the whole
@@ -93,31 +90,25 @@ class Vm(FileDescriptor):
         table.nr = len(entries)
         for index, entry in enumerate(entries):
             table.entries[index] = entry
-        checked_ioctl(self.fd, "KVM_SET_GSI_ROUTING", ioctls.KVM_SET_GSI_ROUTING, table)
+        self._ioctl(ioctls.KVM_SET_GSI_ROUTING, table)
 
     def get_irqchip(self, chip_id: int) -> uapi.kvm_irqchip:
-        chip = uapi.kvm_irqchip(chip_id=chip_id)
-        checked_ioctl(self.fd, "KVM_GET_IRQCHIP", ioctls.KVM_GET_IRQCHIP, chip)
-        return chip
+        return self._get(ioctls.KVM_GET_IRQCHIP, uapi.kvm_irqchip(chip_id=chip_id))
 
     def set_irqchip(self, chip: uapi.kvm_irqchip) -> None:
-        checked_ioctl(self.fd, "KVM_SET_IRQCHIP", ioctls.KVM_SET_IRQCHIP, chip)
+        self._ioctl(ioctls.KVM_SET_IRQCHIP, chip)
 
     def get_pit2(self) -> x86.kvm_pit_state2:
-        state = x86.kvm_pit_state2()
-        checked_ioctl(self.fd, "KVM_GET_PIT2", ioctls.KVM_GET_PIT2, state)
-        return state
+        return self._get(ioctls.KVM_GET_PIT2, x86.kvm_pit_state2())
 
     def set_pit2(self, state: x86.kvm_pit_state2) -> None:
-        checked_ioctl(self.fd, "KVM_SET_PIT2", ioctls.KVM_SET_PIT2, state)
+        self._ioctl(ioctls.KVM_SET_PIT2, state)
 
     def get_clock(self) -> uapi.kvm_clock_data:
-        data = uapi.kvm_clock_data()
-        checked_ioctl(self.fd, "KVM_GET_CLOCK", ioctls.KVM_GET_CLOCK, data)
-        return data
+        return self._get(ioctls.KVM_GET_CLOCK, uapi.kvm_clock_data())
 
     def set_clock(self, data: uapi.kvm_clock_data) -> None:
-        checked_ioctl(self.fd, "KVM_SET_CLOCK", ioctls.KVM_SET_CLOCK, data)
+        self._ioctl(ioctls.KVM_SET_CLOCK, data)
 
     # --- eventfds ----------------------------------------------------------------------
 
@@ -137,7 +128,7 @@ class Vm(FileDescriptor):
         else:
             flags, resample = 0, 0
         request = uapi.kvm_irqfd(fd=eventfd, gsi=gsi, flags=flags, resamplefd=resample)
-        checked_ioctl(self.fd, "KVM_IRQFD", ioctls.KVM_IRQFD, request)
+        self._ioctl(ioctls.KVM_IRQFD, request)
 
     def ioeventfd(
         self,
@@ -161,12 +152,12 @@ class Vm(FileDescriptor):
         request = uapi.kvm_ioeventfd(
             datamatch=0 if datamatch is None else datamatch, addr=address, len=length, fd=eventfd, flags=flags
         )
-        checked_ioctl(self.fd, "KVM_IOEVENTFD", ioctls.KVM_IOEVENTFD, request)
+        self._ioctl(ioctls.KVM_IOEVENTFD, request)
 
     # --- vCPUs -------------------------------------------------------------------------
 
     def create_vcpu(self, vcpu_id: int) -> Vcpu:
         from pyvmm.kvm.vcpu import Vcpu
 
-        fd = checked_ioctl(self.fd, "KVM_CREATE_VCPU", ioctls.KVM_CREATE_VCPU, vcpu_id)
+        fd = self._ioctl(ioctls.KVM_CREATE_VCPU, vcpu_id)
         return Vcpu(self, fd, vcpu_id)

@@ -7,7 +7,7 @@ import mmap
 
 import pytest
 
-from pyvmm.kvm import Cap, ExitReason, Kvm, KvmIoctlError, KvmUnavailableError, MpState
+from pyvmm.kvm import Cap, ExitReason, Kvm, KvmIoctlError, KvmUnavailableError, MpState, ioctls
 
 pytestmark = pytest.mark.kvm
 
@@ -84,3 +84,19 @@ def test_real_mode_code_runs_and_exits_on_port_io() -> None:
         assert vcpu.run_mapping[io.data_offset] == 0x7A
         assert vcpu.run() == ExitReason.HLT  # no in-kernel irqchip: HLT comes to us
         vcpu.close()
+
+
+def test_every_request_number_names_one_ioctl() -> None:
+    """A failure is named from its number alone (`ioctls.NAMES`): two requests with one
+    number would name each other's failures."""
+    requests = {name: value for name, value in vars(ioctls).items() if name.startswith("KVM_")}
+    assert len(requests) > 50
+    assert sorted(ioctls.NAMES.values()) == sorted(requests)
+    assert ioctls.NAMES[ioctls.KVM_RUN] == "KVM_RUN"
+
+
+def test_a_refused_capability_is_named_with_its_ioctl() -> None:
+    with Kvm() as kvm, kvm.create_vm() as vm:
+        with pytest.raises(KvmIoctlError, match=r"^KVM_ENABLE_CAP failed \(KVM_CAP_NR_VCPUS\): E") as caught:
+            vm.enable_cap(Cap.NR_VCPUS, 1)  # a question, not something to enable
+        assert caught.value.name == "KVM_ENABLE_CAP"
