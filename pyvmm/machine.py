@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pyvmm import boot
 from pyvmm.arch.x86 import cpu
-from pyvmm.arch.x86.acpi import write_acpi_tables
+from pyvmm.arch.x86.acpi import build_acpi_tables
 from pyvmm.arch.x86.host_probe import hypercalls_return, syscall_reaches_cpl0
 from pyvmm.arch.x86.layout import (
     KVM_IDENTITY_MAP_ADDRESS,
@@ -205,13 +205,12 @@ class Machine:
             self.devices.kernel_cmdline(config.cmdline),  # + what devices announce there
             kernel_decompress=config.kernel_decompress,
             kernel_format=config.kernel_format,
-            rsdp_address=write_acpi_tables(
-                memory,
+            rsdp_address=build_acpi_tables(
                 config.cpus,
                 power=ACPI_POWER,
                 devices=self.devices.aml(),
                 tables=self.pci.acpi_tables() if self.pci else (),
-            ),
+            ).write(memory),
             reserved=self.pci.reserved() if self.pci else (),
         )
         self.entry = boot.load(memory, images)

@@ -78,6 +78,14 @@ class AcpiTables:
                 return entry
         raise KeyError(signature)
 
+    def write(self, memory: GuestMemory) -> int:
+        """Write the RSDP and every table into `memory`; the RSDP's address (for the
+        zero page or the PVH start info)."""
+        for entry in self.tables:
+            memory.write(entry.address, entry.data)
+        log.debug("ACPI tables at [%#x, %#x)", self.rsdp_address, self.end)
+        return self.rsdp_address
+
 
 def _align(address: int) -> int:
     return -(-address // TABLE_ALIGNMENT) * TABLE_ALIGNMENT
@@ -138,29 +146,3 @@ def build_acpi_tables(
         AcpiTable("DSDT", dsdt_address, dsdt),
     )
     return AcpiTables(placed)
-
-
-def write_acpi_tables(
-    memory: GuestMemory,
-    cpus: int,
-    *,
-    power: PowerRegisters,
-    devices: Sequence[Aml] = (),
-    tables: Sequence[bytes] = (),
-    timer_gsi: int = TIMER_GSI_KVM_DEFAULT,
-    boot_arch: BootArch = DEFAULT_BOOT_ARCH,
-) -> int:
-    """Write the RSDP and every table into the BIOS area of `memory`; the RSDP's address.
-
-    `power`: the platform's sleep and reset registers (FADT, ``\\_S5_``).
-    `devices`: the AML device objects of the machine's devices, for ``\\_SB_``.
-    `tables`: further whole tables (the MCFG), pointed to by the XSDT and RSDT.
-    `timer_gsi`: where ISA IRQ 0 reaches the IOAPIC (see `madt`).
-    """
-    built = build_acpi_tables(
-        cpus, power=power, devices=devices, tables=tables, timer_gsi=timer_gsi, boot_arch=boot_arch
-    )
-    for entry in built.tables:
-        memory.write(entry.address, entry.data)
-    log.debug("ACPI tables for %d vCPUs at [%#x, %#x)", cpus, built.rsdp_address, built.end)
-    return built.rsdp_address

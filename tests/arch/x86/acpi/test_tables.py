@@ -19,7 +19,6 @@ from pyvmm.arch.x86.acpi import (
     AcpiTables,
     PowerRegisters,
     build_acpi_tables,
-    write_acpi_tables,
 )
 from pyvmm.arch.x86.acpi.aml import Device, Name
 from pyvmm.arch.x86.acpi.fadt import BootArch, FadtFlags
@@ -248,10 +247,10 @@ def linux_style_rsdp_scan(memory: GuestMemory) -> int | None:
 
 
 def test_write_puts_the_tables_where_a_scan_finds_them(memory: GuestMemory) -> None:
-    address = write_acpi_tables(memory, 4, power=ACPI_POWER)
+    built = build_acpi_tables(4, power=ACPI_POWER)
+    address = built.write(memory)
     assert address == RSDP_ADDRESS
     assert linux_style_rsdp_scan(memory) == address
-    built = build_acpi_tables(4, power=ACPI_POWER)
     for entry in built.tables:
         assert memory.read(entry.address, len(entry.data)) == entry.data
     xsdt = struct.unpack_from("<Q", memory.read(address, 36), 24)[0]
