@@ -55,16 +55,17 @@ class SegmentType(enum.IntEnum):
 _u8, _u16, _u32, _u64 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64
 
 
-class Elf32Ehdr(ctypes.LittleEndianStructure):
-    _pack_ = 1
-    _fields_ = [
+def _ehdr_fields(word: type[ctypes._SimpleCData]) -> list[tuple[str, type]]:  # type: ignore[type-arg]
+    """Elf32_Ehdr and Elf64_Ehdr (gABI §4) have the same fields in the same order; only
+    the entry point and the two table offsets (Addr, Off) are `word` wide."""
+    return [
         ("e_ident", _u8 * EI_NIDENT),
         ("e_type", _u16),
         ("e_machine", _u16),
         ("e_version", _u32),
-        ("e_entry", _u32),
-        ("e_phoff", _u32),
-        ("e_shoff", _u32),
+        ("e_entry", word),
+        ("e_phoff", word),
+        ("e_shoff", word),
         ("e_flags", _u32),
         ("e_ehsize", _u16),
         ("e_phentsize", _u16),
@@ -73,28 +74,20 @@ class Elf32Ehdr(ctypes.LittleEndianStructure):
         ("e_shnum", _u16),
         ("e_shstrndx", _u16),
     ]
+
+
+class Elf32Ehdr(ctypes.LittleEndianStructure):
+    _pack_ = 1
+    _fields_ = _ehdr_fields(_u32)
 
 
 class Elf64Ehdr(ctypes.LittleEndianStructure):
     _pack_ = 1
-    _fields_ = [
-        ("e_ident", _u8 * EI_NIDENT),
-        ("e_type", _u16),
-        ("e_machine", _u16),
-        ("e_version", _u32),
-        ("e_entry", _u64),
-        ("e_phoff", _u64),
-        ("e_shoff", _u64),
-        ("e_flags", _u32),
-        ("e_ehsize", _u16),
-        ("e_phentsize", _u16),
-        ("e_phnum", _u16),
-        ("e_shentsize", _u16),
-        ("e_shnum", _u16),
-        ("e_shstrndx", _u16),
-    ]
+    _fields_ = _ehdr_fields(_u64)
 
 
+# The program headers differ in order, not only in width (p_flags moves up in Elf64_Phdr
+# to keep the 64-bit fields aligned), so each is written out as the gABI gives it.
 class Elf32Phdr(ctypes.LittleEndianStructure):
     _pack_ = 1
     _fields_ = [
