@@ -58,13 +58,9 @@ class DeviceManager:
         return [term for device in self.devices for term in device.aml()]
 
     def kernel_parameters(self) -> list[str]:
-        """The kernel command-line words the devices contribute, in device order."""
-        return [
-            word
-            for device in self.devices
-            if isinstance(device, PlacedDevice)
-            for word in device.kernel_parameters
-        ]
+        """The kernel command-line words the devices contribute (a `PlacedDevice`'s, or
+        any device's that has `kernel_parameters`, as `NoPci`'s pci=off), in device order."""
+        return [word for device in self.devices for word in getattr(device, "kernel_parameters", ())]
 
     def kernel_cmdline(self, cmdline: str | bytes) -> str | bytes:
         """The user's kernel command line with the devices' words added (as given when

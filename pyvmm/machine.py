@@ -40,7 +40,7 @@ from pyvmm.irq import GsiAllocator, KvmIrqLine, NoIrqLine, msi_vector
 from pyvmm.kvm import Cap, Kvm, Vcpu, Vm
 from pyvmm.memory import GuestMemory, split_around_hole
 from pyvmm.outcome import ExitKind, GuestExit, InterruptLine
-from pyvmm.pci_platform import PciPlatform
+from pyvmm.pci_platform import NoPci, PciPlatform
 from pyvmm.platform import ACPI_POWER, PC_PLATFORM, PlatformContext
 from pyvmm.qemu_test_devices import build_test_devices
 from pyvmm.resources import ResourceAllocator
@@ -255,6 +255,8 @@ class Machine:
             msi = functools.partial(msi_vector, vm, GsiAllocator(vm)) if has_irqchip else None
             self.pci = PciPlatform(self.devices, memory.ram_ranges(), line, msi)
             self.devices.add(self.pci)
+        else:
+            self.devices.add(NoPci())  # no host bridge; pci=off tells Linux
         self.devices.add_all(build_test_devices(self.config.test_devices, self.pci, line))
         console_input: list[Callable[[bytes], None]] = []  # a virtio console's, if there is one
         virtio = VirtioContext(

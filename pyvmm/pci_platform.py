@@ -1,5 +1,6 @@
 """The PCI part of the PC platform: the host bridge on bus 0 as firmware leaves it for
-the OS, and what the machine does when the guest programs a device.
+the OS, and what the machine does when the guest programs a device; or, for a machine
+without PCI (virtio over MMIO, as Firecracker's and QEMU's microvm), `NoPci`.
 
 What a guest finds (as on QEMU's PC with SeaBIOS, which test suites expect):
 
@@ -57,6 +58,7 @@ from pyvmm.arch.x86.layout import KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS
 from pyvmm.bus import Bus, BusConflictError, BusRange
 from pyvmm.device_manager import DeviceManager
 from pyvmm.devices.device import DeviceState, Region, mmio, ports
+from pyvmm.devices.state_checks import check_tuple, check_type
 from pyvmm.errors import StateError
 from pyvmm.irq import InterruptError, MsiMessage, MsiVector
 from pyvmm.outcome import InterruptLine
@@ -406,3 +408,41 @@ class PciPlatform:
             for bus, entry in placed.mapped.values():
                 bus.remove(entry)
             placed.mapped.clear()
+
+
+class NoPci:
+    """The PCI part of a machine that has none (`--transport mmio`): nothing on the
+    buses or in ACPI (no host bridge, no MCFG), and `pci=off` for a Linux guest.
+
+    QEMU's microvm and Firecracker have no PCI either (Firecracker's documented boot
+    arguments carry `pci=off`). The word stops Linux probing configuration
+    mechanisms #1 and #2 and MMCONFIG (arch/x86/pci/common.c pcibios_setup clears
+    pci_probe), whose port accesses would reach nothing here; Linux 6.1 still logs
+    "PCI: Fatal: No config space access function found" and "PCI: System does not
+    support PCI" once (arch/x86/pci/init.c prints it whenever no mechanism exists,
+    pci=off or not), as on those VMMs. Keeping a bare host bridge instead would
+    silence it at the price of a bus scan and a _PRT in every boot, and of GSIs
+    16-19 and 512 MiB of the MMIO window that virtio-mmio devices use here.
+    """
+
+    name = "pci"  # the same device name as PciPlatform's: one machine has one of them
+    kernel_parameters = ("pci=off",)
+
+    def regions(self) -> Sequence[Region]:
+        return ()
+
+    def aml(self) -> Sequence[Aml]:
+        return ()
+
+    def close(self) -> None:
+        pass
+
+    def reset(self) -> None:
+        pass
+
+    def save(self) -> DeviceState:
+        return DeviceState(())
+
+    def restore(self, state: object) -> None:
+        """Nothing to restore: only an empty state is this device's."""
+        check_tuple(self.name, "models", check_type(self.name, state, DeviceState).models, 0)

@@ -19,18 +19,20 @@ from pyvmm.arch.x86.acpi import build_acpi_tables
 from pyvmm.arch.x86.acpi.pci_host import gsi_for
 from pyvmm.arch.x86.layout import KVM_TSS_ADDRESS, MMIO_HOLE_START
 from pyvmm.device_manager import DeviceManager
-from pyvmm.devices.device import PlacedDevice, mmio
+from pyvmm.devices.device import DeviceState, PlacedDevice, mmio
 from pyvmm.devices.pc_testdev import IOMEM_ADDRESS, IOMEM_LENGTH
 from pyvmm.devices.pci_testdev import PciTestdev
+from pyvmm.devices.ports import PortSinkState
+from pyvmm.errors import StateError
 from pyvmm.irq import MsiMessage
 from pyvmm.machine import RunResult
 from pyvmm.outcome import ExitKind
 from pyvmm.pci import BarKind, BarSpec, InterruptPin, MsixCapability, MsixTable, PciFunction, PciIds
 from pyvmm.pci.regions import BarRegions
 from pyvmm.pci.registers import Command
-from pyvmm.pci_platform import LAPIC_ADDRESS, PciPlatform
+from pyvmm.pci_platform import LAPIC_ADDRESS, NoPci, PciPlatform
 from pyvmm.platform import ACPI_POWER
-from pyvmm.resources import IOAPIC_ADDRESS
+from pyvmm.resources import IOAPIC_ADDRESS, ResourceAllocator
 
 TEST_IDS = PciIds(0x1234, 0x5678, 0xFF, 0)
 
@@ -358,3 +360,35 @@ def test_without_pci_testdev_the_guest_finds_only_the_bridge(guests: Path) -> No
     assert "cf8 00:00.0 id=1b36:0008 class=060000" in text
     assert "FAIL pci-testdev on bus 0" in text
     assert result.status == 3  # debug-exit code 1
+
+
+# --- a machine without PCI (--transport mmio) ---------------------------------------
+
+
+def test_no_pci_is_a_device_with_nothing_but_pci_off() -> None:
+    manager = DeviceManager(ResourceAllocator(MEMORY))
+    manager.add(NoPci())
+    assert manager.kernel_cmdline("console=ttyS0 -- init-arg") == b"console=ttyS0 pci=off -- init-arg"
+    assert manager.aml() == [] and manager.ports.find(0xCF8, 4).name == "unclaimed"
+    states = manager.save()
+    manager.restore(states)
+    assert states == {"pci": DeviceState(())}
+    with pytest.raises(StateError, match="pci"):
+        manager.restore({"pci": DeviceState((PortSinkState(0),))})
+
+
+@pytest.mark.kvm
+@pytest.mark.parametrize("transport", ["pci", "mmio"])
+def test_an_mmio_machine_has_no_pci_and_tells_linux(guests: Path, transport: str) -> None:
+    config = MachineConfig(kernel=str(guests / "hello.elf"), rng=True, transport=transport)
+    machine = Machine(config)
+    result = machine.run()
+    assert "Hello from the pyvmm demo guest!" in result.console_text, result.exit.describe()
+    words = machine.devices.kernel_parameters()
+    if transport == "mmio":
+        assert machine.pci is None and "pci=off" in words
+        assert machine.ports.find(0xCF8, 4).name == "unclaimed"
+        assert not any(name.startswith("pci") for name in (r.name for r in result.stats.ranges))
+    else:  # the PC keeps its PCI: the host bridge answers, and Linux is not told otherwise
+        assert machine.pci is not None and "pci=off" not in words
+        assert machine.ports.find(0xCF8, 4).name == "pci-config"
