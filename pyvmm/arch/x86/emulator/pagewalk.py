@@ -129,6 +129,12 @@ class _Walk:
         self.executable = True
         self.entries: list[tuple[int, int]] = []
 
+    def take(self, address: int, width: int, entry: int) -> None:
+        """Go down through `entry` (read at `address`): record it, narrow the rights."""
+        self.entries.append((address, width))
+        self.user &= bool(entry & US)
+        self.writable &= bool(entry & RW)
+
 
 def _read_entry(memory: GuestMemory, gpa: int, width: int) -> int:
     try:
@@ -136,6 +142,16 @@ def _read_entry(memory: GuestMemory, gpa: int, width: int) -> int:
     except GuestMemoryError as exc:
         raise EmulatorError(f"a paging-structure entry lies outside guest RAM ({exc})") from None
     return int((_U64 if width == 8 else _U32).unpack(data)[0])
+
+
+def _present_entry(
+    context: PagingContext, memory: GuestMemory, access: Access, linear: int, address: int, width: int
+) -> int:
+    """The entry at `address`; a not-present #PF for `linear` when its P bit is clear."""
+    entry = _read_entry(memory, address, width)
+    if not entry & P:
+        raise page_fault(linear, _fault_code(context, access, present=False))
+    return entry
 
 
 def _fault_code(context: PagingContext, access: Access, *, present: bool, reserved: bool = False) -> int:
@@ -192,12 +208,8 @@ def _walk_32bit(context: PagingContext, memory: GuestMemory, linear: int, access
     """32-bit paging (§4.3): a page directory and page tables of 4-byte entries."""
     state = _Walk()
     pde_address = (context.cr3 & 0xFFFF_F000) | ((linear >> 22) << 2)
-    pde = _read_entry(memory, pde_address, 4)
-    if not pde & P:
-        raise page_fault(linear, _fault_code(context, access, present=False))
-    state.entries.append((pde_address, 4))
-    state.user &= bool(pde & US)
-    state.writable &= bool(pde & RW)
+    pde = _present_entry(context, memory, access, linear, pde_address, 4)
+    state.take(pde_address, 4, pde)
     if pde & PS and context.cr4 & Cr4.PSE:
         # PSE-36: PDE bits 20:13 hold physical-address bits 39:32 (up to MAXPHYADDR).
         high_bits = min(context.maxphyaddr, 40) - 32
@@ -208,12 +220,8 @@ def _walk_32bit(context: PagingContext, memory: GuestMemory, linear: int, access
         physical = (pde & 0xFFC0_0000) | (((pde >> 13) & 0xFF) << 32) | (linear & 0x3F_FFFF)
         return Translation(physical, 4 << 20, tuple(state.entries))
     pte_address = (pde & 0xFFFF_F000) | (((linear >> 12) & 0x3FF) << 2)
-    pte = _read_entry(memory, pte_address, 4)
-    if not pte & P:
-        raise page_fault(linear, _fault_code(context, access, present=False))
-    state.entries.append((pte_address, 4))
-    state.user &= bool(pte & US)
-    state.writable &= bool(pte & RW)
+    pte = _present_entry(context, memory, access, linear, pte_address, 4)
+    state.take(pte_address, 4, pte)
     _check_rights(context, access, linear, state)
     return Translation((pte & 0xFFFF_F000) | (linear & 0xFFF), PAGE_SIZE, tuple(state.entries))
 
@@ -233,9 +241,7 @@ def _walk_64bit_entries(
         # The PDPTEs: 4 entries at CR3[31:5] (the processor loads them with CR3; they
         # are read here at walk time). They have no R/W, U/S, XD or accessed flag.
         pdpte_address = (context.cr3 & 0xFFFF_FFE0) | (((linear >> 30) & 3) << 3)
-        pdpte = _read_entry(memory, pdpte_address, 8)
-        if not pdpte & P:
-            raise page_fault(linear, _fault_code(context, access, present=False))
+        pdpte = _present_entry(context, memory, access, linear, pdpte_address, 8)
         if pdpte & (((1 << 64) - 1) & ~((1 << context.maxphyaddr) - 1) | 0x1E6):
             raise page_fault(linear, _fault_code(context, access, present=True, reserved=True))
         table = pdpte & address_mask
@@ -246,9 +252,7 @@ def _walk_64bit_entries(
         levels = [(shift, shift == 12) for shift in range(first, 11, -9)]
     for shift, last in levels:
         entry_address = table | (((linear >> shift) & 0x1FF) << 3)
-        entry = _read_entry(memory, entry_address, 8)
-        if not entry & P:
-            raise page_fault(linear, _fault_code(context, access, present=False))
+        entry = _present_entry(context, memory, access, linear, entry_address, 8)
         large = not last and bool(entry & PS)
         reserved = reserved_high
         if shift >= 39 and not last:
@@ -260,9 +264,7 @@ def _walk_64bit_entries(
                 reserved |= ((1 << 21) - 1) & ~((1 << 13) - 1)  # 2 MiB page: bits 20:13
         if entry & reserved:
             raise page_fault(linear, _fault_code(context, access, present=True, reserved=True))
-        state.entries.append((entry_address, 8))
-        state.user &= bool(entry & US)
-        state.writable &= bool(entry & RW)
+        state.take(entry_address, 8, entry)
         if context.nxe and entry & XD:
             state.executable = False
         if large or last:
