@@ -31,6 +31,7 @@ from pyvmm.devices.rtc_state import RtcState
 from pyvmm.devices.serial_state import SerialState
 from pyvmm.devices.state_checks import check_tuple, check_type
 from pyvmm.errors import StateError
+from pyvmm.virtio.transport_state import VirtioMmioState, VirtioPciState
 
 
 class AddressSpace(enum.Enum):
@@ -58,6 +59,8 @@ ModelState = (
     | SleepControlState
     | DebugExitState
     | PortSinkState
+    | VirtioPciState
+    | VirtioMmioState
 )
 """The saved state of one device model."""
 

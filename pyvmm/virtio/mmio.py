@@ -17,6 +17,8 @@ this module only adds what is MMIO's own:
   KVM_IOEVENTFD matching the queue index where KVM_CAP_IOEVENTFD exists, else the
   register's exit handler rings it), so `VirtioCore.notify` runs on the I/O thread.
   A transport used without them (no I/O thread) notifies on the writing thread.
+- Saved state (`VirtioMmioState`): the core's and InterruptStatus; a restore drives
+  the line to what InterruptStatus says. The doorbells are not state.
 """
 
 from __future__ import annotations
@@ -27,12 +29,14 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
+from pyvmm.devices.state_checks import check_mask, check_type
 from pyvmm.ioevent import IoEventNotifier, notification_callback
 from pyvmm.kvm import Vm
 from pyvmm.memory import GuestMemory
 from pyvmm.outcome import InterruptLine
 from pyvmm.virtio.core import VirtioCore
 from pyvmm.virtio.device import VirtioDevice
+from pyvmm.virtio.transport_state import VirtioMmioState
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +134,29 @@ class VirtioMmio:
             self._interrupt_status &= ~bits
             if not self._interrupt_status:
                 self.line.set_level(False)
+
+    # --- reset and saved state -----------------------------------------------------
+
+    def reset(self) -> None:
+        """Power-on: the device reset, as a driver's status 0 (§4.2.2.1), line low."""
+        self.core.reset()
+        self._acknowledge(_INTERRUPT_BITS)
+
+    def save(self) -> VirtioMmioState:
+        with self._lock:
+            interrupt_status = self._interrupt_status
+        return VirtioMmioState(self.core.save(), interrupt_status)
+
+    def restore(self, state: object) -> None:
+        """Take a saved state, checked first: a bad one raises `StateError` and leaves
+        the transport and the device as they were."""
+        name = f"virtio-mmio ({self.device.name})"
+        checked = check_type(name, state, VirtioMmioState)
+        status = check_mask(name, "interrupt_status", checked.interrupt_status, _INTERRUPT_BITS)
+        self.core.restore(checked.core)
+        with self._lock:
+            self._interrupt_status = status
+            self.line.set_level(bool(status))
 
     # --- the bus device (vCPU threads) -------------------------------------------------
 
@@ -283,4 +310,3 @@ class MmioNotifiers:
                 continue
             self.io.unregister(doorbell)
             doorbell.close()
-

@@ -18,6 +18,11 @@ transitional (legacy) driver finds no device it knows, and a driver that does no
 accept VERSION_1 is refused by `VirtioCore`. Interrupts go by MSI-X when the driver
 enables it (a vector per queue, `queue_msix_vector`), else by INTx with the ISR bits
 (§4.1.5.3, §4.1.5.4).
+
+Saved state (`VirtioPciState`, transport_state.py): the function, its MSI-X table,
+the core, the vectors and the ISR. A restore moves BAR 0 through the function's
+`on_bar_change`, the path a guest's BAR write takes, so the platform's buses and
+the doorbells' ioeventfds follow it.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ import threading
 from collections.abc import Callable
 
 from pyvmm.bus import all_ones
+from pyvmm.devices.state_checks import check_int, check_mask, check_tuple, check_type, fail
+from pyvmm.errors import StateError
 from pyvmm.memory import GuestMemory
 from pyvmm.pci import (
     BarKind,
@@ -39,9 +46,13 @@ from pyvmm.pci import (
     PciFunction,
     PciIds,
 )
+from pyvmm.pci.msix import CONTROL_ENABLE as MSIX_ENABLE
+from pyvmm.pci.msix import CONTROL_FUNCTION_MASK as MSIX_FUNCTION_MASK
+from pyvmm.pci.msix import CONTROL_OFFSET as MSIX_CONTROL
 from pyvmm.virtio.core import VirtioCore
 from pyvmm.virtio.device import DeviceType, VirtioDevice
 from pyvmm.virtio.spec import is_valid_queue_size
+from pyvmm.virtio.transport_state import VirtioPciState
 
 VIRTIO_VENDOR = 0x1AF4  # Red Hat, Inc. (§4.1.2)
 MODERN_DEVICE_BASE = 0x1040  # device ID = 0x1040 + virtio device ID (§4.1.2.1)
@@ -158,14 +169,19 @@ class VirtioPciFunction:
         capabilities.add_vendor(_cap(CapType.ISR, ISR_OFFSET, 1))
         capabilities.add_vendor(_cap(CapType.DEVICE, DEVICE_OFFSET, DEVICE_LENGTH))
         self._pci_cfg = _PciCfgAccess(self)
-        MsixCapability(
+        self._msix_capability = MsixCapability(
             capabilities, self.msix, table_bar=BAR_INDEX, table_offset=MSIX_TABLE_OFFSET,
             pba_bar=BAR_INDEX, pba_offset=MSIX_PBA_OFFSET,
         )  # fmt: skip
-        self.function.on_reset(self.reset)
+        self.function.on_reset(self._reset_device)
 
     def reset(self) -> None:
-        """Function-level reset: the device too (§4.1.5.1.1)."""
+        """Function-level reset (§4.1.5.1.1): the header's guest bits (BARs unassigned,
+        decoding off, MSI-X disabled), then the device and the transport's state."""
+        self.function.reset()
+
+    def _reset_device(self) -> None:
+        """The function's reset hook: the device, MSI-X, vectors, ISR and INTx."""
         self.core.reset()
         self.msix.reset()
         self.config_vector = NO_VECTOR
@@ -173,6 +189,64 @@ class VirtioPciFunction:
         with self._lock:
             self._isr = 0
             self.function.set_intx(False)
+
+    # --- saved state ------------------------------------------------------------------
+
+    def save(self) -> VirtioPciState:
+        core = self.core.save()  # first: the device finishes its requests (interrupts)
+        with self._lock:
+            isr = self._isr
+        return VirtioPciState(
+            self.function.save(), self.msix.save(), core, self.config_vector, tuple(self.queue_vectors), isr
+        )
+
+    def restore(self, state: object) -> None:
+        """Take a saved state, checked first: vectors name table entries (or none),
+        the MSI-X state agrees with the capability's Message Control in the saved
+        configuration space, an asserted INTx has an ISR bit behind it. A bad state
+        raises `StateError` and leaves function, table and device as they were."""
+        name = f"virtio-pci ({self.device.name})"
+        checked = check_type(name, state, VirtioPciState)
+        self._check_vector(name, "config_vector", checked.config_vector)
+        vectors = check_tuple(name, "queue_vectors", checked.queue_vectors, len(self.queue_vectors))
+        if len(vectors) != len(self.queue_vectors):
+            raise fail(name, f"{len(vectors)} queue vectors for {len(self.queue_vectors)} queues")
+        for index, vector in enumerate(vectors):
+            self._check_vector(name, f"queue_vectors[{index}]", vector)
+        isr = check_mask(name, "isr", checked.isr, ISR_QUEUE | ISR_CONFIG)
+        self._check_agreement(name, checked, isr)
+        before = self.save()
+        try:
+            self._load(checked, isr)
+        except StateError:
+            self._load(before, before.isr)
+            raise
+
+    def _check_vector(self, name: str, field: str, value: object) -> None:
+        vector = check_int(name, field, value, 0, NO_VECTOR)
+        if vector != NO_VECTOR and vector >= self.msix.count:
+            raise fail(name, f"{field} {vector} is past the MSI-X table of {self.msix.count}")
+
+    def _check_agreement(self, name: str, state: VirtioPciState, isr: int) -> None:
+        function, msix = state.function, state.msix
+        config = getattr(function, "config", None)
+        control_at = self._msix_capability.offset + MSIX_CONTROL
+        if type(config) is bytes and len(config) == self.function.config.size:
+            control = int.from_bytes(config[control_at : control_at + 2], "little")
+            saved = (bool(control & MSIX_ENABLE), bool(control & MSIX_FUNCTION_MASK))
+            if saved != (getattr(msix, "enabled", None), getattr(msix, "function_masked", None)):
+                raise fail(name, f"MSI-X Message Control {control:#06x} disagrees with the table's state")
+        if getattr(function, "intx_asserted", False) is True and not isr:
+            raise fail(name, "INTx is asserted with no ISR bit set")
+
+    def _load(self, state: VirtioPciState, isr: int) -> None:
+        self.msix.restore(state.msix)
+        self.function.restore(state.function)  # BAR 0 moves: buses and doorbells follow
+        self.core.restore(state.core)
+        self.config_vector = state.config_vector
+        self.queue_vectors = list(state.queue_vectors)
+        with self._lock:
+            self._isr = isr
 
     def notify_offset(self, queue: int) -> int:
         """Where in BAR 0 queue `queue` is notified (for an ioeventfd)."""
