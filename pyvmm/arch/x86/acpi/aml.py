@@ -248,8 +248,7 @@ class Scope(Aml):
     terms: Sequence[Aml]
 
     def encode(self) -> bytes:
-        body = name_string(self.path) + b"".join(term.encode() for term in self.terms)
-        return bytes((Op.SCOPE,)) + package_bytes(body)
+        return _named_block(bytes((Op.SCOPE,)), self.path, self.terms)
 
 
 @dataclass(frozen=True)
@@ -260,8 +259,7 @@ class Device(Aml):
     terms: Sequence[Aml]
 
     def encode(self) -> bytes:
-        body = name_string(self.path) + b"".join(term.encode() for term in self.terms)
-        return DEVICE_OP + package_bytes(body)
+        return _named_block(DEVICE_OP, self.path, self.terms)
 
 
 @dataclass(frozen=True)
@@ -284,8 +282,7 @@ class Method(Aml):
         if not 0 <= self.sync_level <= 0x0F:
             raise AcpiError(f"method sync level {self.sync_level} is not 0-15")
         flags = self.arg_count | (0x08 if self.serialized else 0) | self.sync_level << 4
-        body = name_string(self.path) + bytes((flags,)) + b"".join(term.encode() for term in self.terms)
-        return bytes((Op.METHOD,)) + package_bytes(body)
+        return _named_block(bytes((Op.METHOD,)), self.path, self.terms, bytes((flags,)))
 
 
 @dataclass(frozen=True)
@@ -301,3 +298,9 @@ class Return(Aml):
 def definition_block(terms: Sequence[Aml]) -> bytes:
     """The TermList of a definition block (DSDT/SSDT body, after the table header)."""
     return b"".join(term.encode() for term in terms)
+
+
+def _named_block(op: bytes, path: str, terms: Sequence[Aml], head: bytes = b"") -> bytes:
+    """`op` PkgLength NameString `head` TermList: the shape Scope, Device and Method
+    share (ACPI 6.4 §20.2.5.1, §20.2.5.2)."""
+    return op + package_bytes(name_string(path) + head + definition_block(terms))
