@@ -16,14 +16,12 @@ import logging
 from collections.abc import Sequence
 
 from pyvmm.devices.device import PlacedDevice
-from pyvmm.eventfd import EventFd
-from pyvmm.ioevent import notification_callback
-from pyvmm.kvm import Cap, KvmError, Vm
+from pyvmm.ioevent import QueueDoorbells, Registrar
+from pyvmm.kvm import Vm
 from pyvmm.memory import GuestMemory
 from pyvmm.pci import BarRange
 from pyvmm.pci_platform import PciPlatform
 from pyvmm.virtio.device import VirtioDevice
-from pyvmm.virtio.mmio import Registrar
 from pyvmm.virtio.pci import BAR_INDEX, VirtioPciFunction
 
 log = logging.getLogger(__name__)
@@ -31,76 +29,26 @@ log = logging.getLogger(__name__)
 NOTIFY_WIDTH = 2  # the driver writes the 16-bit queue index (§4.1.5.2)
 
 
-class PciDoorbells:
-    """One eventfd per queue, served on the I/O thread; KVM ioeventfds at BAR 0's
-    current address when the host has them."""
+class PciDoorbells(QueueDoorbells):
+    """The device's `QueueDoorbells` at BAR 0's notify addresses, following the BAR."""
 
     def __init__(
         self, vm: Vm, io: Registrar, transport: VirtioPciFunction, *, in_kernel: bool = True
     ) -> None:
-        self.vm = vm
-        self.io = io
+        queues, name = len(transport.core.queues), transport.device.name
+        super().__init__(
+            vm, io, name, queues, transport.core.notify, length=NOTIFY_WIDTH, datamatch=False,
+            in_kernel=in_kernel,
+        )  # fmt: skip
         self.transport = transport
-        self.in_kernel = bool(in_kernel and vm.kvm.check_extension(Cap.IOEVENTFD))
-        self.base: int | None = None  # BAR 0 as KVM's ioeventfds know it
-        self.eventfds: list[EventFd] = []
-        name = transport.device.name
-        try:
-            for index in range(len(transport.core.queues)):
-                eventfd = EventFd()
-                self.eventfds.append(eventfd)
-                serve = notification_callback(eventfd, transport.core.notify, index)
-                io.register(eventfd, serve, f"{name} queue {index}")
-        except BaseException:
-            self.close()
-            raise
         transport.on_notify = self.guest_wrote
-        if not self.in_kernel:
-            log.info("%s: no KVM_CAP_IOEVENTFD; queue notifications exit to the vCPU first", name)
-
-    def guest_wrote(self, queue: int) -> None:
-        """A notify write that reached the BAR (KVM did not take it)."""
-        if 0 <= queue < len(self.eventfds):
-            self.eventfds[queue].signal()
 
     def bar_changed(self, index: int, mapped: BarRange | None) -> None:
         """The PCI platform's observer: BAR 0 is now at `mapped` (or off the bus)."""
-        if index != BAR_INDEX or not self.in_kernel:
+        if index != BAR_INDEX:
             return
-        base = None if mapped is None else mapped.base
-        if base == self.base:
-            return
-        self._assign(self.base, deassign=True)
-        self.base = None
-        try:
-            self._assign(base, deassign=False)
-            self.base = base
-        except KvmError as exc:  # e.g. an address KVM already has another eventfd on
-            self._assign(base, deassign=True, quiet=True)
-            log.warning("%s: queue notifications at %s exit to the vCPU: %s", self.transport.device.name,
-                        hex(base or 0), exc)  # fmt: skip
-
-    def _assign(self, base: int | None, *, deassign: bool, quiet: bool = False) -> None:
-        if base is None:
-            return
-        for index, eventfd in enumerate(self.eventfds):
-            address = base + self.transport.notify_offset(index)
-            try:
-                self.vm.ioeventfd(eventfd.fileno(), address, NOTIFY_WIDTH, deassign=deassign)
-            except KvmError:
-                if not quiet:
-                    raise
-
-    def close(self) -> None:
-        """Unwatch and deassign every doorbell (while the VM is still open)."""
-        if self.vm.fd >= 0:
-            self._assign(self.base, deassign=True, quiet=True)
-        self.base = None
-        for eventfd in self.eventfds:
-            if not eventfd.closed:
-                self.io.unregister(eventfd)
-                eventfd.close()
-
+        offsets = [self.transport.notify_offset(queue) for queue in range(len(self.doorbells))]
+        self.place(None if mapped is None else [mapped.base + offset for offset in offsets])
 
 
 def place_on_pci(

@@ -3,14 +3,16 @@ thread, through KVM_IOEVENTFD or through the exit handler, with the same device 
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 
 import pytest
 from kvm.test_eventfds import MMIO_ADDRESS, MMIO_WRITES, PORT_WRITES, real_mode_guest
 
+from pyvmm.eventfd import EventFd
 from pyvmm.io_thread import IoThread
-from pyvmm.ioevent import IoEventNotifier
+from pyvmm.ioevent import IoEventNotifier, QueueDoorbells
 from pyvmm.kvm import ExitReason, Vcpu
 
 pytestmark = pytest.mark.kvm
@@ -93,3 +95,51 @@ def test_widths_and_values_are_checked() -> None:
             IoEventNotifier(vm, 0x42, 3, pio=True)
         with pytest.raises(ValueError, match="does not fit"):
             IoEventNotifier(vm, 0x42, 1, pio=True, datamatch=0x100)
+
+
+def test_a_doorbell_moves_with_its_register(io: IoThread) -> None:
+    """Placed nowhere first, then at 0x40, then where the guest writes (0x42): KVM
+    takes the write there and nothing is left at the old address."""
+    with real_mode_guest(PORT_WRITES) as (vm, vcpu):
+        doorbell = IoEventNotifier(vm, None, 1, pio=True)
+        assert doorbell.address is None
+        doorbell.move(0x40)
+        doorbell.move(0x42)
+        device = Device(io, doorbell)
+        assert run_to_hlt(vcpu, doorbell) == [(0x43, 0x7A)]  # 0x42's write never exited
+        assert device.event.wait(WAIT) and device.notified == 1
+        with EventFd() as probe:  # 0x40 is free again: KVM takes another eventfd there
+            vm.ioeventfd(probe.fileno(), 0x40, 1, pio=True)
+            vm.ioeventfd(probe.fileno(), 0x40, 1, pio=True, deassign=True)
+        io.unregister(doorbell)
+        doorbell.close()
+
+
+def test_queue_doorbells_kvm_refuses_fall_back_to_the_exit_path(
+    io: IoThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    notified: list[tuple[int, str]] = []
+    ran = threading.Event()
+
+    def notify(queue: int) -> None:
+        notified.append((queue, threading.current_thread().name))
+        ran.set()
+
+    with real_mode_guest(PORT_WRITES) as (vm, _vcpu), EventFd() as other:
+        vm.ioeventfd(other.fileno(), MMIO_ADDRESS + 2, 2)  # queue 1's address is taken
+        doorbells = QueueDoorbells(vm, io, "dev", 2, notify, length=2, datamatch=False)
+        try:
+            with caplog.at_level(logging.WARNING, logger="pyvmm.ioevent"):
+                doorbells.place([MMIO_ADDRESS, MMIO_ADDRESS + 2])
+            assert doorbells.addresses == [None, None]  # all or none in the kernel
+            assert "dev: queue notifications at" in caplog.text
+            doorbells.place([MMIO_ADDRESS + 0x10, MMIO_ADDRESS + 0x12])  # somewhere free: taken
+            assert doorbells.addresses == [MMIO_ADDRESS + 0x10, MMIO_ADDRESS + 0x12]
+            doorbells.guest_wrote(1)  # a write that exited anyway
+            doorbells.guest_wrote(2)  # no such queue
+            assert ran.wait(WAIT)
+            assert notified == [(1, io.name)]
+        finally:
+            doorbells.close()
+        assert all(doorbell.eventfd.closed for doorbell in doorbells.doorbells)
+        vm.ioeventfd(other.fileno(), MMIO_ADDRESS + 2, 2, deassign=True)

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 from typing import Protocol
 
 from pyvmm.eventfd import EventFd
+from pyvmm.ioevent import Registrar  # where a line watches its resample fd
 from pyvmm.irq.errors import InterruptError, require
 from pyvmm.kvm import Cap, KvmError, Vm
 from pyvmm.outcome import InterruptLine
@@ -34,14 +34,6 @@ class IrqLine(InterruptLine, Protocol):
     def pulse(self) -> None:
         """Raise and lower the line: one edge; the line is low afterwards."""
         ...
-
-
-class Registrar(Protocol):
-    """Where a line watches its resample fd: `pyvmm.io_thread.IoThread`."""
-
-    def register(self, fd: EventFd, callback: Callable[[], None], name: str) -> None: ...
-
-    def unregister(self, fd: EventFd) -> bool: ...
 
 
 class KvmIrqLine:

@@ -27,10 +27,9 @@ import enum
 import logging
 import threading
 from collections.abc import Callable
-from typing import Protocol
 
 from pyvmm.devices.state_checks import check_mask, check_type
-from pyvmm.ioevent import IoEventNotifier, notification_callback
+from pyvmm.ioevent import QueueDoorbells, Registrar
 from pyvmm.kvm import Vm
 from pyvmm.memory import GuestMemory
 from pyvmm.outcome import InterruptLine
@@ -255,58 +254,20 @@ class VirtioMmio:
         setattr(queue, name, (old & ~(_U32 << shift)) | (value << shift))
 
 
-class HasFileno(Protocol):
-    def fileno(self) -> int: ...
-
-
-class Registrar(Protocol):
-    """Where doorbells are watched: `pyvmm.io_thread.IoThread`."""
-
-    def register(self, fd: HasFileno, callback: Callable[[], None], name: str) -> None: ...
-
-    def unregister(self, fd: HasFileno) -> bool: ...
-
-
-class MmioNotifiers:
-    """QueueNotify as doorbells (`IoEventNotifier`): one per queue on the register's
-    guest address, 4 bytes, matching the queue index, each served on the I/O thread.
-
-    With KVM_CAP_IOEVENTFD a matching write never leaves the kernel (KVM_IOEVENTFD,
-    api.rst §4.59); without it the write exits to `VirtioMmio.write`, which hands it
-    to `guest_wrote` here, and the doorbell rings the same eventfd. Either way the
-    device's `notify` runs on the I/O thread, never on a vCPU thread.
+class MmioNotifiers(QueueDoorbells):
+    """QueueNotify as the device's `QueueDoorbells` (pyvmm.ioevent): one per queue on
+    the register's guest address, 4 bytes, matching the queue index. A write KVM did
+    not take exits to `VirtioMmio.write`, which passes the queue to `guest_wrote`;
+    either way the device's `notify` runs on the I/O thread, never on a vCPU thread.
     """
 
     def __init__(
         self, vm: Vm, io: Registrar, transport: VirtioMmio, base: int, *, in_kernel: bool = True
     ) -> None:
-        self.io = io
-        self.doorbells: list[IoEventNotifier] = []
-        name = transport.device.name
-        try:
-            for index in range(len(transport.core.queues)):
-                doorbell = IoEventNotifier(
-                    vm, base + Reg.QUEUE_NOTIFY, 4, datamatch=index, in_kernel=in_kernel
-                )
-                self.doorbells.append(doorbell)
-                serve = notification_callback(doorbell, transport.core.notify, index)
-                io.register(doorbell, serve, f"{name} queue {index}")
-        except BaseException:
-            self.close()
-            raise
+        queues = len(transport.core.queues)
+        super().__init__(
+            vm, io, transport.device.name, queues, transport.core.notify, length=4, datamatch=True,
+            in_kernel=in_kernel,
+        )  # fmt: skip
+        self.place([base + Reg.QUEUE_NOTIFY] * queues)
         transport.on_notify = self.guest_wrote
-        if self.doorbells and not self.doorbells[0].in_kernel:
-            log.info("%s: no KVM_CAP_IOEVENTFD; queue notifications exit to the vCPU first", name)
-
-    def guest_wrote(self, value: int) -> None:
-        """A QueueNotify write that KVM did not take: the doorbell of that queue, if any."""
-        if 0 <= value < len(self.doorbells):
-            self.doorbells[value].guest_wrote(4, value)
-
-    def close(self) -> None:
-        """Unwatch and deassign every doorbell (while the VM is still open)."""
-        for doorbell in self.doorbells:
-            if doorbell.eventfd.closed:
-                continue
-            self.io.unregister(doorbell)
-            doorbell.close()
