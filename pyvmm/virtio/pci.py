@@ -1,17 +1,8 @@
 """virtio over PCI, modern interface only (virtio 1.2 §4.1): one PCI function per
 device, its registers in one 64-bit memory BAR.
 
-BAR 0 (32 KiB), laid out as Cloud Hypervisor and QEMU do, one page per structure:
-
-    0x0000  common configuration (§4.1.4.3)      COMMON_CFG
-    0x1000  ISR status, read to clear (§4.1.4.5)  ISR_CFG
-    0x2000  device configuration (§4.1.4.6)       DEVICE_CFG
-    0x3000  notifications, 4 bytes per queue      NOTIFY_CFG (§4.1.4.4)
-    0x4000  MSI-X table, one vector per queue + one for configuration changes
-    0x6000  MSI-X PBA
-
-The capabilities (§4.1.4) point at those, plus the PCI configuration access
-capability (§4.1.4.8) through which a driver reaches the BAR from configuration space.
+BAR 0 holds the common, ISR, device and notify structures and the MSI-X table and
+PBA; the capabilities (§4.1.4) point at them (the layout: pci_layout.py).
 
 The device ID is 0x1040 + the virtio device ID and the revision 1 (§4.1.2.1): a
 transitional (legacy) driver finds no device it knows, and a driver that does not
@@ -27,7 +18,6 @@ the doorbells' ioeventfds follow it.
 
 from __future__ import annotations
 
-import enum
 import struct
 import threading
 from collections.abc import Callable
@@ -51,23 +41,47 @@ from pyvmm.pci.msix import CONTROL_FUNCTION_MASK as MSIX_FUNCTION_MASK
 from pyvmm.pci.msix import CONTROL_OFFSET as MSIX_CONTROL
 from pyvmm.virtio.core import VirtioCore
 from pyvmm.virtio.device import DeviceType, VirtioDevice
+from pyvmm.virtio.pci_layout import (
+    BAR_INDEX,
+    BAR_SIZE,
+    COMMON_CFG_SIZE,
+    COMMON_LENGTH,
+    COMMON_OFFSET,
+    DEVICE_LENGTH,
+    DEVICE_OFFSET,
+    FIELDS,
+    ISR_LENGTH,
+    ISR_OFFSET,
+    MSIX_PBA_OFFSET,
+    MSIX_TABLE_OFFSET,
+    NOTIFY_LENGTH,
+    NOTIFY_OFF_MULTIPLIER,
+    NOTIFY_OFFSET,
+    CapType,
+    Common,
+    PciCfgAccess,
+    cap,
+)
 from pyvmm.virtio.spec import is_valid_queue_size
 from pyvmm.virtio.transport_state import VirtioPciState
+
+__all__ = [
+    "BAR_INDEX",
+    "BAR_SIZE",
+    "COMMON_OFFSET",
+    "ISR_OFFSET",
+    "MSIX_TABLE_OFFSET",
+    "NOTIFY_OFFSET",
+    "NO_VECTOR",
+    "CapType",
+    "Common",
+    "VirtioPciFunction",
+]
 
 VIRTIO_VENDOR = 0x1AF4  # Red Hat, Inc. (§4.1.2)
 MODERN_DEVICE_BASE = 0x1040  # device ID = 0x1040 + virtio device ID (§4.1.2.1)
 MODERN_REVISION = 1
 NO_VECTOR = 0xFFFF  # VIRTIO_MSI_NO_VECTOR (§4.1.5.1.2)
-
-BAR_INDEX = 0
-BAR_SIZE = 0x8000
-COMMON_OFFSET, COMMON_LENGTH = 0x0000, 0x1000
-ISR_OFFSET, ISR_LENGTH = 0x1000, 0x1000
-DEVICE_OFFSET, DEVICE_LENGTH = 0x2000, 0x1000
-NOTIFY_OFFSET, NOTIFY_LENGTH = 0x3000, 0x1000
-NOTIFY_OFF_MULTIPLIER = 4  # queue i notifies at NOTIFY_OFFSET + 4 * i
-MSIX_TABLE_OFFSET = 0x4000
-MSIX_PBA_OFFSET = 0x6000
 
 ISR_QUEUE = 1  # §4.1.4.5: bit 0 a used buffer notification, bit 1 a configuration change
 ISR_CONFIG = 2
@@ -79,53 +93,6 @@ _CLASSES = {
     DeviceType.CONSOLE: (0x07, 0x80),  # simple communication, other
     DeviceType.ENTROPY: (0xFF, 0x00),  # unclassified
 }
-
-
-class CapType(enum.IntEnum):
-    """`cfg_type` of a virtio PCI capability (§4.1.4)."""
-
-    COMMON = 1
-    NOTIFY = 2
-    ISR = 3
-    DEVICE = 4
-    PCI = 5
-
-
-class Common(enum.IntEnum):
-    """Offsets in `struct virtio_pci_common_cfg` (§4.1.4.3)."""
-
-    DEVICE_FEATURE_SELECT = 0
-    DEVICE_FEATURE = 4
-    DRIVER_FEATURE_SELECT = 8
-    DRIVER_FEATURE = 12
-    CONFIG_MSIX_VECTOR = 16
-    NUM_QUEUES = 18
-    DEVICE_STATUS = 20
-    CONFIG_GENERATION = 21
-    QUEUE_SELECT = 22
-    QUEUE_SIZE = 24
-    QUEUE_MSIX_VECTOR = 26
-    QUEUE_ENABLE = 28
-    QUEUE_NOTIFY_OFF = 30
-    QUEUE_DESC = 32
-    QUEUE_DRIVER = 40
-    QUEUE_DEVICE = 48
-
-
-COMMON_CFG_SIZE = 56
-# Every field of the common configuration: offset -> size.
-_FIELDS = {
-    Common.DEVICE_FEATURE_SELECT: 4, Common.DEVICE_FEATURE: 4, Common.DRIVER_FEATURE_SELECT: 4,
-    Common.DRIVER_FEATURE: 4, Common.CONFIG_MSIX_VECTOR: 2, Common.NUM_QUEUES: 2,
-    Common.DEVICE_STATUS: 1, Common.CONFIG_GENERATION: 1, Common.QUEUE_SELECT: 2, Common.QUEUE_SIZE: 2,
-    Common.QUEUE_MSIX_VECTOR: 2, Common.QUEUE_ENABLE: 2, Common.QUEUE_NOTIFY_OFF: 2,
-    Common.QUEUE_DESC: 8, Common.QUEUE_DRIVER: 8, Common.QUEUE_DEVICE: 8,
-}  # fmt: skip
-
-
-def _cap(cfg_type: CapType, offset: int, length: int, extra: bytes = b"") -> bytes:
-    """A `struct virtio_pci_cap` after its vendor, next and length bytes (§4.1.4)."""
-    return struct.pack("<BBB2xII", cfg_type, BAR_INDEX, 0, offset, length) + extra
 
 
 class VirtioPciFunction:
@@ -161,14 +128,14 @@ class VirtioPciFunction:
         self.function.set_bar_handler(BAR_INDEX, regions)
 
         capabilities = self.function.capabilities
-        capabilities.add_vendor(_cap(CapType.COMMON, COMMON_OFFSET, COMMON_CFG_SIZE))
+        capabilities.add_vendor(cap(CapType.COMMON, COMMON_OFFSET, COMMON_CFG_SIZE))
         notify_length = NOTIFY_OFF_MULTIPLIER * max(queues, 1)
         capabilities.add_vendor(
-            _cap(CapType.NOTIFY, NOTIFY_OFFSET, notify_length, struct.pack("<I", NOTIFY_OFF_MULTIPLIER))
+            cap(CapType.NOTIFY, NOTIFY_OFFSET, notify_length, struct.pack("<I", NOTIFY_OFF_MULTIPLIER))
         )
-        capabilities.add_vendor(_cap(CapType.ISR, ISR_OFFSET, 1))
-        capabilities.add_vendor(_cap(CapType.DEVICE, DEVICE_OFFSET, DEVICE_LENGTH))
-        self._pci_cfg = _PciCfgAccess(self)
+        capabilities.add_vendor(cap(CapType.ISR, ISR_OFFSET, 1))
+        capabilities.add_vendor(cap(CapType.DEVICE, DEVICE_OFFSET, DEVICE_LENGTH))
+        self._pci_cfg = PciCfgAccess(self.function, regions)
         self._msix_capability = MsixCapability(
             capabilities, self.msix, table_bar=BAR_INDEX, table_offset=MSIX_TABLE_OFFSET,
             pba_bar=BAR_INDEX, pba_offset=MSIX_PBA_OFFSET,
@@ -331,7 +298,7 @@ class VirtioPciFunction:
 
     def _common_bytes(self) -> bytearray:
         data = bytearray(COMMON_CFG_SIZE)
-        for offset, size in _FIELDS.items():
+        for offset, size in FIELDS.items():
             data[offset : offset + size] = (self._field(offset) & all_ones(size)).to_bytes(size, "little")
         return data
 
@@ -348,7 +315,7 @@ class VirtioPciFunction:
         before = self._common_bytes()
         after = bytearray(before)
         after[offset : offset + size] = (value & all_ones(size)).to_bytes(size, "little")
-        for field, length in _FIELDS.items():
+        for field, length in FIELDS.items():
             if field < offset + size and offset < field + length:
                 self._set_field(Common(field), int.from_bytes(after[field : field + length], "little"))
 
@@ -411,40 +378,3 @@ def _ignore(offset: int, size: int, value: int) -> None:
 
 def _zero(offset: int, size: int) -> int:
     return 0
-
-
-class _PciCfgAccess:
-    """VIRTIO_PCI_CAP_PCI_CFG (§4.1.4.8): the driver writes bar, offset and length in
-    the capability, then reads or writes `pci_cfg_data` to reach that part of the BAR."""
-
-    def __init__(self, owner: VirtioPciFunction) -> None:
-        self.owner = owner
-        config = owner.function.config
-        # bar (1 byte), offset (4) and length (4) are writable; the data dword is ours.
-        # after the vendor header: cfg_type, bar, id, padding[2], offset, length, data
-        writable = bytes((0, 0xFF, 0, 0, 0)) + b"\xff" * 8 + b"\x00" * 4
-        self.offset = owner.function.capabilities.add_vendor(_cap(CapType.PCI, 0, 0, bytes(4)), writable)
-        self.config = config
-        config.intercept(self.offset + 16, 4, self)
-
-    def _target(self, size: int) -> int | None:
-        """The BAR offset the capability points at, if it names BAR 0 and `size` bytes."""
-        bar = self.config.get(self.offset + 4, 1)
-        offset = self.config.get(self.offset + 8, 4)
-        length = self.config.get(self.offset + 12, 4)
-        if bar != BAR_INDEX or length not in (1, 2, 4) or size < length or offset + length > BAR_SIZE:
-            return None
-        return offset
-
-    def read(self, offset: int, size: int) -> int:
-        target = self._target(size)
-        if target is None or offset:
-            return 0
-        length = self.config.get(self.offset + 12, 4)
-        return self.owner.regions.read(target, length)
-
-    def write(self, offset: int, size: int, value: int) -> None:
-        target = self._target(size)
-        if target is not None and not offset:
-            length = self.config.get(self.offset + 12, 4)
-            self.owner.regions.write(target, length, value & all_ones(length))
