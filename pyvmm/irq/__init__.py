@@ -5,13 +5,15 @@ allocator of GSIs with KVM's routing table. Devices raise interrupts from any th
 | module | job |
 | --- | --- |
 | `lines` | ISA/INTx lines: KVM_IRQ_LINE, irqfd (edge), irqfd with resample (level) |
-| `msi` | `MsiMessage`, and vectors sent by KVM_SIGNAL_MSI or a GSI route + irqfd |
-| `routing` | `GsiAllocator`: ISA 0-15, PCI INTx 16-23, MSI from 24; the whole routing table |
+| `msi` | `MsiMessage`, and vectors sent by a GSI route + irqfd, or KVM_SIGNAL_MSI |
+| `routing` | the GSI plan (ISA 0-15, pins 16-23, MSI from 24); `GsiAllocator`: the routing table |
+
+Which device holds which pin GSI (0-23) is the resource allocator's (`pyvmm.resources`).
 """
 
 from pyvmm.irq.errors import InterruptError
 from pyvmm.irq.lines import IrqfdEdgeLine, IrqLine, KvmIrqLine, NoIrqLine, ResampledIrqfdLine
-from pyvmm.irq.msi import MsiMessage, MsiVector, RoutedMsi, SignalledMsi, msi_vector
+from pyvmm.irq.msi import MsiMessage, MsiVector, RoutedMsi, SignalledMsi, can_route, can_signal, msi_vector
 from pyvmm.irq.routing import FIRST_MSI_GSI, ISA_IRQS, PCI_INTX_GSIS, GsiAllocator, irqchip_routes
 
 __all__ = [
@@ -29,6 +31,8 @@ __all__ = [
     "ResampledIrqfdLine",
     "RoutedMsi",
     "SignalledMsi",
+    "can_route",
+    "can_signal",
     "irqchip_routes",
     "msi_vector",
 ]

@@ -7,6 +7,7 @@ entry, and KVM_SIGNAL_MSI where routes are missing or all taken."""
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 from collections.abc import Iterator
 
@@ -177,3 +178,22 @@ def test_when_the_routes_run_out_the_next_vector_is_signalled(
     guest.expect(0x42)
     function.table.signal(0)
     guest.expect(0x41)
+
+
+def test_a_kvm_that_can_send_no_msi_costs_the_guest_its_interrupts_only(
+    guest: InterruptGuest,
+    function: Function,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(pyvmm.irq.msi, "can_route", lambda vm: False)
+    monkeypatch.setattr(pyvmm.irq.msi, "can_signal", lambda vm: False)
+    function.program(0, 0x40)
+    function.program(1, 0x41)
+    with caplog.at_level(logging.DEBUG, logger="pyvmm.pci_platform"):
+        function.table.set_control(enabled=True, function_masked=False)
+    assert function.route.vectors == (None,) * COUNT
+    warnings = [record for record in caplog.records if record.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "can send no MSI" in warnings[0].getMessage()  # once, not per vector
+    assert function.table.signal(0)  # the device goes on; the message has nowhere to go
+    guest.assert_quiet()
