@@ -265,15 +265,30 @@ class BlockDevice(VirtioDevice):
         except Exception:  # a bug, not the guest: no thread to stop the VM from, so log it
             log.exception("%s: request %d failed", self.name, chain.head)
             head = None
-        self._complete(virtqueue, generation, head, used)
-        self._signal(activation, queue, virtqueue)
+        self._complete(virtqueue, generation, head, used, finished=False)
+        try:
+            self._signal(activation, queue, virtqueue)
+        finally:
+            # Only now: a save waiting for the requests in flight must find the
+            # interrupt decided and sent, or the saved queue would hold an element
+            # nobody signals (its `unsignalled`) and the driver would wait for it.
+            with self._lock:
+                self._finished()
 
-    def _complete(self, virtqueue: Virtqueue, generation: int, head: int | None, used: int) -> None:
-        """One request is over: publish it (head None: do not), unless a reset came."""
+    def _finished(self) -> None:
+        """With the lock: one request less in flight."""
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self._idle.notify_all()
+
+    def _complete(
+        self, virtqueue: Virtqueue, generation: int, head: int | None, used: int, *, finished: bool = True
+    ) -> None:
+        """A request is done: publish it (head None: do not), unless a reset came;
+        `finished`: it is no longer in flight (else the caller says so later)."""
         with self._lock:
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._idle.notify_all()
+            if finished:
+                self._finished()
             if head is None or generation != self._generation:
                 return
             try:

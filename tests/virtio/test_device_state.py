@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -90,7 +91,15 @@ def test_save_waits_for_the_requests_in_flight(ram: GuestMemory, image: Path) ->
         release.wait(5)
         read_into(offset, views)
 
+    signal = blk.device._signal
+
+    def late_signal(*args: object) -> None:
+        time.sleep(0.2)  # the used element is in the ring; the interrupt not yet decided
+        signal(*args)  # type: ignore[arg-type]
+
     blk.device.file.read_into = slow  # type: ignore[method-assign]
+    blk.device._signal = late_signal  # type: ignore[method-assign]
+    blk.driver.enable_cb()
     try:
         blk.post(T_IN, 0, in_len=512)
         blk.core.notify(0)
@@ -98,8 +107,9 @@ def test_save_waits_for_the_requests_in_flight(ram: GuestMemory, image: Path) ->
         with pytest.raises(StateError, match="1 requests still in flight"):
             blk.device.save(timeout=0.05)
         threading.Timer(0.1, release.set).start()
-        state = blk.core.save()  # waits for the read to finish
+        state = blk.core.save()  # waits for the read to finish, and for its interrupt
         assert state.queues[0].next_used == 1 == state.queues[0].next_avail
+        assert state.queues[0].unsignalled == 0 and blk.interrupts.used == 1
     finally:
         release.set()
         blk.device.close()
