@@ -12,6 +12,7 @@ a plain read followed by a plain write of host memory.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from iced_x86 import Code, Mnemonic, Register
 
@@ -20,6 +21,7 @@ from pyvmm.arch.x86.emulator.errors import NotCovered
 from pyvmm.arch.x86.emulator.faults import gp
 from pyvmm.arch.x86.emulator.flags import add, sub
 from pyvmm.arch.x86.emulator.handlers import Handler
+from pyvmm.arch.x86.emulator.mmu import Span
 from pyvmm.arch.x86.emulator.pagewalk import AccessKind
 from pyvmm.arch.x86.registers import STATUS_FLAGS, Rflags
 
@@ -34,6 +36,17 @@ def _little(value: int, size: int) -> bytes:
     return (value & ((1 << (size * 8)) - 1)).to_bytes(size, "little")
 
 
+def _locked_update(span_for: Callable[[], Span], size: int, update: Callable[[int], int]) -> int:
+    """The read-modify-write every instruction here does on memory, under
+    `ATOMICS_LOCK`: translate (`span_for`, inside the lock, so a fault leaves memory
+    as it was), read the operand, write `update(operand)`. The operand as read."""
+    with ATOMICS_LOCK:
+        span = span_for()
+        current = int.from_bytes(span.read(), "little")
+        span.write(_little(update(current), size))
+    return current
+
+
 def cmpxchg(ctx: Context) -> None:
     """CMPXCHG r/m, r: compare the accumulator with the destination; equal: ZF = 1 and
     destination = source; not equal: ZF = 0 and accumulator = destination. The other
@@ -44,10 +57,11 @@ def cmpxchg(ctx: Context) -> None:
     source = ctx.read_register(ctx.insn.op_register(1))
     expected = ctx.read_register(accumulator)
     if ctx.is_memory(0):
-        with ATOMICS_LOCK:
-            span = ctx.memory_span(size, AccessKind.WRITE)
-            current = int.from_bytes(span.read(), "little")
-            span.write(_little(source if current == expected else current, size))
+        current = _locked_update(
+            lambda: ctx.memory_span(size, AccessKind.WRITE),
+            size,
+            lambda operand: source if operand == expected else operand,
+        )
     else:
         destination = ctx.insn.op_register(0)
         current = ctx.read_register(destination)
@@ -74,10 +88,11 @@ def cmpxchg8b_16b(ctx: Context) -> None:
     if size == 16 and linear % 16:
         raise gp(0)
     ctx.check_alignment(linear, 8)
-    with ATOMICS_LOCK:
-        span = ctx.mmu.span(linear, size, AccessKind.WRITE)
-        current = int.from_bytes(span.read(), "little")
-        span.write(_little(replacement if current == expected else current, size))
+    current = _locked_update(
+        lambda: ctx.mmu.span(linear, size, AccessKind.WRITE),
+        size,
+        lambda operand: replacement if operand == expected else operand,
+    )
     if current == expected:
         ctx.state.rflags |= Rflags.ZF
     else:
@@ -92,11 +107,12 @@ def xadd(ctx: Context) -> None:
     source_register = ctx.insn.op_register(1)
     source = ctx.read_register(source_register)
     if ctx.is_memory(0):
-        with ATOMICS_LOCK:
-            span = ctx.memory_span(size, AccessKind.WRITE)
-            current = int.from_bytes(span.read(), "little")
-            total, status = add(source, current, size)
-            span.write(_little(total, size))
+        current = _locked_update(
+            lambda: ctx.memory_span(size, AccessKind.WRITE),
+            size,
+            lambda operand: add(source, operand, size)[0],
+        )
+        _, status = add(source, current, size)
         ctx.write_register(source_register, current)
     else:
         destination = ctx.insn.op_register(0)
@@ -120,10 +136,7 @@ def xchg(ctx: Context) -> None:
         return
     register = ctx.insn.op_register(1 - memory_index)
     value = ctx.read_register(register)
-    with ATOMICS_LOCK:
-        span = ctx.memory_span(size, AccessKind.WRITE)
-        current = int.from_bytes(span.read(), "little")
-        span.write(_little(value, size))
+    current = _locked_update(lambda: ctx.memory_span(size, AccessKind.WRITE), size, lambda _: value)
     ctx.write_register(register, current)
 
 
