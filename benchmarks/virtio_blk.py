@@ -62,6 +62,7 @@ for _path in (ROOT, Path(__file__).resolve().parent):  # run as a script: pyvmm 
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
+from guest_programs import TOOLS_OUT, ToolBuildError, build_tools, padded, unpack_command  # noqa: E402
 from guest_run import (  # noqa: E402
     BenchmarkError,
     GuestRun,
@@ -82,27 +83,12 @@ MiB = 1 << 20
 BLOCK = 4096
 SEED = 0x9E3779B97F4A7C15  # diskio's xorshift64 seed
 BUSY_TARGET = 0.50
-TOOLS = Path(__file__).resolve().parent / "guest_tools"
-TOOLS_OUT = ROOT / "build" / "benchmarks"
 DISKIO = TOOLS_OUT / "diskio"
 PATTERN = TOOLS_OUT / "pattern"
 GUEST_TIMEOUT = 3600.0  # one guest run: a boot of minutes on a software KVM, then the I/O
 FNV_OFFSET, FNV_PRIME, MASK64 = 0xCBF29CE484222325, 0x100000001B3, (1 << 64) - 1
 _DISKIO_LINE = re.compile(r"diskio: (\w+) (\d+) bytes in ([\d.]+) s, (\d+) requests, sum ([0-9a-f]{16})")
 PHASES = ("seqread", "randread", "seqwrite")
-
-
-def build_tools() -> None:
-    """benchmarks/guest_tools/build.sh, unless every program is newer than its source."""
-    sources = list(TOOLS.glob("*.c"))
-    if all((TOOLS_OUT / s.stem).exists() and (TOOLS_OUT / s.stem).stat().st_mtime >= s.stat().st_mtime
-           for s in sources):  # fmt: skip
-        return
-    try:
-        subprocess.run(["sh", str(TOOLS / "build.sh"), str(TOOLS_OUT)], check=True, capture_output=True)
-    except subprocess.CalledProcessError as exc:
-        message = exc.stderr.decode(errors="replace").strip()[-300:]
-        raise BenchmarkError(f"cannot build the guest tools: {message}") from None
 
 
 def write_image(path: Path, size: int) -> None:
@@ -116,7 +102,7 @@ def write_image(path: Path, size: int) -> None:
 def tools_disk(path: Path) -> int:
     """diskio as the bytes of a disk image (padded to whole sectors); its length."""
     program = DISKIO.read_bytes()
-    path.write_bytes(program.ljust(-(-len(program) // 512) * 512, b"\0"))
+    path.write_bytes(padded(program))
     return len(program)
 
 
@@ -142,7 +128,7 @@ def guest_script(size: int, reads: int, tool_bytes: int) -> str:
         "randread": f"randread /dev/vda {reads} {SEED}",
         "seqwrite": f"seqwrite /dev/vda {size} {SEED}",
     }
-    steps = [f"head -c {tool_bytes} /dev/vdb > /tmp/diskio && chmod +x /tmp/diskio"]
+    steps = [unpack_command("/dev/vdb", "diskio", tool_bytes)]
     steps += [
         f"echo bench-begin {phase}; /tmp/diskio {run[phase]}; echo bench-end {phase}" for phase in PHASES
     ]
@@ -340,6 +326,6 @@ def main() -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except BenchmarkError as exc:
+    except (BenchmarkError, ToolBuildError) as exc:
         print(f"virtio_blk.py: {exc}", file=sys.stderr)
         sys.exit(1)

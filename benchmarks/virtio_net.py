@@ -4,18 +4,20 @@ The benchmark makes a network namespace of its own (pyroute2; nothing outside it
 touched) holding a TAP, 10.77.0.1/24 on the host's side of it; the guest (pyvmm's
 default kernel and busybox initramfs) takes 10.77.0.2 on eth0, the virtio-net device
 on that TAP (`--net tap=NAME`, virtio-pci or `--transport mmio`), and moves `--size`
-MiB (64 by default) of a seeded random stream each way with busybox nc:
+MiB (64 by default) of a seeded random stream each way with netio
+(benchmarks/guest_tools/netio.c, static, handed to the guest on a small read-only disk
+it copies to /tmp; 1 MiB per system call, where busybox nc's 1 KiB calls would
+measure the guest kernel's system-call cost on a software KVM):
 
-- tx (guest to host): `pattern BYTES SEED | nc 10.77.0.1 PORT`: pattern
-  (benchmarks/guest_tools/pattern.c, static, handed to the guest on a small
-  read-only disk it copies to /tmp) makes the stream at user-mode speed; a Python
-  peer in the namespace receives it and checks its sha256;
-- rx (host to guest): `nc 10.77.0.1 PORT </dev/null | md5sum`: the peer sends the
-  same stream, the guest prints its md5, compared here.
+- tx (guest to host): `netio send 10.77.0.1 PORT BYTES SEED` makes pattern.c's stream
+  at user-mode speed; a Python peer in the namespace receives it and checks its
+  sha256;
+- rx (host to guest): `netio recv 10.77.0.1 PORT /dev/null`: the peer sends the same
+  stream, the guest prints its checksum, compared here with `netio sum`'s on the host.
 
 Rates are measured on the host by the peer: tx from its first byte to the end of the
-stream, rx from its accept to the guest's nc closing the connection (which busybox nc
-does once it has read the end of the stream).
+stream, rx from its accept to the guest's netio closing the connection (once it has
+read the end of the stream).
 Beside them, in the same run: the same two commands on the host over loopback in the
 namespace (the physical limit), and QEMU with the same kernel, initramfs, command
 line and pattern disk (`-netdev tap,ifname=NAME,script=no,downscript=no -device
@@ -56,6 +58,7 @@ for _path in (ROOT, Path(__file__).resolve().parent):  # run as a script: pyvmm 
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
+from guest_programs import TOOLS_OUT, ToolBuildError, build_tools, padded, unpack_command  # noqa: E402
 from guest_run import (  # noqa: E402
     BenchmarkError,
     GuestRun,
@@ -67,7 +70,6 @@ from guest_run import (  # noqa: E402
     share,
     table,
 )
-from virtio_blk import build_tools  # noqa: E402
 
 from pyvmm.device_config import DiskConfig, NetConfig  # noqa: E402
 from pyvmm.errors import VmmError  # noqa: E402
@@ -75,9 +77,9 @@ from pyvmm.images.commands import build_with_progress  # noqa: E402
 from pyvmm.images.initramfs import run_parameter  # noqa: E402
 
 MiB = 1 << 20
-SEED = 0x2545F4914F6CDD1D  # pattern's xorshift64 seed
+SEED = 0x2545F4914F6CDD1D  # the xorshift64 seed of pattern.c and netio.c
 BUSY_TARGET = 0.50
-PATTERN = ROOT / "build" / "benchmarks" / "pattern"
+PATTERN, NETIO = TOOLS_OUT / "pattern", TOOLS_OUT / "netio"
 TAP = "pyvmmbench0"
 HOST_ADDRESS, GUEST_ADDRESS, PREFIX = "10.77.0.1", "10.77.0.2", 24
 TX_PORT, RX_PORT = 5001, 5002
@@ -208,19 +210,25 @@ def stream(size: int) -> bytes:
     return result.stdout
 
 
+def stream_sum(data: bytes) -> str:
+    """netio's checksum of `data`, from the program on the host."""
+    result = subprocess.run([str(NETIO), "sum", "-"], input=data, capture_output=True, check=True)
+    return result.stdout.decode().rsplit("sum ", 1)[-1].strip()
+
+
 def guest_script(size: int, tool_bytes: int) -> str:
     return "; ".join([
         f"ip link set eth0 up && ip addr add {GUEST_ADDRESS}/{PREFIX} dev eth0",
-        f"head -c {tool_bytes} /dev/vda > /tmp/pattern && chmod +x /tmp/pattern",
-        f"echo bench-begin tx; /tmp/pattern {size} {SEED} | nc {HOST_ADDRESS} {TX_PORT}; echo bench-end tx",
-        f"echo bench-begin rx; nc {HOST_ADDRESS} {RX_PORT} </dev/null | md5sum; echo bench-end rx",
+        unpack_command("/dev/vda", "netio", tool_bytes),
+        f"echo bench-begin tx; /tmp/netio send {HOST_ADDRESS} {TX_PORT} {size} {SEED}; echo bench-end tx",
+        f"echo bench-begin rx; /tmp/netio recv {HOST_ADDRESS} {RX_PORT} /dev/null; echo bench-end rx",
     ])  # fmt: skip
 
 
 def rows_of(
     label: str, tx: Peer, rx: Peer, data: bytes, phases: dict[str, Phase], rx_output: str
 ) -> list[Row]:
-    """The two directions' rows from the peers (and the receiving md5sum's line)."""
+    """The two directions' rows from the peers (and the receiving netio's line)."""
     rows = []
     if tx.ended is not None and tx.started is not None:
         right = tx.sha256 == hashlib.sha256(data).hexdigest() and tx.received == len(data)
@@ -229,8 +237,8 @@ def rows_of(
     else:
         rows.append(Row(label, "tx", note=tx.error or "no connection"))
     if rx.ended is not None and rx.started is not None:
-        right = hashlib.md5(data).hexdigest() in rx_output
-        note = "" if right else f"WRONG DATA: the md5sum line: {rx_output.strip()[-60:]!r}"
+        right = f"recv {len(data)} bytes" in rx_output and f"sum {stream_sum(data)}" in rx_output
+        note = "" if right else f"WRONG DATA: the netio line: {rx_output.strip()[-80:]!r}"
         rows.append(Row(label, "rx", len(data), rx.ended - rx.started, phases.get("rx"), note))
     else:
         rows.append(Row(label, "rx", note=rx.error or "no connection"))
@@ -267,20 +275,19 @@ def pyvmm_in(space: Namespace, label: str, kernel: Path, initrd: Path, cmdline: 
 
 
 def loopback_rows(space: Namespace, data: bytes) -> list[Row]:
-    """The guest's two commands on the host, over loopback inside the namespace."""
+    """The guest's two netio commands on the host, over loopback inside the namespace."""
     tx = Peer(space, "127.0.0.1", TX_PORT, None)
     rx = Peer(space, "127.0.0.1", RX_PORT, data)
-    busybox = shutil.which("busybox") or "/bin/busybox"
-    inside = ["ip", "netns", "exec", space.name, "sh", "-c"]
+    inside = ["ip", "netns", "exec", space.name, str(NETIO)]
     try:
-        subprocess.run([*inside, f"{PATTERN} {len(data)} {SEED} | {busybox} nc 127.0.0.1 {TX_PORT}"],
-                       check=False, timeout=600)  # fmt: skip
-        result = subprocess.run([*inside, f"{busybox} nc 127.0.0.1 {RX_PORT} </dev/null | md5sum"],
+        subprocess.run([*inside, "send", "127.0.0.1", str(TX_PORT), str(len(data)), str(SEED)],
+                       capture_output=True, check=False, timeout=600)  # fmt: skip
+        result = subprocess.run([*inside, "recv", "127.0.0.1", str(RX_PORT), "/dev/null"],
                                 capture_output=True, text=True, check=False, timeout=600)  # fmt: skip
     finally:
         tx.close()
         rx.close()
-    return rows_of("host loopback (nc)", tx, rx, data, {}, result.stdout)
+    return rows_of("host loopback (netio)", tx, rx, data, {}, result.stdout)
 
 
 def main() -> int:
@@ -316,8 +323,8 @@ def main() -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="pyvmm-net-bench-") as work:
             tools = Path(work, "tools.img")
-            program = PATTERN.read_bytes()
-            tools.write_bytes(program.ljust(-(-len(program) // 512) * 512, b"\0"))
+            program = NETIO.read_bytes()
+            tools.write_bytes(padded(program))
             cmdline = f"console=ttyS0 {run_parameter(guest_script(size, len(program)))}"
             for vmm in vmms:
                 print(f"  {vmm}: booting ...", file=sys.stderr, flush=True)
@@ -349,7 +356,7 @@ def main() -> int:
 
     header = ["VMM / reference", "direction", "rate", "transfer s", "VMM CPU s/GiB",
               "process CPU s/GiB", "I/O thread CPU s/GiB", "I/O thread busy", "< 50%", "note"]  # fmt: skip
-    print(f"virtio-net: TCP, {args.size} MiB each way with busybox nc (tx: guest to host, rx: host to guest)"
+    print(f"virtio-net: TCP, {args.size} MiB each way with netio (tx: guest to host, rx: host to guest)"
           f" ({os.uname().release}, {os.cpu_count()} host CPUs)")  # fmt: skip
     print(table([row.cells() for row in rows], header))
     busy = [b for row in rows if (b := row.busy()) is not None]
@@ -363,6 +370,6 @@ def main() -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except BenchmarkError as exc:
+    except (BenchmarkError, ToolBuildError) as exc:
         print(f"virtio_net.py: {exc}", file=sys.stderr)
         sys.exit(1)

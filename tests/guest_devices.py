@@ -5,7 +5,8 @@ after it ends, removed at the end (also when the boot fails).
 - /dev/vda: `DISK_BYTES` of random data; the guest hashes it, sends it to the host
   over TCP, then writes the first MiB of what the host sent it at `PATTERN_OFFSET`;
 - /dev/vdb: a small image given with readonly=on, which the guest tries to write;
-  it holds the guest's script (`GUEST_SCRIPT`), too long for a kernel command line;
+  it holds the guest's script (`guest_script()`), too long for a kernel command line,
+  and after it netio (benchmarks/guest_tools/netio.c), which moves the TCP streams;
 - /dev/vdc: a sparse `FULL_DISK_BYTES` image on a tmpfs of `FULL_FS_BYTES`, so
   writes past the free space fail on the host (ENOSPC) and the guest sees I/O errors;
 - eth0 on a TAP in a namespace made for the boot (guest_network.py), with the
@@ -14,7 +15,9 @@ after it ends, removed at the end (also when the boot fails).
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -22,6 +25,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 from guest_network import TAP, GuestNetwork, NetworkResult, guest_commands
 
@@ -30,16 +34,30 @@ DISK_BYTES = 16 * MIB  # also what goes over TCP each way: "at least 16 MiB"
 PATTERN_OFFSET = 4 * MIB
 PATTERN_BYTES = MIB
 READONLY_MAGIC = b"pyvmm-readonly-disk"
-READONLY_BYTES = 64 * 1024
+READONLY_BYTES = 64 * 1024  # the script's part of the image; netio follows it
+NETIO = "/tmp/netio"  # where the guest puts it
 FULL_FS_BYTES = MIB  # the tmpfs
 FULL_DISK_BYTES = 8 * MIB  # the sparse image on it: most of it can never be allocated
 FULL_WRITE_BYTES = 4 * MIB  # what the guest tries to write there
 
-# The guest's side, a script on the readonly disk (the kernel command line has room
-# for no more than 2 KiB): each step prints key=value lines.
-GUEST_SCRIPT = "\n".join(
-    [
+
+def _guest_programs() -> ModuleType:
+    """benchmarks/guest_programs.py, which builds the benchmarks' guest programs."""
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "guest_programs.py"
+    spec = importlib.util.spec_from_file_location("guest_programs", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def guest_script(netio_bytes: int) -> str:
+    """The guest's side, a script on the readonly disk (the kernel command line has
+    room for no more than 2 KiB): each step prints key=value lines."""
+    programs = _guest_programs()
+    return "\n".join([
         f"# {READONLY_MAGIC.decode()}: run by the guest with sh /dev/vdb",
+        programs.unpack_command("/dev/vdb", "netio", netio_bytes, offset=READONLY_BYTES),
         "echo vda-sha256=$(sha256sum /dev/vda | cut -d' ' -f1)",
         "echo vdb-ro=$(cat /sys/block/vdb/ro)",
         "echo vdb-head=$(head -n 1 /dev/vdb)",
@@ -49,17 +67,28 @@ GUEST_SCRIPT = "\n".join(
         "echo vdc-write=$?; sed 's/^/vdc-dd: /' /tmp/vdc.err",
         "echo hwrng=$(cat /sys/class/misc/hw_random/rng_current)",
         "echo random=$(head -c 64 /dev/hwrng | od -An -tx1 | tr -d ' \\n')",
-        *guest_commands("/dev/vda", "/tmp/down"),
+        *guest_commands(NETIO, "/dev/vda", "/tmp/down"),
         f"dd if=/tmp/down of=/dev/vda bs={PATTERN_BYTES} count=1 seek={PATTERN_OFFSET // PATTERN_BYTES}"
         " conv=fsync 2>/dev/null; echo pattern=$?; sync",
         "for d in /sys/bus/virtio/devices/*; do echo virtio=${d##*/} $(cat $d/device); done",
         "echo consoles=$(cat /sys/class/tty/console/active)",
         "dmesg | grep -iE 'virtio|vd[a-z]|eth0|I/O error' | sed 's/^/dmesg: /'",
-        "exit 0",  # what follows is the image's padding
+        "exit 0",  # what follows is the image's padding and netio
         "",
-    ]
-)
-READONLY_IMAGE = GUEST_SCRIPT.encode().ljust(READONLY_BYTES, b"\n")
+    ])  # fmt: skip
+
+
+@functools.cache
+def readonly_image() -> bytes:
+    """vdb's bytes: the script padded to `READONLY_BYTES`, then netio (built now when
+    it is missing or stale), padded to whole sectors."""
+    programs = _guest_programs()
+    netio = programs.program("netio").read_bytes()
+    script = guest_script(len(netio)).encode()
+    assert len(script) < READONLY_BYTES
+    return programs.padded(script.ljust(READONLY_BYTES, b"\n") + netio)
+
+
 GUEST_COMMANDS = "; sh /dev/vdb"  # after the common report, on the command line
 
 
@@ -94,7 +123,7 @@ class GuestDevices:
             self.disk = os.urandom(DISK_BYTES)
             self.download = os.urandom(DISK_BYTES)
             (self.directory / "disk.img").write_bytes(self.disk)
-            (self.directory / "readonly.img").write_bytes(READONLY_IMAGE)
+            (self.directory / "readonly.img").write_bytes(readonly_image())
             self.full_fs.mkdir()
             mount = ["mount", "-t", "tmpfs", "-o", f"size={FULL_FS_BYTES}", "pyvmm-test", str(self.full_fs)]
             subprocess.run(mount, check=True)

@@ -38,16 +38,18 @@ ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY = 8, 0
 ICMP_HEADER = struct.Struct("!BBHHH")  # type, code, checksum, identifier, sequence (RFC 792)
 
 
-def guest_commands(upload_source: str, download_target: str) -> list[str]:
+def guest_commands(netio: str, upload_source: str, download_target: str) -> list[str]:
     """The guest's side as busybox shell command lines: eth0, a ping of the host, the
-    upload of `upload_source` and the download into `download_target`; each step
-    prints a `key=value` line (its exit status)."""
+    upload of `upload_source` and the download into `download_target` with the netio
+    program at `netio` (benchmarks/guest_tools/netio.c: busybox nc's 1 KiB system
+    calls are too slow in a guest kernel on a software KVM); each step prints a
+    `key=value` line (its exit status)."""
     return [
         f"ip link set eth0 up && ip addr add {GUEST_ADDRESS}/{PREFIX} dev eth0; echo eth0-up=$?",
         "echo eth0-mac=$(cat /sys/class/net/eth0/address)",
         f"echo guest-ping=$(ping -c {PINGS} -W 30 {HOST_ADDRESS} | grep -o '[0-9]* packets received')",
-        f"nc {HOST_ADDRESS} {UPLOAD_PORT} < {upload_source}; echo upload=$?",
-        f"nc {HOST_ADDRESS} {DOWNLOAD_PORT} < /dev/null > {download_target}; echo download=$?",
+        f"{netio} send {HOST_ADDRESS} {UPLOAD_PORT} {upload_source}; echo upload=$?",
+        f"{netio} recv {HOST_ADDRESS} {DOWNLOAD_PORT} {download_target}; echo download=$?",
         f"echo download-sha256=$(sha256sum {download_target} | cut -d' ' -f1)",
     ]
 
@@ -151,7 +153,7 @@ class GuestNetwork:
                 digest.update(chunk)
                 self.result.uploaded += len(chunk)
             self.result.upload_sha256 = digest.hexdigest()
-            # The guest's nc waits for this end to close: its network is up now.
+            # The guest's netio waits for this end to close: its network is up now.
             self.result.replies = sum(self._ping(sequence) for sequence in range(1, PINGS + 1))
 
     def _serve_download(self) -> None:
@@ -162,7 +164,7 @@ class GuestNetwork:
         with connection:
             connection.sendall(self.download)
             connection.shutdown(socket.SHUT_WR)
-            # The guest's nc sent EOF at once (its stdin is /dev/null); wait for its close.
+            # The guest's netio sends nothing; wait for its close.
             while connection.recv(1 << 16):
                 pass
         self.result.downloaded = True

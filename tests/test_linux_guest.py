@@ -32,10 +32,10 @@ from guest_devices import (
     GUEST_COMMANDS,
     PATTERN_BYTES,
     PATTERN_OFFSET,
-    READONLY_IMAGE,
     READONLY_MAGIC,
     DevicesResult,
     GuestDevices,
+    readonly_image,
 )
 from guest_network import PINGS
 from net.netns import why_not_usable
@@ -505,7 +505,7 @@ def test_a_readonly_disk_refuses_the_guests_write_and_its_file_is_unchanged() ->
     assert boot.value("vdb-ro") == "1"
     assert boot.value("vdb-head") == f"# {READONLY_MAGIC.decode()}: run by the guest with sh /dev/vdb"
     assert boot.value("vdb-write") != "0", boot.output[-3000:]
-    assert found.readonly_after == READONLY_IMAGE
+    assert found.readonly_after == readonly_image()
 
 
 def test_a_disk_on_a_full_file_system_gives_the_guest_io_errors_and_pyvmm_runs_on() -> None:
