@@ -31,6 +31,7 @@ import enum
 import logging
 from dataclasses import dataclass
 
+from pyvmm.arch.x86.acpi.fadt import SLEEP_TYPE_MAX
 from pyvmm.bus import all_ones
 from pyvmm.devices.state_checks import check_int, check_mask, check_type, fail
 from pyvmm.outcome import ExitKind, GuestExit, StopRequest
@@ -52,10 +53,15 @@ SLEEP_PORTS_LENGTH = 3
 RESET_VALUE = 0x06
 
 
+# SLP_TYP's width (SLEEP_TYPE_MAX, 3 bits) is the spec's: arch's FADT module names it,
+# where it checks the S5 sleep type it announces, and these registers read it there.
+SLEEP_TYP_SHIFT = 2  # the sleep control register's SLP_TYP is bits 2-4
+
+
 class SleepControlBits(enum.IntFlag):
     """Sleep control register bits (ACPI 6.4 §4.8.3.7)."""
 
-    SLP_TYP_MASK = 0b111 << 2
+    SLP_TYP_MASK = SLEEP_TYPE_MAX << SLEEP_TYP_SHIFT
     SLP_EN = 1 << 5  # write-only
 
 
@@ -63,10 +69,6 @@ class SleepStatusBits(enum.IntFlag):
     """Sleep status register bits (ACPI 6.4 §4.8.3.7)."""
 
     WAK_STS = 1 << 7  # write 1 to clear
-
-
-SLEEP_TYP_SHIFT = 2
-SLEEP_TYP_MAX = 0b111
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,7 @@ class SleepControl:
     def restore(self, state: object) -> None:
         """Take `state`, checked first (a bad one raises `StateError`, nothing changes)."""
         checked = check_type("acpi-sleep", state, SleepControlState)
-        check_int("acpi-sleep", "sleep_type", checked.sleep_type, 0, SLEEP_TYP_MAX)
+        check_int("acpi-sleep", "sleep_type", checked.sleep_type, 0, SLEEP_TYPE_MAX)
         check_mask("acpi-sleep", "status", checked.status, SleepStatusBits.WAK_STS)
         self._sleep_type, self._status = checked.sleep_type, checked.status
 
@@ -145,6 +147,7 @@ class SleepControl:
 
 PM1A_CNT_PORT = 0x604
 PM1A_CNT_LENGTH = 2
+SLP_TYP_SHIFT = 10  # PM1 control's SLP_TYP is bits 10-12
 
 
 class Pm1Control(enum.IntFlag):
@@ -153,11 +156,10 @@ class Pm1Control(enum.IntFlag):
     SCI_EN = 1 << 0
     BM_RLD = 1 << 1
     GBL_RLS = 1 << 2  # write-only
-    SLP_TYP_MASK = 0b111 << 10
+    SLP_TYP_MASK = SLEEP_TYPE_MAX << SLP_TYP_SHIFT
     SLP_EN = 1 << 13  # write-only
 
 
-SLP_TYP_SHIFT = 10
 _WRITE_ONLY = Pm1Control.SLP_EN | Pm1Control.GBL_RLS
 
 

@@ -37,7 +37,9 @@ SCI_IRQ = 9
 RTC_CENTURY_INDEX = 0x32  # CMOS RAM register holding the century, as on a PC
 
 
-SLEEP_TYPE_MAX = 0b111  # SLP_TYP is 3 bits wide (ACPI 6.4 §4.8.3.7)
+# SLP_TYP is 3 bits wide (ACPI 6.4 §4.8.3.7, §4.8.3.2.1): the one name for it, which
+# the power registers (pyvmm.devices.power) read too.
+SLEEP_TYPE_MAX = 0b111
 
 
 @dataclass(frozen=True)
