@@ -31,6 +31,7 @@ import struct
 from collections.abc import Sequence
 
 from pyvmm.errors import ImageError
+from pyvmm.kvm.fd import FileDescriptor
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +119,14 @@ def skip_bytes(views: Sequence[memoryview], done: int) -> list[memoryview]:
     return rest
 
 
-class DiskFile:
-    """One open, locked disk image. Methods raise OSError on host I/O errors."""
+class DiskFile(FileDescriptor):
+    """One open, locked disk image. Methods raise OSError on host I/O errors.
+
+    Its fd is owned as every fd in pyvmm is (`FileDescriptor`: `close()` once, also
+    from the context manager or when the object is dropped), and the OFD locks go with
+    it. The fd is not used under `FileDescriptor`'s lock: the device stops its worker
+    pool before it closes the file, so no I/O races the close.
+    """
 
     def __init__(self, path: str, readonly: bool = False) -> None:
         self.path = path
@@ -150,9 +157,9 @@ class DiskFile:
             # lseek gives a block device's size as well as a file's.
             self.size = os.lseek(fd, 0, os.SEEK_END)
         except BaseException:
-            os.close(fd)
+            os.close(fd)  # not ours yet: FileDescriptor owns it from the next line
             raise
-        self.fd = fd
+        super().__init__(fd)
         self.punch_holes = False if readonly else self._probe_holes()
         self.zero_range = self.punch_holes and self._probe(FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE)
 
@@ -222,12 +229,6 @@ class DiskFile:
         else:  # e.g. tmpfs: punch, then allocate the range again
             self.discard(offset, length)
             fallocate(self.fd, FALLOC_FL_KEEP_SIZE, offset, length)
-
-    def close(self) -> None:
-        """Close the image; its OFD locks go with the last descriptor. Idempotent."""
-        fd, self.fd = self.fd, -1
-        if fd >= 0:
-            os.close(fd)
 
 
 _ZEROS = bytes(65536)

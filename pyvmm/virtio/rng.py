@@ -33,6 +33,7 @@ from collections.abc import Sequence
 
 from pyvmm.devices.state_checks import check_type
 from pyvmm.errors import ConfigError
+from pyvmm.kvm.fd import FileDescriptor
 from pyvmm.virtio.device import Activation, DeviceType, VirtioDevice
 from pyvmm.virtio.device_state import EntropyState
 
@@ -65,7 +66,8 @@ class EntropyDevice(VirtioDevice):
 
     `source` is the file the bytes come from (the host's /dev/urandom, which never
     blocks once the host's pool is initialized); it is opened here, so a missing one is
-    a `ConfigError` when the device is built, and closed by `close()`.
+    a `ConfigError` when the device is built, and closed by `close()` (a
+    `FileDescriptor`, pyvmm's one fd owner, holds it: closed once, also when dropped).
     """
 
     device_type = DeviceType.ENTROPY
@@ -73,7 +75,7 @@ class EntropyDevice(VirtioDevice):
 
     def __init__(self, source: str = URANDOM, *, max_request_bytes: int = MAX_REQUEST_BYTES) -> None:
         try:
-            self._fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+            self._source = FileDescriptor(os.open(source, os.O_RDONLY | os.O_CLOEXEC))
         except OSError as exc:
             raise ConfigError(f"virtio-rng: cannot open {source}: {exc.strerror}") from exc
         self.max_request_bytes = max_request_bytes
@@ -111,7 +113,7 @@ class EntropyDevice(VirtioDevice):
             served = 0
             while (chain := requestq.pop()) is not None:
                 views = capped_views(chain.writable, self.max_request_bytes, MAX_IOVECS)
-                written = os.readv(self._fd, views) if views else 0
+                written = os.readv(self._source.fd, views) if views else 0
                 requestq.add_used(chain.head, written)
                 served += written
             self.bytes_served += served
@@ -132,7 +134,5 @@ class EntropyDevice(VirtioDevice):
 
     def close(self) -> None:
         with self._lock:
-            self._activation = None
-            if self._fd >= 0:
-                os.close(self._fd)
-                self._fd = -1
+            self._activation = None  # under our lock: no notify reads the fd after this
+            self._source.close()

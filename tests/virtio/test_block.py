@@ -4,6 +4,7 @@ file, what it may not do gets the status the spec defines, and the image is lock
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import os
@@ -416,6 +417,22 @@ def test_one_image_cannot_have_two_writers_or_a_reader_beside_a_writer(image: Pa
         for reader in readers:
             reader.close()
     DiskFile(str(image)).close()  # the locks went with the files
+
+
+def test_a_disk_file_owns_its_fd_as_every_fd_is_owned(image: Path) -> None:
+    """pyvmm's one fd owner (FileDescriptor): a context manager, an idempotent close,
+    and a file dropped without close() takes its fd and locks with it."""
+    with DiskFile(str(image)) as disk:
+        fd = disk.fileno()
+        os.fstat(fd)
+    assert disk.closed and disk.fileno() == -1
+    with pytest.raises(OSError):
+        os.fstat(fd)
+    disk.close()
+    dropped = DiskFile(str(image))
+    del dropped
+    gc.collect()
+    DiskFile(str(image)).close()  # no lock was left behind
 
 
 def test_the_lock_holds_against_another_process(image: Path) -> None:

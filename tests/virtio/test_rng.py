@@ -3,6 +3,7 @@ real GuestMemory: what gets filled, how much, and what a hostile chain gets."""
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator
 
@@ -128,10 +129,20 @@ def test_a_missing_source_is_a_config_error(tmp_path: os.PathLike[str]) -> None:
 
 def test_close_releases_the_source() -> None:
     device = EntropyDevice()
-    fd = device._fd
+    fd = device._source.fileno()
     os.fstat(fd)
     device.close()
     device.close()
+    with pytest.raises(OSError):
+        os.fstat(fd)
+
+
+def test_a_device_dropped_without_close_releases_the_source() -> None:
+    """The fd is owned by a FileDescriptor, which closes it when nobody holds it."""
+    device = EntropyDevice()
+    fd = device._source.fileno()
+    del device
+    gc.collect()
     with pytest.raises(OSError):
         os.fstat(fd)
 
