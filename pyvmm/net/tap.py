@@ -28,6 +28,7 @@ from pyroute2 import IPRoute  # type: ignore[import-untyped]
 from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
 
 from pyvmm.errors import ConfigError
+from pyvmm.kvm.fd import FileDescriptor
 from pyvmm.net.if_tun import (
     TUNSETIFF,
     TUNSETOFFLOAD,
@@ -60,14 +61,23 @@ class TapError(ConfigError):
     """The TAP device cannot be opened, created or configured as asked."""
 
 
-class Tap:
-    """One open TAP device: its fd, its name, and the offloads its kernel accepts."""
+class Tap(FileDescriptor):
+    """One open TAP device: its fd, its name, and the offloads its kernel accepts.
+
+    The fd is owned as every fd in pyvmm is (`FileDescriptor`: closed once, by
+    `close()`, the context manager or when the Tap is dropped); a TAP we created lives
+    exactly as long as it.
+    """
 
     def __init__(self, fd: int, name: str, created: bool) -> None:
-        self._fd = fd
+        super().__init__(fd)  # ours from here on, also when probing fails below
         self.name = name
         self.created = created  # removed by the kernel when the fd closes
-        self.offloads = self._probe_offloads()  # TUN_F_* flags TUNSETOFFLOAD accepts
+        try:
+            self.offloads = self._probe_offloads()  # TUN_F_* flags TUNSETOFFLOAD accepts
+        except BaseException:
+            self.close()
+            raise
         self.offload = 0  # what is set now
 
     # --- opening ------------------------------------------------------------------------
@@ -91,11 +101,15 @@ class Tap:
         try:
             actual = _set_iff(fd, name)
             fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", VNET_HDR_SIZE))
-            tap = cls(fd, actual, created=name is None)
+        except BaseException:
+            os.close(fd)  # not a Tap's yet
+            raise
+        tap = cls(fd, actual, created=name is None)  # owns the fd, closed if it raises
+        try:
             if tap.created:
                 _link_up(actual)
         except BaseException:
-            os.close(fd)
+            tap.close()
             raise
         log.info("%s TAP device %s", "created" if tap.created else "attached to", actual)
         return tap
@@ -103,13 +117,13 @@ class Tap:
     def _probe_offloads(self) -> int:
         """Which TUN_F_* flags this kernel's TUNSETOFFLOAD accepts (EINVAL: not known)."""
         try:
-            fcntl.ioctl(self._fd, TUNSETOFFLOAD, _CSUM)
+            fcntl.ioctl(self.fd, TUNSETOFFLOAD, _CSUM)
         except OSError:
             return 0  # no partial checksums, so no segmentation offloads either
         accepted = _CSUM
         for flags in _PROBES:
             try:
-                fcntl.ioctl(self._fd, TUNSETOFFLOAD, _CSUM | flags)
+                fcntl.ioctl(self.fd, TUNSETOFFLOAD, _CSUM | flags)
             except OSError as exc:
                 if exc.errno != errno.EINVAL:
                     raise TapError(f"TAP {self.name}: TUNSETOFFLOAD failed: {exc.strerror}") from None
@@ -119,14 +133,6 @@ class Tap:
         return accepted
 
     # --- use --------------------------------------------------------------------------
-
-    def fileno(self) -> int:
-        """The TAP fd (-1 once closed), for readv/writev and the I/O thread's poll."""
-        return self._fd
-
-    @property
-    def closed(self) -> bool:
-        return self._fd < 0
 
     def set_offload(self, flags: int) -> None:
         """TUNSETOFFLOAD: what the kernel may hand us unfinished (partial checksums,
@@ -138,21 +144,20 @@ class Tap:
 
     def _set_offload_raw(self, flags: int) -> None:
         try:
-            fcntl.ioctl(self._fd, TUNSETOFFLOAD, flags)
+            fcntl.ioctl(self.fd, TUNSETOFFLOAD, flags)
         except OSError as exc:
             raise TapError(f"TAP {self.name}: TUNSETOFFLOAD {flags:#x} failed: {exc.strerror}") from None
         self.offload = flags
 
     def close(self) -> None:
         """Close the fd; a TAP we created disappears with it. Idempotent."""
-        fd, self._fd = self._fd, -1
-        if fd >= 0:
-            os.close(fd)
-            if self.created:
-                log.info("removed TAP device %s", self.name)
+        was_open = not self.closed
+        super().close()
+        if was_open and self.created:
+            log.info("removed TAP device %s", self.name)
 
     def __repr__(self) -> str:
-        return f"Tap({self.name!r}, fd={self._fd}, created={self.created})"
+        return f"Tap({self.name!r}, fd={self.fd}, created={self.created})"
 
 
 def _open_tun() -> int:

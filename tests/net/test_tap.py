@@ -4,6 +4,7 @@ vnet header size and the offload probe, on real TAP devices in a private namespa
 from __future__ import annotations
 
 import fcntl
+import gc
 import os
 import signal
 import struct
@@ -113,6 +114,19 @@ def test_a_created_tap_is_up_and_removed_at_close(namespace: Namespace) -> None:
     assert tap.name not in namespace.links()
 
 
+def test_a_tap_owns_its_fd_as_every_fd_is_owned(namespace: Namespace) -> None:
+    """pyvmm's one fd owner (FileDescriptor): the context manager closes it, close is
+    idempotent, and a created TAP dropped without close() goes with its fd."""
+    with namespace.inside(), Tap.open(None) as tap:
+        assert tap.name in namespace.links() and not tap.closed
+    assert tap.closed and tap.fileno() == -1 and tap.name not in namespace.links()
+    tap.close()
+    with namespace.inside():
+        name = Tap.open(None).name  # dropped at once
+    gc.collect()
+    assert name not in namespace.links()
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
 def test_a_created_tap_goes_away_when_pyvmm_is_killed(namespace: Namespace, signum: int) -> None:
     script = textwrap.dedent(
@@ -121,7 +135,8 @@ def test_a_created_tap_goes_away_when_pyvmm_is_killed(namespace: Namespace, sign
         from pyroute2 import netns
         netns.setns(sys.argv[1], flags=0)
         from pyvmm.net.tap import Tap
-        print(Tap.open(None).name, flush=True)
+        tap = Tap.open(None)  # held: a dropped Tap closes its fd and the TAP goes
+        print(tap.name, flush=True)
         time.sleep(60)
         """
     )
