@@ -35,6 +35,13 @@ unmask and kept: a rewrite of the message re-routes it, masking it (its Mask bit
 the Function Mask, MSI-X off, a reset) takes its route out of KVM's table, and
 closing the function frees the GSI. So a guest gets at most one GSI per entry of
 tables whose sizes pyvmm chose, however it loops over them.
+
+Saved state (`PciHostState`): what the platform itself keeps, CONFIG_ADDRESS and the
+host bridge's configuration space, plus which functions sit in which slots (checked,
+not restored). Each function's own state is saved by the device that owns it (a
+virtio-pci transport, pci-testdev), whose restore moves its BARs back through
+`on_bar_change`; the buses, INTx levels and MSI-X routes follow from those, so they
+are no state of their own here.
 """
 
 from __future__ import annotations
@@ -58,8 +65,7 @@ from pyvmm.arch.x86.layout import KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS
 from pyvmm.bus import Bus, BusConflictError, BusRange
 from pyvmm.device_manager import DeviceManager
 from pyvmm.devices.device import DeviceState, Region, mmio, ports
-from pyvmm.devices.state_checks import check_tuple, check_type
-from pyvmm.errors import StateError
+from pyvmm.devices.state_checks import check_int, check_mask, check_tuple, check_type, fail
 from pyvmm.irq import InterruptError, MsiMessage, MsiVector
 from pyvmm.outcome import InterruptLine
 from pyvmm.pci import (
@@ -74,8 +80,11 @@ from pyvmm.pci import (
     PciHost,
     Space,
 )
+from pyvmm.pci.bus import SLOTS
+from pyvmm.pci.config_access import CONFIG_ADDRESS_MASK
 from pyvmm.pci.host_bridge import HOST_BRIDGE_SLOT
-from pyvmm.pci.registers import BAR0, COMMAND, INTERRUPT_LINE, INTERRUPT_PIN, Command
+from pyvmm.pci.registers import BAR0, COMMAND, DEVICE_ID, INTERRUPT_LINE, INTERRUPT_PIN, VENDOR_ID, Command
+from pyvmm.pci.state import PciHostState
 from pyvmm.resources import AddressWindow, PciResources
 
 log = logging.getLogger(__name__)
@@ -262,16 +271,37 @@ class PciPlatform:
             if placed.msix is not None:
                 placed.msix.close()
 
-    # The functions' configuration spaces and BAR placements have no saved state yet:
-    # a snapshot must refuse rather than lose them.
+    # --- state (see the module docstring: the functions save their own) --------------
+
     def reset(self) -> None:
-        raise StateError("pci: the PCI bus cannot be reset in place yet")
+        """CONFIG_ADDRESS and the host bridge's header back to power-on."""
+        self.host.config_io.address = 0
+        self.host.bridge.reset()
+
+    def _slots(self) -> tuple[tuple[int, int, int], ...]:
+        return tuple(
+            (slot, function.config_read(VENDOR_ID, 2), function.config_read(DEVICE_ID, 2))
+            for slot, _number, function in self.host.bus.functions()
+        )
 
     def save(self) -> DeviceState:
-        raise StateError("pci: the PCI bus cannot save its state yet")
+        host = self.host
+        return DeviceState((PciHostState(host.config_io.address, host.bridge.save(), self._slots()),))
 
     def restore(self, state: object) -> None:
-        raise StateError("pci: the PCI bus cannot restore a saved state yet")
+        """Checked first; a refusal (`StateError`) changes nothing. The bus must hold
+        the same functions in the same slots as the saved one did."""
+        name = self.name
+        models = check_tuple(name, "models", check_type(name, state, DeviceState).models, 1)
+        if len(models) != 1:
+            raise fail(name, f"{len(models)} model states, not 1")
+        checked = check_type(name, models[0], PciHostState)
+        address = check_mask(name, "config_address", checked.config_address, CONFIG_ADDRESS_MASK)
+        slots = tuple(_slot_entry(entry) for entry in check_tuple(name, "slots", checked.slots, SLOTS))
+        if slots != self._slots():
+            raise fail(name, f"bus 0 held {_describe(slots)}; this one holds {_describe(self._slots())}")
+        self.host.bridge.restore(checked.bridge)  # checks its own part before changing it
+        self.host.config_io.address = address
 
     # --- devices -------------------------------------------------------------------
 
@@ -408,6 +438,22 @@ class PciPlatform:
             for bus, entry in placed.mapped.values():
                 bus.remove(entry)
             placed.mapped.clear()
+
+
+def _slot_entry(entry: object) -> tuple[int, int, int]:
+    """One checked (slot, vendor ID, device ID) of a saved `PciHostState`."""
+    if type(entry) is not tuple or len(entry) != 3:
+        raise fail("pci", "a slot entry is not a (slot, vendor, device) tuple")
+    slot, vendor, device = entry
+    return (
+        check_int("pci", "slot", slot, 0, SLOTS - 1),
+        check_int("pci", "vendor ID", vendor, 0, 0xFFFF),
+        check_int("pci", "device ID", device, 0, 0xFFFF),
+    )
+
+
+def _describe(slots: Sequence[tuple[int, int, int]]) -> str:
+    return ", ".join(f"{vendor:04x}:{device:04x} at 00:{slot:02x}.0" for slot, vendor, device in slots)
 
 
 class NoPci:

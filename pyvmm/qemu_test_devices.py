@@ -11,6 +11,10 @@ The flush-page port is recorded (`PcTestdev.last_flushed`) but does not make KVM
 its mapping of the page: QEMU does that by mprotect()ing the page away and back,
 which in pyvmm would race with device threads touching guest RAM (a host fault), so
 pyvmm leaves the page mapped.
+
+Both reset, save and restore what a guest sees of them (`pyvmm.devices.testdev_state`):
+pc-testdev its scratch register, iomem and IRQ line levels; pci-testdev its PCI
+function (configuration space, so its BARs) and the selected test with its count.
 """
 
 from __future__ import annotations

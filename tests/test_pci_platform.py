@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,7 @@ from pyvmm.outcome import ExitKind
 from pyvmm.pci import BarKind, BarSpec, InterruptPin, MsixCapability, MsixTable, PciFunction, PciIds
 from pyvmm.pci.regions import BarRegions
 from pyvmm.pci.registers import Command
+from pyvmm.pci.state import PciHostState
 from pyvmm.pci_platform import LAPIC_ADDRESS, NoPci, PciPlatform
 from pyvmm.platform import ACPI_POWER
 from pyvmm.resources import IOAPIC_ADDRESS, ResourceAllocator
@@ -392,3 +394,88 @@ def test_an_mmio_machine_has_no_pci_and_tells_linux(guests: Path, transport: str
     else:  # the PC keeps its PCI: the host bridge answers, and Linux is not told otherwise
         assert machine.pci is not None and "pci=off" not in words
         assert machine.ports.find(0xCF8, 4).name == "pci-config"
+
+
+# --- the platform's own saved state (PciHostState) -------------------------------------
+
+
+@pytest.fixture
+def two_pcis() -> Iterator[tuple[Pci, Pci]]:
+    """Two PCI platforms built the same way, each with pci-testdev in slot 1."""
+    with pc_devices() as first, pc_devices() as second:
+        made = (Pci(first), Pci(second))
+        for pci in made:
+            pci.platform.add_function(PciTestdev().function, name="pci-testdev")
+        yield made
+
+
+LATCHED = 1 << 31 | 1 << 11 | 0x10  # CONFIG_ADDRESS: 00:01.0, BAR 0
+
+
+def program(pci: Pci) -> None:
+    """What a guest leaves in the platform's own registers: the host bridge's Command
+    and Cache Line Size, and CONFIG_ADDRESS pointing at pci-testdev's BAR 0."""
+    pci.cf8(0, 0x04, 2, Command.BUS_MASTER | Command.SERR_ENABLE)
+    pci.cf8(0, 0x0C, 1, 0x10)
+    pci.manager.ports.write(0xCF8, 4, LATCHED)
+
+
+def test_the_platform_saves_its_latch_and_bridge_and_another_takes_them(two_pcis: tuple[Pci, Pci]) -> None:
+    first, second = two_pcis
+    program(first)
+    (state,) = first.platform.save().models
+    assert isinstance(state, PciHostState)
+    assert state.config_address == LATCHED and state.slots == ((0, 0x1B36, 0x0008), (1, 0x1B36, 0x0005))
+    assert second.platform.save() != first.platform.save()
+
+    second.platform.restore(first.platform.save())
+    assert second.platform.save() == first.platform.save()
+    ports = second.manager.ports
+    assert ports.read(0xCF8, 4) == LATCHED
+    # No CONFIG_ADDRESS write here: the data port reaches what the first guest latched.
+    assert ports.read(0xCFC, 4) == second.ecam(1, 0x10, 4)
+    assert second.ecam(0, 0x04, 2) == Command.BUS_MASTER | Command.SERR_ENABLE
+    assert second.ecam(0, 0x0C, 1) == 0x10
+
+
+def test_a_platform_reset_clears_the_latch_and_the_bridge(pci: Pci) -> None:
+    pci.platform.add_function(PciTestdev().function)
+    bar = pci.ecam(1, 0x10, 4)
+    program(pci)
+    pci.platform.reset()
+    assert pci.manager.ports.read(0xCF8, 4) == 0
+    assert pci.ecam(0, 0x04, 2) == 0 and pci.ecam(0, 0x0C, 1) == 0
+    assert pci.ecam(1, 0x10, 4) == bar  # the functions are their devices' to reset
+
+
+def _other_bridge(good: PciHostState) -> PciHostState:
+    return replace(good, bridge=replace(good.bridge, config=b"\x86\x80" + good.bridge.config[2:]))
+
+
+SPOILS: dict[str, Callable[[PciHostState], object]] = {
+    "not a DeviceState": lambda good: good,
+    "two models": lambda good: DeviceState((good, good)),
+    "another model's state": lambda good: DeviceState((PortSinkState(0),)),
+    "reserved latch bits": lambda good: DeviceState((replace(good, config_address=LATCHED | 1),)),
+    "a latch that is not an int": lambda good: DeviceState((replace(good, config_address=True),)),
+    "another bridge": lambda good: DeviceState((_other_bridge(good),)),
+    "no function state": lambda good: DeviceState((replace(good, bridge=good.bridge.config),)),
+    "a function missing": lambda good: DeviceState((replace(good, slots=good.slots[:1]),)),
+    "a function elsewhere": lambda good: DeviceState((replace(good, slots=(good.slots[0], (2, 0x1B36, 5))),)),
+    "a slot entry too short": lambda good: DeviceState((replace(good, slots=(good.slots[0], (1, 0x1B36))),)),
+    "a slot past 31": lambda good: DeviceState((replace(good, slots=(*good.slots, (32, 0x1B36, 5))),)),
+    "slots in a list": lambda good: DeviceState((replace(good, slots=list(good.slots)),)),
+}
+
+
+@pytest.mark.parametrize("spoil", list(SPOILS))
+def test_a_spoiled_platform_state_changes_nothing(two_pcis: tuple[Pci, Pci], spoil: str) -> None:
+    first, second = two_pcis
+    program(first)
+    (good,) = first.platform.save().models
+    assert isinstance(good, PciHostState)
+    before = second.platform.save()
+    with pytest.raises(StateError, match=r"^pci"):
+        second.platform.restore(SPOILS[spoil](good))
+    assert second.platform.save() == before
+    assert second.manager.ports.read(0xCF8, 4) == 0  # the latch was not taken either

@@ -19,6 +19,10 @@ x86 suite, which QEMU's run script always adds (`-device pc-testdev`).
 
 Accesses QEMU refuses (a size its `valid` limits exclude: not 4 bytes on the flush
 port, not 1 byte on the IRQ lines) are dropped, and read 0 as QEMU's do.
+
+Saved state (`PcTestdevState`): the scratch register, the iomem bytes and the level
+the guest last wrote to each IRQ line; a restore drives the lines to those levels.
+The latest flush request is a record for tests, not a register, and is not saved.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pyvmm.bus import BusDevice
+from pyvmm.devices.state_checks import check_bool, check_bytes, check_int, check_tuple, check_type, fail
+from pyvmm.devices.testdev_state import PcTestdevState
 from pyvmm.outcome import InterruptLine
 
 IOPORT_PORT = 0xE0
@@ -63,6 +69,7 @@ class PcTestdev:
         self.iomem = bytearray(IOMEM_LENGTH)
         self._irq_line = irq_line
         self._lines: dict[int, InterruptLine] = {}
+        self._levels = [False] * IRQ_LINES  # what the guest last wrote to each line
         self._flush_page = flush_page
         self.last_flushed: int | None = None  # the page of the latest flush request
         self.ioport = _Scratch(self)
@@ -84,7 +91,36 @@ class PcTestdev:
         line = self._lines.get(irq)
         if line is None:
             line = self._lines[irq] = self._irq_line(irq)
+        self._levels[irq] = high
         line.set_level(high)
+
+    # --- state ----------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Power-on: scratch register and iomem zero, every raised line low."""
+        self._apply(0, bytes(IOMEM_LENGTH), (False,) * IRQ_LINES)
+        self.last_flushed = None
+
+    def save(self) -> PcTestdevState:
+        return PcTestdevState(self.data, bytes(self.iomem), tuple(self._levels))
+
+    def restore(self, state: object) -> None:
+        name = "pc-testdev"
+        checked = check_type(name, state, PcTestdevState)
+        data = check_int(name, "data", checked.data, 0, 0xFFFF_FFFF)
+        iomem = check_bytes(name, "iomem", checked.iomem, IOMEM_LENGTH, IOMEM_LENGTH)
+        lines = check_tuple(name, "lines", checked.lines, IRQ_LINES)
+        if len(lines) != IRQ_LINES:
+            raise fail(name, f"{len(lines)} IRQ line levels, not {IRQ_LINES}")
+        levels = tuple(check_bool(name, f"line {irq}", level) for irq, level in enumerate(lines))
+        self._apply(data, iomem, levels)
+
+    def _apply(self, data: int, iomem: bytes, levels: tuple[bool, ...]) -> None:
+        self.data = data
+        self.iomem[:] = iomem
+        for irq, high in enumerate(levels):
+            if high != self._levels[irq]:  # a line never driven stays unclaimed while low
+                self.set_irq(irq, high)
 
     def flush_page(self, page: int) -> None:
         self.last_flushed = page

@@ -26,6 +26,10 @@ write is a write of each of its bytes at consecutive offsets, and so is a read; 
 test register takes only a write's first byte. Reads with no test selected, or at or
 past the header's last byte (the name's NUL), return 0. The `membar` option (a
 64-bit prefetchable BAR 2 with nothing behind it) is not implemented.
+
+Saved state (`PciTestdevState`): the function's configuration space (BARs, Command;
+`PciFunction.save`), the test selected last and its count. A selection clears the
+count, so the other tests' counts are never seen again and are not saved.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from pyvmm.devices.state_checks import check_int, check_type
+from pyvmm.devices.testdev_state import PciTestdevState
 from pyvmm.pci.bar import BarKind, BarSpec
 from pyvmm.pci.function import PciFunction, PciIds
 
@@ -100,10 +106,36 @@ class PciTestdev:
         self._current: _Test | None = None
         self.function.set_bar_handler(MMIO_BAR, _Window(self, 0))
         self.function.set_bar_handler(IO_BAR, _Window(self, 1))
-        self.function.on_reset(self.reset)
+        self.function.on_reset(self._deselect)
+
+    def _deselect(self) -> None:
+        self._current = None
+
+    # --- state ----------------------------------------------------------------------
 
     def reset(self) -> None:
-        self._current = None
+        """Function-level reset: the header's guest bits (BARs, Command) and the test."""
+        self.function.reset()
+
+    def save(self) -> PciTestdevState:
+        current = self._current
+        if current is None:
+            return PciTestdevState(self.function.save(), None, 0)
+        return PciTestdevState(self.function.save(), current.number, current.count & 0xFFFF_FFFF)
+
+    def restore(self, state: object) -> None:
+        """The test and count are checked before the function restores its space (which
+        checks its own part first), so a refusal changes nothing."""
+        name = "pci-testdev"
+        checked = check_type(name, state, PciTestdevState)
+        selected = checked.selected
+        if selected is not None:
+            selected = check_int(name, "selected", selected, 0, len(self._tests) - 1)
+        count = check_int(name, "count", checked.count, 0, 0xFFFF_FFFF if selected is not None else 0)
+        self.function.restore(checked.function)
+        self._current = None if selected is None else self._tests[selected]
+        if self._current is not None:
+            self._current.count = count
 
     def _write_byte(self, kind: int, offset: int, byte: int) -> None:
         if offset == TEST_REGISTER:

@@ -32,3 +32,16 @@ class MsixState:
     pending: bytes  # the PBA, whole qwords
     enabled: bool
     function_masked: bool
+
+
+@dataclass(frozen=True)
+class PciHostState:
+    """What bus 0's host keeps besides its functions (each saved by its own device):
+    CONFIG_ADDRESS of mechanism #1 (§3.2.2.3.2) and the host bridge's function. `slots`
+    names what sits on the bus, (slot, vendor ID, device ID) each in slot order: checked
+    on restore, not restored, since the restoring machine places its functions from
+    its configuration and a guest that enumerated the bus expects them where they were."""
+
+    config_address: int
+    bridge: PciFunctionState
+    slots: tuple[tuple[int, int, int], ...]
