@@ -11,36 +11,54 @@ from __future__ import annotations
 import struct
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 from virtio.driver import WRITE, Driver
 from virtio.handshake import start
+from virtio.interrupts import Interrupts
 
 from pyvmm.memory import GuestMemory
 from pyvmm.virtio.block import HEADER, BlockDevice
+from pyvmm.virtio.block_file import DiskFile
 from pyvmm.virtio.core import VirtioCore
 from pyvmm.virtio.device import Interrupt
 from pyvmm.virtio.spec import Feature
 
+IMAGE_SIZE = 4 << 20  # the disk image of the tests' `image` fixture (conftest.py): 8192 sectors
 UNWRITTEN = 0xEE  # what a status byte holds until the device writes it
 RING_SIZE = 256
 DATA_BASE = 0x40000
 
 
-class Interrupts:
-    """Counts used buffer and configuration change notifications (any thread)."""
+@dataclass
+class Held:
+    """A disk operation held back: `started` is set when a call begins, the call goes
+    on once `release` is set."""
 
-    def __init__(self) -> None:
-        self.used = 0
-        self.config = 0
-        self._lock = threading.Lock()
+    started: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
 
-    def used_buffer(self, queue: int) -> None:
-        with self._lock:
-            self.used += 1
 
-    def config_changed(self) -> None:
-        self.config += 1
+@contextmanager
+def held(file: DiskFile, operation: str, seconds: float = 10) -> Iterator[Held]:
+    """`file.<operation>` (flush, read_into, ...) waits for `release` (at most `seconds`),
+    as on a slow disk, so that a request stays in flight on its worker; released when
+    the block ends, before the device is closed."""
+    hold = Held()
+    real: Callable[..., None] = getattr(file, operation)
+
+    def slow(*args: object) -> None:
+        hold.started.set()
+        hold.release.wait(seconds)
+        real(*args)
+
+    setattr(file, operation, slow)
+    try:
+        yield hold
+    finally:
+        hold.release.set()
 
 
 @dataclass

@@ -3,9 +3,12 @@ test driver (tests/virtio/driver.py)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
+from virtio.blk_harness import IMAGE_SIZE
 from virtio.driver import Driver
 
 from pyvmm.memory import GuestMemory
@@ -19,6 +22,22 @@ def memory() -> Iterator[GuestMemory]:
     ram = GuestMemory([(0, RAM)])
     yield ram
     ram.close()
+
+
+@pytest.fixture
+def ram() -> Iterator[GuestMemory]:
+    """16 MiB: room for a block device's rings (`BlockHarness`) and large requests."""
+    memory = GuestMemory([(0, 16 << 20)])
+    yield memory
+    memory.close()
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Path:
+    """A raw disk image of `IMAGE_SIZE` random bytes, for virtio-blk."""
+    path = tmp_path / "disk.img"
+    path.write_bytes(os.urandom(IMAGE_SIZE))
+    return path
 
 
 QueueFactory = Callable[..., tuple[Driver, Virtqueue]]

@@ -50,15 +50,3 @@ class Echo(VirtioDevice):
 
     def close(self) -> None:
         pass
-
-
-class Interrupts:
-    def __init__(self) -> None:
-        self.used: list[int] = []
-        self.config = 0
-
-    def used_buffer(self, queue: int) -> None:
-        self.used.append(queue)
-
-    def config_changed(self) -> None:
-        self.config += 1

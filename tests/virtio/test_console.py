@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from virtio.driver import WRITE, Driver
 from virtio.handshake import start
+from virtio.interrupts import Interrupts
 
 from pyvmm.memory import GuestMemory
 from pyvmm.virtio import DeviceStatus, Feature
@@ -30,18 +31,6 @@ from pyvmm.virtio.models import console_device
 NEEDS_RESET = int(DeviceStatus.DEVICE_NEEDS_RESET)
 RAM = 1 << 20
 RX_DATA, TX_DATA = 0x10000, 0x80000
-
-
-class Interrupts:
-    def __init__(self) -> None:
-        self.used: list[int] = []
-        self.config = 0
-
-    def used_buffer(self, queue: int) -> None:
-        self.used.append(queue)
-
-    def config_changed(self) -> None:
-        self.config += 1
 
 
 class Output:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 from virtio.driver import Driver
-from virtio.echo import ECHO_FEATURE, Echo, Interrupts
+from virtio.echo import ECHO_FEATURE, Echo
 from virtio.handshake import ACK, DRIVER, DRIVER_OK, FEATURES_OK, negotiate, program_queue
+from virtio.interrupts import Interrupts
 
 from pyvmm.memory import GuestMemory
 from pyvmm.virtio import DeviceStatus, Feature

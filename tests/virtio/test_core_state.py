@@ -12,8 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from virtio.driver import WRITE, Driver
-from virtio.echo import Echo, Interrupts
+from virtio.echo import Echo
 from virtio.handshake import ACK, DRIVER, FEATURES_OK, negotiate, start
+from virtio.interrupts import Interrupts
 
 from pyvmm.errors import StateError
 from pyvmm.memory import GuestMemory

@@ -11,13 +11,14 @@ import dataclasses
 import os
 import threading
 import time
-from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from virtio.blk_harness import BlockHarness, Interrupts
+from virtio.blk_harness import IMAGE_SIZE, BlockHarness, held
+from virtio.interrupts import Interrupts
 from virtio.test_console import Output, Setup
 
 from pyvmm.device_config import DiskConfig
@@ -29,21 +30,7 @@ from pyvmm.virtio.core import VirtioCore
 from pyvmm.virtio.device_state import BlockState, ConsoleState
 
 MiB = 1 << 20
-SECTORS = 8192  # a 4 MiB image
-
-
-@pytest.fixture
-def ram() -> Iterator[GuestMemory]:
-    memory = GuestMemory([(0, 16 * MiB)])
-    yield memory
-    memory.close()
-
-
-@pytest.fixture
-def image(tmp_path: Path) -> Path:
-    path = tmp_path / "disk.img"
-    path.write_bytes(os.urandom(SECTORS * 512))
-    return path
+SECTORS = IMAGE_SIZE // 512  # the `image` fixture's (conftest.py)
 
 
 def disk(path: Path, *, workers: int = 2, readonly: bool = False, serial: str | None = "s1") -> BlockDevice:
@@ -82,43 +69,30 @@ def test_a_restored_disk_serves_the_next_read_into_memory(
 
 def test_save_waits_for_the_requests_in_flight(ram: GuestMemory, image: Path) -> None:
     blk = BlockHarness(disk(image), ram)
-    release = threading.Event()
-    started = threading.Event()
-    read_into = blk.device.file.read_into
-
-    def slow(offset: int, views: list[memoryview]) -> None:
-        started.set()
-        release.wait(5)
-        read_into(offset, views)
-
     signal = blk.device._signal
 
     def late_signal(*args: object) -> None:
         time.sleep(0.2)  # the used element is in the ring; the interrupt not yet decided
         signal(*args)  # type: ignore[arg-type]
 
-    blk.device.file.read_into = slow  # type: ignore[method-assign]
     blk.device._signal = late_signal  # type: ignore[method-assign]
     blk.driver.enable_cb()
-    try:
+    with closing(blk.device), held(blk.device.file, "read_into", seconds=5) as slow:
         blk.post(T_IN, 0, in_len=512)
         blk.core.notify(0)
-        assert started.wait(5)
+        assert slow.started.wait(5)
         with pytest.raises(StateError, match="1 requests still in flight"):
             blk.device.save(timeout=0.05)
-        threading.Timer(0.1, release.set).start()
+        threading.Timer(0.1, slow.release.set).start()
         state = blk.core.save()  # waits for the read to finish, and for its interrupt
         assert state.queues[0].next_used == 1 == state.queues[0].next_avail
-        assert state.queues[0].unsignalled == 0 and blk.interrupts.used == 1
-    finally:
-        release.set()
-        blk.device.close()
+        assert state.queues[0].unsignalled == 0 and blk.interrupts.used == [0]
 
 
 @pytest.mark.parametrize(
     "other",
     [
-        {"size": 4 * MiB - 512},  # a shorter disk
+        {"size": IMAGE_SIZE - 512},  # a shorter disk
         {"readonly": True},  # the guest was offered a writable one
         {"serial": "s2"},
     ],

@@ -10,7 +10,6 @@ import fcntl
 import select
 import socket
 import struct
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from net.frames import (
 from net.netns import Namespace, namespace
 from virtio.driver import WRITE, Driver
 from virtio.handshake import start
+from virtio.interrupts import Interrupts
 
 from pyvmm.device_config import NetConfig
 from pyvmm.errors import StateError
@@ -50,20 +50,6 @@ BASE = int(Feature.VERSION_1)
 MRG = int(NetFeature.MRG_RXBUF)
 PACKET_OUTGOING = 4  # sll_pkttype of a frame the host sent out of the TAP
 SIOCGIFHWADDR = 0x8927
-
-
-class Interrupts:
-    def __init__(self) -> None:
-        self.used: list[int] = []
-        self.config = 0
-        self.event = threading.Event()
-
-    def used_buffer(self, queue: int) -> None:
-        self.used.append(queue)
-        self.event.set()
-
-    def config_changed(self) -> None:
-        self.config += 1
 
 
 @dataclass

@@ -4,14 +4,16 @@ real GuestMemory: what gets filled, how much, and what a hostile chain gets."""
 from __future__ import annotations
 
 import gc
+import itertools
 import os
 from collections.abc import Iterator
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from virtio.driver import WRITE, Driver
 from virtio.handshake import start
+from virtio.interrupts import Interrupts
 
 from pyvmm.errors import ConfigError
 from pyvmm.memory import GuestMemory
@@ -23,18 +25,6 @@ from pyvmm.virtio.rng import MAX_REQUEST_BYTES, EntropyDevice, capped_views
 NEEDS_RESET = int(DeviceStatus.DEVICE_NEEDS_RESET)
 FEATURES = int(Feature.VERSION_1 | Feature.INDIRECT_DESC | Feature.EVENT_IDX)
 SENTINEL = 0xA5
-
-
-class Interrupts:
-    def __init__(self) -> None:
-        self.used: list[int] = []
-        self.config = 0
-
-    def used_buffer(self, queue: int) -> None:
-        self.used.append(queue)
-
-    def config_changed(self) -> None:
-        self.config += 1
 
 
 @pytest.fixture
@@ -177,6 +167,9 @@ def test_any_chain_gets_a_defined_answer(
 ) -> None:
     """Each request gets min(writable bytes, cap) written into its writable buffers and
     nowhere else, or the device needs a reset; nothing escapes but that."""
+    # A guest that has the device write random bytes over its own rings (below the data
+    # area at 0x10000) gets garbage rings back: its own doing, not this test's subject.
+    assume(not any(f & WRITE and n and a < 0x10000 for a, n, f in itertools.chain(*chains)))
     core, driver = started(rng, memory, indirect=indirect)
     memory.fill(0x10000, RAM - 0x10000, SENTINEL)
     expected: dict[int, int] = {}
