@@ -34,7 +34,8 @@ from pyvmm.config import MachineConfig
 from pyvmm.console_tail import CONSOLE_TAIL_BYTES, ConsoleTail
 from pyvmm.device_manager import DeviceManager
 from pyvmm.devices import CmosRtc, Serial16550
-from pyvmm.errors import ConfigError
+from pyvmm.devices.device import DeviceState
+from pyvmm.errors import ConfigError, StateError
 from pyvmm.io_thread import IoThread
 from pyvmm.irq import GsiAllocator, KvmIrqLine, NoIrqLine, msi_vector
 from pyvmm.kvm import Cap, Kvm, Vcpu, Vm
@@ -109,6 +110,7 @@ class Machine:
         self._vm: Vm | None = None
         self._console = ConsoleTail(CONSOLE_TAIL_BYTES)
         self._pending_input = bytearray()
+        self._built = False
         self._torn_down = False
         self._outcome: GuestExit | None = None
         self._stopping = False
@@ -172,7 +174,25 @@ class Machine:
 
     # --- building -----------------------------------------------------------------------
 
+    def build(self) -> None:
+        """Build the VM without starting it: KVM, guest memory, the devices, the boot
+        image and the vCPUs. `run()` then starts what was built (it builds the VM itself
+        when this was not called; after `stop()` it only tears it down). Between the
+        two nothing runs in the guest or on the I/O thread, so the devices can be saved
+        and restored: a VMM restoring a snapshot builds the machine from the same
+        configuration, then puts the state back. A failure tears down what was built."""
+        if self._built or self._started_at:
+            raise ConfigError("a Machine is built once; create a new one to boot again")
+        try:
+            self._build()
+        except BaseException:
+            self._started_at = self._ended_at = time.monotonic()  # it will not run
+            self.stop(GuestExit(ExitKind.ERROR, "the machine could not be built"))
+            self._teardown()
+            raise
+
     def _build(self) -> None:
+        self._built = True
         config = self.config
         kvm = self._kvm = Kvm(config.kvm_device)
         if config.cpus > kvm.max_vcpus():
@@ -272,6 +292,40 @@ class Machine:
                 self._input(bytes(self._pending_input))
                 self._pending_input.clear()
 
+    # --- device state -------------------------------------------------------------------
+
+    def save_devices(self) -> dict[str, DeviceState]:
+        """Every placed device's state by device name (`DeviceManager.save`): plain,
+        checked data; no vCPU state, no guest memory, no file (docs/architecture.md,
+        "Saved device state").
+
+        The caller has the vCPUs and the I/O thread paused or not started, so no
+        device changes while it is read: today that is between `build()` and `run()`
+        (`Machine` cannot pause its vCPUs yet; `IoThread.pause` parks the I/O thread).
+        `StateError` otherwise, or naming each device that cannot save its state."""
+        self._check_devices_still("saved")
+        return self.devices.save()
+
+    def restore_devices(self, states: object) -> None:
+        """Put back the states `save_devices()` returned (here or on a machine built
+        from the same configuration); untrusted input, checked by every device. All
+        or nothing: when a device refuses its state (`StateError`), the devices
+        restored before it get back the state they had. The same conditions as
+        `save_devices()`."""
+        self._check_devices_still("restored")
+        self.devices.restore(states)
+
+    def _check_devices_still(self, done: str) -> None:
+        """`StateError` unless the devices exist, are open, and nothing runs them."""
+        if not self._built:
+            raise StateError(f"the devices cannot be {done}: the machine is not built yet")
+        if self._torn_down:
+            raise StateError(f"the devices cannot be {done}: the machine has ended and closed them")
+        if any(runner.thread.is_alive() for runner in self.runners):
+            raise StateError(f"the devices cannot be {done} while the vCPUs run")
+        if self.io.running and not self.io.parked:
+            raise StateError(f"the devices cannot be {done} while the I/O thread runs (pause it first)")
+
     # --- running ------------------------------------------------------------------------
 
     def run(self) -> RunResult:
@@ -280,8 +334,9 @@ class Machine:
             raise ConfigError("a Machine runs once; create a new one to boot again")
         self._started_at = time.monotonic()
         try:
-            if not self._stopping:  # stop() before run(): nothing to build
-                self._build()
+            if not self._stopping:  # stop() before run(): nothing to build (or start)
+                if not self._built:
+                    self._build()
                 self.io.start()
                 for runner in self.runners:
                     runner.start()
