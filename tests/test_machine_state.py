@@ -137,6 +137,7 @@ def test_a_spoiled_state_for_one_device_changes_no_device(tmp_path: Path) -> Non
         states = first.save_devices()
     with built(config, None) as second:
         before = second.save_devices()
+        assert before != states  # so a device left with the new state would show
         # The last device refuses, after every other one has taken its state: they go back.
         last = second.devices.devices[-1].name
         with pytest.raises(StateError, match=re.escape(f"{last}: ")):
