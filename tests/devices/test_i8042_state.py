@@ -5,47 +5,30 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from device_fakes import FakeLine, FakeStop
+from devices.i8042_harness import Controller
 
-from pyvmm.devices import I8042
 from pyvmm.devices.i8042 import Command, Config, Status
 from pyvmm.devices.ps2_keyboard import KeyboardCommand
 from pyvmm.errors import StateError
 
 
-class Controller:
-    def __init__(self) -> None:
-        self.kbd_line, self.aux_line = FakeLine(), FakeLine()
-        self.device = I8042(FakeStop(), self.kbd_line, self.aux_line)
-        self.data, self.command_port = self.device.data_port(), self.device.command_port()
-
-    def status(self) -> int:
-        return self.command_port.read(0, 1)
-
-    def command(self, command: int, *data: int) -> None:
-        self.command_port.write(0, 1, command)
-        for byte in data:
-            self.data.write(0, 1, byte)
-
-    def answers(self) -> list[int]:
-        """Status and every queued byte, then the configuration byte and the keyboard's
-        answers to a scan-code-set query and a resend."""
-        values = []
-        for _ in range(40):
-            status = self.status()
-            values.append(status)
-            if not status & Status.OBF:
-                break
-            values.append(self.data.read(0, 1))
-        self.command(Command.ENABLE_KBD)
-        self.command(Command.READ_RAM)
-        values.append(self.data.read(0, 1))
-        self.data.write(0, 1, KeyboardCommand.SCAN_CODE_SET)
-        self.data.write(0, 1, 0)
-        self.data.write(0, 1, KeyboardCommand.RESEND)
-        while self.status() & Status.OBF:
-            values.append(self.data.read(0, 1))
-        return values
+def answers(controller: Controller) -> list[int]:
+    """Status and every queued byte, then the configuration byte and the keyboard's
+    answers to a scan-code-set query and a resend."""
+    values = []
+    for _ in range(40):
+        status = controller.status()
+        values.append(status)
+        if not status & Status.OBF:
+            break
+        values.append(controller.read())
+    controller.command(Command.ENABLE_KBD)
+    controller.command(Command.READ_RAM)
+    values.append(controller.read())
+    controller.send(KeyboardCommand.SCAN_CODE_SET)
+    controller.send(0)
+    controller.send(KeyboardCommand.RESEND)
+    return values + controller.drain()
 
 
 def driven() -> Controller:
@@ -81,7 +64,7 @@ def test_a_restored_controller_answers_as_the_saved_one() -> None:
     assert target.device.save() == state
     target.data.write(0, 1, 0x03)  # the pending WRITE_OUTPUT_PORT's byte: A20 and reset high
     source.data.write(0, 1, 0x03)
-    assert target.answers() == source.answers()
+    assert answers(target) == answers(source)
     target.command(Command.READ_RAM + 5)
     assert target.data.read(0, 1) == 0x77
 
@@ -92,7 +75,7 @@ def test_reset_returns_to_power_on_answers() -> None:
     assert not controller.aux_line.high and not controller.kbd_line.high
     fresh = Controller()
     assert controller.device.save() == fresh.device.save()
-    assert controller.answers() == fresh.answers()
+    assert answers(controller) == answers(fresh)
 
 
 VALID = driven().device.save()

@@ -3,48 +3,17 @@ host's, so a restored RTC's clock has kept running; registers, alarm and flags c
 
 from __future__ import annotations
 
-import calendar
 import dataclasses
 from collections.abc import Iterator
 
 import pytest
-from device_fakes import FakeLine
+from devices.rtc_harness import BINARY_24H, NOW, FakeClock, Rtc
 
-from pyvmm.devices import CmosRtc
 from pyvmm.devices.rtc_registers import Port, Register, RegisterA, RegisterB, RegisterC
 from pyvmm.errors import StateError
 
-NOW = calendar.timegm((2024, 2, 29, 13, 45, 7)) + 0.25
-BINARY_24H = RegisterB.HOURS_24 | RegisterB.BINARY
 STORED = [Register.SECONDS_ALARM, Register.MINUTES_ALARM, Register.HOURS_ALARM, Register.A, Register.B]
 STORED += list(range(0x0E, 0x80))
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Rtc:
-    def __init__(self, now: float = NOW) -> None:
-        self.clock = Clock(now)
-        self.line = FakeLine()
-        self.device = CmosRtc(self.line, self.clock)
-
-    def get(self, index: int) -> int:
-        self.device.write(Port.INDEX, 1, index)
-        return self.device.read(Port.DATA, 1)
-
-    def put(self, index: int, value: int) -> None:
-        self.device.write(Port.INDEX, 1, index)
-        self.device.write(Port.DATA, 1, value)
-
-    def time(self) -> tuple[int, ...]:
-        """Hours, minutes, seconds, day of week, day, month, year (binary mode)."""
-        return tuple(self.get(index) for index in (4, 2, 0, 6, 7, 8, 9))
 
 
 @pytest.fixture
@@ -78,7 +47,7 @@ def driven(rtcs: list[Rtc]) -> Rtc:
 def test_a_restored_rtc_answers_the_same_and_its_clock_ran_on(rtcs: list[Rtc]) -> None:
     source = driven(rtcs)
     state = source.device.save()
-    later = Rtc(source.clock.now + 100)  # restored 100 s later on the host
+    later = Rtc(FakeClock(source.clock.now + 100))  # restored 100 s later on the host
     rtcs.append(later)
     later.device.restore(state)
     assert later.line.levels == [True]  # AF with AIE: IRQF, re-derived
@@ -100,7 +69,7 @@ def test_a_stopped_clock_stays_stopped_at_its_second(rtcs: list[Rtc]) -> None:
     source = driven(rtcs)
     source.put(Register.B, BINARY_24H | RegisterB.SET)
     stopped = source.time()
-    later = Rtc(NOW + 1000)
+    later = Rtc(FakeClock(NOW + 1000))
     rtcs.append(later)
     later.device.restore(source.device.save())
     later.clock.now += 50
