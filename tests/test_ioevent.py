@@ -8,7 +8,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from kvm.test_eventfds import MMIO_ADDRESS, MMIO_WRITES, PORT_WRITES, real_mode_guest
+from guest_code import MMIO_ADDRESS, MMIO_WRITES, PORT_WRITES, real_mode_guest
 
 from pyvmm.eventfd import EventFd
 from pyvmm.io_thread import IoThread

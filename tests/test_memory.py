@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from guest_code import real_mode_guest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from pyvmm.errors import ConfigError, GuestMemoryError
-from pyvmm.kvm import ExitReason, Kvm
+from pyvmm.kvm import ExitReason
 from pyvmm.memory import PAGE_SIZE, GuestMemory, split_around_hole
 
 MiB = 1 << 20
@@ -74,25 +75,16 @@ def test_bad_layouts_are_refused() -> None:
 @pytest.mark.kvm
 def test_dirty_log_reports_pages_the_guest_wrote() -> None:
     """Real-mode code stores to 0x5000 and 0x9000; the dirty log names those pages."""
-    with Kvm() as kvm, kvm.create_vm() as vm:
-        memory = GuestMemory([(0, MiB)])
-        # mov byte [0x5000], 1 ; mov byte [0x9000], 2 ; hlt
-        memory.write(0x1000, bytes.fromhex("c606005001c606009002f4"))
-        memory.register(vm, log_dirty=True)
+    memory = GuestMemory([(0, MiB)])
+    # mov byte [0x5000], 1 ; mov byte [0x9000], 2 ; hlt
+    code = bytes.fromhex("c606005001c606009002f4")
+    with real_mode_guest(code, memory=memory, log_dirty=True) as (vm, vcpu):
         list(memory.dirty_pages(vm))  # clear whatever the loader write dirtied
-        vcpu = vm.create_vcpu(0)
-        sregs = vcpu.get_sregs()
-        for segment in (sregs.cs, sregs.ds):
-            segment.base, segment.selector = 0, 0
-        vcpu.set_sregs(sregs)
-        regs = vcpu.get_regs()
-        regs.rip, regs.rflags = 0x1000, 2
-        vcpu.set_regs(regs)
         assert vcpu.run() == ExitReason.HLT
         dirty = set(memory.dirty_pages(vm))
         assert {0x5000, 0x9000} <= dirty
         assert memory.read_u8(0x5000) == 1 and memory.read_u8(0x9000) == 2
-        vcpu.close()
+    memory.close()
 
 
 def resident_bytes() -> int:

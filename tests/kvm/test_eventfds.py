@@ -4,53 +4,15 @@ the real /dev/kvm: guest writes really land in an eventfd, and misuse is a typed
 
 from __future__ import annotations
 
-import ctypes
-import mmap
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
+from guest_code import MMIO_ADDRESS, MMIO_WRITES, PORT_WRITES, enter_real_mode, real_mode_guest
 
-from pyvmm.kvm import Cap, ExitReason, Kvm, KvmIoctlError, Vcpu, Vm, uapi
+from pyvmm.kvm import Cap, ExitReason, KvmIoctlError, uapi
 
 pytestmark = pytest.mark.kvm
-
-RAM_SIZE = 0x10000
-CODE_ADDRESS = 0x1000
-MMIO_ADDRESS = 0xF0000  # real-mode reachable (segment 0xF000), outside the 64 KiB of RAM
-
-# mov al, 0x7a; out 0x42, al; out 0x43, al; hlt
-PORT_WRITES = bytes.fromhex("b07a e642 e643 f4")
-# mov ax, 0xf000; mov ds, ax; mov word [0], 0x1234; mov word [0], 0x5678; hlt
-MMIO_WRITES = bytes.fromhex("b800f0 8ed8 c7060000 3412 c7060000 7856 f4")
-
-
-@contextmanager
-def real_mode_guest(code: bytes, *, irqchip: bool = False) -> Iterator[tuple[Vm, Vcpu]]:
-    """A VM with 64 KiB of RAM and one vCPU about to run `code` at 0x1000 in real mode."""
-    with Kvm() as kvm, kvm.create_vm() as vm:
-        ram = mmap.mmap(-1, RAM_SIZE)
-        ram[CODE_ADDRESS : CODE_ADDRESS + len(code)] = code
-        vm.set_user_memory_region(0, 0, RAM_SIZE, ctypes.addressof(ctypes.c_char.from_buffer(ram)))
-        if irqchip:
-            vm.create_irqchip()
-        vcpu = vm.create_vcpu(0)
-        restart(vcpu)
-        try:
-            yield vm, vcpu
-        finally:
-            vcpu.close()
-
-
-def restart(vcpu: Vcpu) -> None:
-    sregs = vcpu.get_sregs()
-    sregs.cs.base, sregs.cs.selector = 0, 0
-    sregs.ds.base, sregs.ds.selector = 0, 0
-    vcpu.set_sregs(sregs)
-    regs = vcpu.get_regs()
-    regs.rip, regs.rflags = CODE_ADDRESS, 2
-    vcpu.set_regs(regs)
 
 
 def pending(eventfd: int) -> int:
@@ -77,7 +39,7 @@ def test_port_ioeventfd_takes_the_write_instead_of_an_exit(eventfd: int) -> None
         assert pending(eventfd) == 1
 
         vm.ioeventfd(eventfd, 0x42, 1, pio=True, deassign=True)
-        restart(vcpu)
+        enter_real_mode(vcpu)
         assert vcpu.run() == ExitReason.IO
         assert vcpu.run_state.io.port == 0x42  # deassigned: an ordinary exit again
         assert pending(eventfd) == 0

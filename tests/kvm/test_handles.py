@@ -6,6 +6,7 @@ import ctypes
 import mmap
 
 import pytest
+from guest_code import enter_real_mode
 
 from pyvmm.kvm import Cap, ExitReason, Kvm, KvmIoctlError, KvmUnavailableError, MpState, ioctls
 
@@ -72,12 +73,7 @@ def test_real_mode_code_runs_and_exits_on_port_io() -> None:
         address = ctypes.addressof(ctypes.c_char.from_buffer(ram))
         vm.set_user_memory_region(0, 0, size, address)
         vcpu = vm.create_vcpu(0)
-        sregs = vcpu.get_sregs()
-        sregs.cs.base, sregs.cs.selector = 0, 0
-        vcpu.set_sregs(sregs)
-        regs = vcpu.get_regs()
-        regs.rip, regs.rflags = 0x1000, 2
-        vcpu.set_regs(regs)
+        enter_real_mode(vcpu, 0x1000)
         assert vcpu.run() == ExitReason.IO
         io = vcpu.run_state.io
         assert (io.direction, io.size, io.port, io.count) == (1, 1, 0x42, 1)

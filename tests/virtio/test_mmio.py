@@ -8,16 +8,16 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 
 import pytest
+from guest_code import MMIO_ADDRESS, real_mode_guest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from virtio.driver import Driver
 from virtio.handshake import ACK, DRIVER, DRIVER_OK, FEATURES_OK
 
 from pyvmm.io_thread import IoThread
-from pyvmm.kvm import Cap, ExitReason, Kvm, Vcpu, Vm
+from pyvmm.kvm import Cap, ExitReason, Vcpu
 from pyvmm.memory import GuestMemory
 from pyvmm.virtio import DeviceStatus, Feature
 from pyvmm.virtio.device import Activation, DeviceType, VirtioDevice
@@ -427,9 +427,7 @@ def test_arbitrary_accesses_never_raise(
 
 # --- QueueNotify through KVM_IOEVENTFD ------------------------------------------------------
 
-GUEST_RAM = 0x10000
-CODE_ADDRESS = 0x1000
-WINDOW = 0xF0000  # real-mode reachable (segment 0xF000), above the guest's 64 KiB of RAM
+WINDOW = MMIO_ADDRESS  # real-mode reachable (segment 0xF000), above the guest's 64 KiB of RAM
 # mov ax, 0xf000; mov ds, ax; mov dword [0x50], 1; mov dword [0x50], 7; hlt
 NOTIFY_WRITES = bytes.fromhex("b800f0 8ed8 66c7065000 01000000 66c7065000 07000000 f4")
 
@@ -441,26 +439,6 @@ def io() -> Iterator[IoThread]:
     yield thread
     thread.stop()
     assert errors == []
-
-
-@contextmanager
-def notify_guest(vm: Vm) -> Iterator[Vcpu]:
-    """One vCPU about to run NOTIFY_WRITES in real mode, in 64 KiB of RAM."""
-    ram = GuestMemory([(0, GUEST_RAM)])
-    ram.write(CODE_ADDRESS, NOTIFY_WRITES)
-    ram.register(vm)
-    vcpu = vm.create_vcpu(0)
-    sregs = vcpu.get_sregs()
-    sregs.cs.base, sregs.cs.selector = 0, 0
-    vcpu.set_sregs(sregs)
-    regs = vcpu.get_regs()
-    regs.rip, regs.rflags = CODE_ADDRESS, 2
-    vcpu.set_regs(regs)
-    try:
-        yield vcpu
-    finally:
-        vcpu.close()
-        ram.close()
 
 
 def run_to_mmio_exit(vcpu: Vcpu, mmio: VirtioMmio) -> list[tuple[int, int]]:
@@ -494,7 +472,7 @@ def test_queue_notify_reaches_the_device_on_the_io_thread(
     register rings queue 1's doorbell. Either way the device runs on the I/O thread."""
     drivers = start(mmio, memory)
     head = drivers[1].add([b"pong"], [4])
-    with Kvm() as kvm, kvm.create_vm() as vm, notify_guest(vm) as vcpu:
+    with real_mode_guest(NOTIFY_WRITES) as (vm, vcpu):
         assert vm.check_extension(Cap.IOEVENTFD)
         notifiers = MmioNotifiers(vm, io, mmio, WINDOW, in_kernel=in_kernel)
         assert [doorbell.in_kernel for doorbell in notifiers.doorbells] == [in_kernel, in_kernel]
