@@ -9,6 +9,7 @@
  *     void guest_main(uint32_t magic, struct multiboot_info *mbi);
  *
  * If guest_main ever returns the CPU halts forever. */
+#include "entry.h"
 #include "multiboot.h"
 
 #define MB_HEADER_FLAGS (MULTIBOOT_PAGE_ALIGN | MULTIBOOT_MEMORY_INFO)
@@ -32,27 +33,15 @@ _start:
     movl %eax, %esi                 /* magic */
     movl %ebx, %ebp                 /* mbi */
 
-    /* Clear .bss (a loader should have done it already; be sure). The
-     * stack lives in .bss but nothing is on it yet. */
-    movl $__bss_start, %edi
-    movl $__bss_end, %ecx
-    subl %edi, %ecx
-    xorl %eax, %eax
-    rep stosb
+    clear_bss                       /* a loader should have done it; be sure */
 
     subl $8, %esp                   /* keep %esp 16-byte aligned at the call */
     pushl %ebp
     pushl %esi
     call guest_main
-1:  cli
-    hlt
-    jmp 1b
+    halt_forever
     .size _start, . - _start
 
-    .section .bss
-    .align 16
-boot_stack:
-    .skip 16384
-boot_stack_top:
+    entry_stack boot_stack, boot_stack_top
 
     .section .note.GNU-stack, "", @progbits

@@ -7,6 +7,8 @@
  *     void long64_main(const uint8_t *boot_params);
  *
  * and halt forever should it return. */
+#include "entry.h"
+
     .section .text.entry, "ax"
     .code64
     .globl _start
@@ -17,23 +19,13 @@ _start:
     leaq stack_top(%rip), %rsp
     movq %rsi, %r12                     /* boot_params */
 
-    leaq __bss_start(%rip), %rdi        /* clear .bss (stack included) */
-    leaq __bss_end(%rip), %rcx
-    subq %rdi, %rcx
-    xorl %eax, %eax
-    rep stosb
+    clear_bss                           /* stack included */
 
     movq %r12, %rdi
     call long64_main
-1:  cli
-    hlt
-    jmp 1b
+    halt_forever
     .size _start, . - _start
 
-    .section .bss
-    .align 16
-stack:
-    .skip 16384
-stack_top:
+    entry_stack stack, stack_top
 
     .section .note.GNU-stack, "", @progbits
