@@ -168,3 +168,23 @@ class GuestDevices:
             subprocess.run(["umount", str(self.full_fs)], check=True)
             self._mounted = False
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class GuestLink:
+    """eth0 on a TAP in a namespace made for the boot, and nothing else: the guest
+    brings it up and pings the host (`link_commands()`); `close()` removes it."""
+
+    def __init__(self, seconds: float) -> None:
+        self._network = GuestNetwork(b"", seconds, serve=False)
+
+    def options(self) -> list[str]:
+        return ["--net", f"tap={TAP}"]
+
+    def wrap(self, command: Sequence[str]) -> list[str]:
+        return self._network.wrap(command)
+
+    def finish(self) -> None:
+        """Nothing to read back: what the link did is in the guest's report."""
+
+    def close(self) -> None:
+        self._network.close()

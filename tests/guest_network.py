@@ -38,16 +38,23 @@ ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY = 8, 0
 ICMP_HEADER = struct.Struct("!BBHHH")  # type, code, checksum, identifier, sequence (RFC 792)
 
 
-def guest_commands(netio: str, upload_source: str, download_target: str) -> list[str]:
-    """The guest's side as busybox shell command lines: eth0, a ping of the host, the
-    upload of `upload_source` and the download into `download_target` with the netio
-    program at `netio` (benchmarks/guest_tools/netio.c: busybox nc's 1 KiB system
-    calls are too slow in a guest kernel on a software KVM); each step prints a
-    `key=value` line (its exit status)."""
+def link_commands() -> list[str]:
+    """The guest's side of the link as busybox shell command lines: eth0 up with
+    `GUEST_ADDRESS`, its MAC, a ping of the host; each prints a `key=value` line."""
     return [
         f"ip link set eth0 up && ip addr add {GUEST_ADDRESS}/{PREFIX} dev eth0; echo eth0-up=$?",
         "echo eth0-mac=$(cat /sys/class/net/eth0/address)",
         f"echo guest-ping=$(ping -c {PINGS} -W 30 {HOST_ADDRESS} | grep -o '[0-9]* packets received')",
+    ]
+
+
+def guest_commands(netio: str, upload_source: str, download_target: str) -> list[str]:
+    """`link_commands()`, then the upload of `upload_source` and the download into
+    `download_target` with the netio program at `netio` (benchmarks/guest_tools/netio.c:
+    busybox nc's 1 KiB system calls are too slow in a guest kernel on a software
+    KVM); each step prints a `key=value` line (its exit status)."""
+    return [
+        *link_commands(),
         f"{netio} send {HOST_ADDRESS} {UPLOAD_PORT} {upload_source}; echo upload=$?",
         f"{netio} recv {HOST_ADDRESS} {DOWNLOAD_PORT} {download_target}; echo download=$?",
         f"echo download-sha256=$(sha256sum {download_target} | cut -d' ' -f1)",
@@ -68,7 +75,9 @@ class NetworkResult:
 class GuestNetwork:
     """The namespace, the TAP (with `HOST_ADDRESS`) and the serving thread, made now."""
 
-    def __init__(self, download: bytes, seconds: float) -> None:
+    def __init__(self, download: bytes, seconds: float, *, serve: bool = True) -> None:
+        """`serve=False`: the namespace and the TAP only, for a guest that pings the
+        host (answered by its kernel) and moves no stream."""
         self.download = download
         self.deadline = time.monotonic() + seconds
         self.result = NetworkResult()
@@ -87,7 +96,8 @@ class GuestNetwork:
         except BaseException:
             self.close()
             raise
-        self._thread = threading.Thread(target=self._serve, name="guest-network", daemon=True)
+        self._thread = threading.Thread(target=self._serve if serve else lambda: None, name="guest-network")
+        self._thread.daemon = True
         self._thread.start()
 
     def wrap(self, command: Sequence[str]) -> list[str]:

@@ -35,9 +35,10 @@ from guest_devices import (
     READONLY_MAGIC,
     DevicesResult,
     GuestDevices,
+    GuestLink,
     readonly_image,
 )
-from guest_network import PINGS
+from guest_network import PINGS, link_commands
 from net.netns import why_not_usable
 from terminal import Terminal
 
@@ -106,7 +107,7 @@ class Scenario:
     own_guest: bool = False
     # Made before the boot, with the options it adds and the namespace pyvmm runs in
     # (tests/guest_devices.py); given the seconds it must last.
-    setup: Callable[[float], GuestDevices] | None = None
+    setup: Callable[[float], GuestDevices | GuestLink] | None = None
 
 
 DISK_ROOT_SCENARIO = Scenario(
@@ -152,7 +153,8 @@ SCENARIOS = [
         cmdline="console=hvc0",  # the last console= is /dev/console: init's output goes through hvc0
         options=("--rng", "--console", "virtio", "--transport", "mmio"),
         disk=DISK_MAGIC.ljust(512, b".").ljust(1 << 20, b"\0"),
-        report=REPORT + VIRTIO_REPORT,
+        report=REPORT + "; " + "; ".join(link_commands()) + VIRTIO_REPORT,
+        setup=GuestLink,  # eth0 on a TAP in a namespace of its own
     ),
 ]
 PCI_SCENARIO = SCENARIOS[-2]
@@ -398,18 +400,22 @@ def test_linux_probes_pyvmms_pci_without_complaint() -> None:
 
 
 def test_linux_finds_and_uses_the_virtio_mmio_devices() -> None:
-    """One boot with --rng --disk --console virtio --transport mmio: the devices
+    """One boot with --rng --disk --net --console virtio --transport mmio: the devices
     announced in the DSDT (not on the command line), probed once and without
-    complaint, working; this report itself came through hvc0."""
-    boot = start_boot(VIRTIO_SCENARIO).wait()
+    complaint, working (eth0 pings the host on its TAP); this report itself came
+    through hvc0."""
+    boot = wait_for(VIRTIO_SCENARIO)
     devices = dict(re.findall(r"^virtio=(\S+) (.*?)\r?$", boot.output, re.MULTILINE))
-    # pyvmm's vendor ID ("pyvm"): virtio-blk (2), virtio-rng (4), virtio-console (3).
+    # pyvmm's vendor ID ("pyvm"): virtio-blk (2), -net (1), -rng (4), -console (3).
     expected = {
         "virtio0": "0x6d767970 0x0002",
-        "virtio1": "0x6d767970 0x0004",
-        "virtio2": "0x6d767970 0x0003",
+        "virtio1": "0x6d767970 0x0001",
+        "virtio2": "0x6d767970 0x0004",
+        "virtio3": "0x6d767970 0x0003",
     }
     assert devices == expected, boot.output[-5000:]
+    assert boot.value("eth0-up") == "0"
+    assert boot.value("guest-ping") == f"{PINGS} packets received"
     assert "hvc0" in boot.value("consoles").split()
     assert boot.value("hwrng") == "virtio_rng.0"
     random = bytes.fromhex(boot.value("random"))
