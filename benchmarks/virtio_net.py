@@ -256,9 +256,9 @@ def guest_run(label: str, space: Namespace, data: bytes, boot: Callable[[], Gues
         rx.close()
     rx_phase = run.phases.get("rx")
     found = rows_of(label, tx, rx, data, run.phases, rx_phase.output if rx_phase else "")
-    if run.failure:
+    if run.failure:  # why the guest failed, not what the peer then saw (a closed listener)
         for row in found:
-            row.note = row.note or run.failure
+            row.note = run.failure if not row.moved else (row.note or run.failure)
     return found
 
 
