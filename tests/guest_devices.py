@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from guest_network import TAP, GuestNetwork, NetworkResult, guest_commands
+from guest_network import HOST_ADDRESS, PREFIX, TAP, GuestNetwork, NetworkResult, guest_commands
+from net.netns import Namespace
 
 MIB = 1 << 20
 DISK_BYTES = 16 * MIB  # also what goes over TCP each way: "at least 16 MiB"
@@ -41,6 +42,7 @@ FULL_DISK_BYTES = 8 * MIB  # the sparse image on it: most of it can never be all
 FULL_WRITE_BYTES = 4 * MIB  # what the guest tries to write there
 
 
+@functools.cache
 def _guest_programs() -> ModuleType:
     """benchmarks/guest_programs.py, which builds the benchmarks' guest programs."""
     path = Path(__file__).resolve().parent.parent / "benchmarks" / "guest_programs.py"
@@ -172,19 +174,30 @@ class GuestDevices:
 
 class GuestLink:
     """eth0 on a TAP in a namespace made for the boot, and nothing else: the guest
-    brings it up and pings the host (`link_commands()`); `close()` removes it."""
+    brings it up and pings the host, whose kernel answers (`link_commands()`);
+    `close()` removes it."""
 
     def __init__(self, seconds: float) -> None:
-        self._network = GuestNetwork(b"", seconds, serve=False)
+        self._namespace: Namespace | None = Namespace()
+        try:
+            self._namespace.add_tap(TAP)
+            self._namespace.configure(TAP, HOST_ADDRESS, PREFIX)
+        except BaseException:
+            self.close()
+            raise
 
     def options(self) -> list[str]:
         return ["--net", f"tap={TAP}"]
 
     def wrap(self, command: Sequence[str]) -> list[str]:
-        return self._network.wrap(command)
+        assert self._namespace is not None
+        return ["ip", "netns", "exec", self._namespace.name, *command]
 
     def finish(self) -> None:
         """Nothing to read back: what the link did is in the guest's report."""
 
     def close(self) -> None:
-        self._network.close()
+        """Remove the namespace with the TAP (idempotent)."""
+        if self._namespace is not None:
+            self._namespace.remove()
+            self._namespace = None

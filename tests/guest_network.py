@@ -75,9 +75,7 @@ class NetworkResult:
 class GuestNetwork:
     """The namespace, the TAP (with `HOST_ADDRESS`) and the serving thread, made now."""
 
-    def __init__(self, download: bytes, seconds: float, *, serve: bool = True) -> None:
-        """`serve=False`: the namespace and the TAP only, for a guest that pings the
-        host (answered by its kernel) and moves no stream."""
+    def __init__(self, download: bytes, seconds: float) -> None:
         self.download = download
         self.deadline = time.monotonic() + seconds
         self.result = NetworkResult()
@@ -96,8 +94,7 @@ class GuestNetwork:
         except BaseException:
             self.close()
             raise
-        self._thread = threading.Thread(target=self._serve if serve else lambda: None, name="guest-network")
-        self._thread.daemon = True
+        self._thread = threading.Thread(target=self._serve, name="guest-network", daemon=True)
         self._thread.start()
 
     def wrap(self, command: Sequence[str]) -> list[str]:
