@@ -96,6 +96,17 @@ static uint64_t sum_end(struct summer *s)
 	return s->sum;
 }
 
+/* One read of up to CHUNK bytes into words[], retried on EINTR: bytes read, 0 at
+ * the end, -1 on an error. */
+static ssize_t read_chunk(int fd)
+{
+	for (;;) {
+		ssize_t got = read(fd, words, CHUNK);
+		if (got >= 0 || errno != EINTR)
+			return got;
+	}
+}
+
 static int write_all(int fd, const unsigned char *at, size_t size)
 {
 	while (size > 0) {
@@ -173,9 +184,7 @@ static int send_stream(int argc, char **argv)
 	for (;;) {
 		size_t size;
 		if (from >= 0) {
-			ssize_t got = read(from, words, CHUNK);
-			if (got < 0 && errno == EINTR)
-				continue;
+			ssize_t got = read_chunk(from);
 			if (got < 0)
 				return fail("read");
 			size = (size_t)got;
@@ -195,7 +204,7 @@ static int send_stream(int argc, char **argv)
 	}
 	if (shutdown(fd, SHUT_WR) < 0)
 		return fail("shutdown");
-	while (read(fd, words, CHUNK) > 0) /* until the peer has it all and closes */
+	while (read_chunk(fd) > 0) /* until the peer has it all and closes */
 		;
 	report("send", sent, now() - started, &s);
 	return 0;
@@ -213,9 +222,7 @@ static int receive_stream(char **argv)
 	unsigned long long received = 0;
 	double started = 0;
 	for (;;) {
-		ssize_t got = read(fd, words, CHUNK);
-		if (got < 0 && errno == EINTR)
-			continue;
+		ssize_t got = read_chunk(fd);
 		if (got < 0)
 			return fail("recv");
 		if (got == 0)
@@ -243,9 +250,7 @@ static int sum_file(const char *path)
 	unsigned long long total = 0;
 	double started = now();
 	for (;;) {
-		ssize_t got = read(from, words, CHUNK);
-		if (got < 0 && errno == EINTR)
-			continue;
+		ssize_t got = read_chunk(from);
 		if (got < 0)
 			return fail("read");
 		if (got == 0)
