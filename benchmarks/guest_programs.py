@@ -45,6 +45,14 @@ def padded(data: bytes) -> bytes:
     return data.ljust(-(-len(data) // SECTOR) * SECTOR, b"\0")
 
 
+def tool_disk(path: Path, name: str) -> int:
+    """A disk image at `path` holding program `name` alone (padded to whole sectors);
+    the program's length, for `unpack_command`."""
+    data = program(name).read_bytes()
+    path.write_bytes(padded(data))
+    return len(data)
+
+
 def unpack_command(device: str, name: str, length: int, offset: int = 0) -> str:
     """A guest shell command that copies a program of `length` bytes at `offset` of
     `device` to /tmp/NAME, executable."""

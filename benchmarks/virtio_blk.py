@@ -62,7 +62,7 @@ for _path in (ROOT, Path(__file__).resolve().parent):  # run as a script: pyvmm 
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from guest_programs import TOOLS_OUT, ToolBuildError, build_tools, padded, unpack_command  # noqa: E402
+from guest_programs import TOOLS_OUT, ToolBuildError, build_tools, tool_disk, unpack_command  # noqa: E402
 from guest_run import (  # noqa: E402
     BenchmarkError,
     GuestRun,
@@ -97,13 +97,6 @@ def write_image(path: Path, size: int) -> None:
     with path.open("wb") as image:
         for _ in range(size // MiB):
             image.write(rng.randbytes(MiB))
-
-
-def tools_disk(path: Path) -> int:
-    """diskio as the bytes of a disk image (padded to whole sectors); its length."""
-    program = DISKIO.read_bytes()
-    path.write_bytes(padded(program))
-    return len(program)
 
 
 def expected_randread_sum(image: Path, count: int) -> str:
@@ -267,7 +260,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="pyvmm-blk-bench-", dir=args.dir) as work:
         pristine, image, tools = Path(work, "pristine.img"), Path(work, "disk.img"), Path(work, "tools.img")
         write_image(pristine, size)
-        tool_bytes = tools_disk(tools)
+        tool_bytes = tool_disk(tools, "diskio")
         expected = {"randread": expected_randread_sum(pristine, args.random_reads),
                     "seqread": sequential_sum(pristine, size)}  # fmt: skip
         cmdline = f"console=ttyS0 {run_parameter(guest_script(size, args.random_reads, tool_bytes))}"

@@ -58,7 +58,7 @@ for _path in (ROOT, Path(__file__).resolve().parent):  # run as a script: pyvmm 
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from guest_programs import TOOLS_OUT, ToolBuildError, build_tools, padded, unpack_command  # noqa: E402
+from guest_programs import TOOLS_OUT, ToolBuildError, build_tools, tool_disk, unpack_command  # noqa: E402
 from guest_run import (  # noqa: E402
     BenchmarkError,
     GuestRun,
@@ -323,9 +323,8 @@ def main() -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="pyvmm-net-bench-") as work:
             tools = Path(work, "tools.img")
-            program = NETIO.read_bytes()
-            tools.write_bytes(padded(program))
-            cmdline = f"console=ttyS0 {run_parameter(guest_script(size, len(program)))}"
+            tool_bytes = tool_disk(tools, "netio")
+            cmdline = f"console=ttyS0 {run_parameter(guest_script(size, tool_bytes))}"
             for vmm in vmms:
                 print(f"  {vmm}: booting ...", file=sys.stderr, flush=True)
                 if vmm == "pyvmm":
