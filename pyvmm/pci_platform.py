@@ -21,9 +21,14 @@ BAR changes (`PciFunction.bars.on_bar_change`) come from a vCPU thread in the mi
 of a configuration write. The new range goes on the port or MMIO bus in one step
 (`Bus.move`); a range the guest places over RAM, over the in-kernel IOAPIC or local
 APIC, over KVM's own pages, or over another device's range is left off the bus
-(accesses to it reach whatever was there before, or nothing) and logged: PCI 3.0
-§6.2.5.1 leaves overlapping BARs undefined, and pyvmm's definition is "the newcomer
-loses". Moving the BAR somewhere free maps it again.
+(accesses to it reach whatever was there before, or nothing) and logged once per
+BAR: PCI 3.0 §6.2.5.1 leaves overlapping BARs undefined, and pyvmm's definition is
+"the newcomer loses". A refusal lasts only as long as its reason: a decoding BAR
+answers at its address on real hardware, so every refused BAR is tried again
+whenever the platform's view may have changed (after any BAR or Command write of any
+function, the same value rewritten included, `bars.on_bar_write`, and after a
+function leaves the bus). An OS that reassigns BARs one at a time through a moment
+of overlap gets both devices back once the second one has moved.
 
 INTx: each GSI is a wired-OR of the pins routed to it (PCI 3.0 §2.2.6: INTx# are
 shareable, open-drain), driven through the machine's level-triggered KVM_IRQ_LINE.
@@ -196,6 +201,8 @@ class PciSlot:
     allocations: list[tuple[AddressWindow, int]] = field(default_factory=list)
     mapped: dict[int, tuple[Bus, BusRange]] = field(default_factory=dict)
     warned: set[int] = field(default_factory=set)  # BARs whose refusal was logged as a warning
+    # BARs that decode but are off the bus (`_remap` refused them): where they want to be.
+    refused: dict[int, BarRange] = field(default_factory=dict)
     # Told (BAR index, the range now on a bus, or None) after every BAR change: what a
     # device keeps outside the buses (its KVM ioeventfds) follows the BAR through it.
     observer: Callable[[int, BarRange | None], None] | None = None
@@ -323,24 +330,30 @@ class PciPlatform:
         pin = function.config_read(INTERRUPT_PIN, 1)
         gsi = gsi_for(slot, pin - 1, DEFAULT_GSIS) if 1 <= pin <= 4 else None
         placed = PciSlot(slot, function, label, gsi, observer=observer)
-        self.slots[slot] = placed
+        with self._lock:  # a vCPU's retry (`_retry_refused`) walks the slots
+            self.slots[slot] = placed
         if gsi is not None:
             function.intx_line = self._shared_gsi(gsi).pin()
             function.config.set(INTERRUPT_LINE, 1, gsi)  # what a PC BIOS writes there
         if msix is not None:
             placed.msix = msix.sink = MsixRoute(label, self._msi, msix.count)
         function.bars.on_bar_change = functools.partial(self._bar_changed, placed)
+        function.bars.on_bar_write = self._bar_written
         self._assign_bars(placed)
         log.debug("%s: BARs %s, GSI %s", label, function.bars.specs, gsi)
         return slot
 
     def remove_function(self, slot: int) -> PciFunction:
         """Hot unplug: the function's ranges off the buses, its slot and windows freed."""
-        placed = self.slots.pop(slot, None)
+        with self._lock:
+            placed = self.slots.pop(slot, None)
         if placed is None:
             raise PciError(f"no PCI function at 00:{slot:02x}.0")
         placed.function.bars.on_bar_change = None
+        placed.function.bars.on_bar_write = None
         self._unmap_all(placed)
+        with self._lock:
+            self._retry_refused()  # what it held is free now
         if placed.msix is not None:
             placed.msix.close()
         for window, base in placed.allocations:
@@ -399,20 +412,45 @@ class PciPlatform:
                 mapped = placed.mapped.get(index)
                 placed.observer(index, new if mapped is not None else None)
 
+    def _bar_written(self) -> None:
+        """`on_bar_write`, after any function's BAR or Command write: never raises."""
+        with self._lock:
+            self._retry_refused()
+
     def _remap(self, placed: PciSlot, index: int, new: BarRange | None) -> None:
         """With the lock held: the bus gets BAR `index` at `new`, or loses it."""
         # What is on the bus is what this platform put there: `old` can be a range it
         # refused (an overlap), so it goes by its own record.
         current = placed.mapped.pop(index, None)
+        placed.refused.pop(index, None)
         if new is None:
             if current is not None:
                 current[0].remove(current[1])
             return
-        bus = self._bus(new.space)
+        problem = self._map(placed, index, new, current)
+        if problem is not None:
+            if current is not None:
+                current[0].remove(current[1])
+            placed.refused[index] = new
+            # Once per BAR at warning level: a guest looping on it must not flood the log.
+            level = logging.DEBUG if index in placed.warned else logging.WARNING
+            placed.warned.add(index)
+            log.log(
+                level,
+                "%s BAR %d at %s %#x+%#x left unmapped: %s",
+                placed.label, index, new.space.value, new.base, new.size, problem,
+            )  # fmt: skip
+
+    def _map(
+        self, placed: PciSlot, index: int, new: BarRange, current: tuple[Bus, BusRange] | None
+    ) -> str | None:
+        """With the lock held: put BAR `index` on its bus at `new` (moving `current`,
+        its range there now, if any) and record it; or why not, with nothing changed."""
         refusal = self._refusal(new)
+        if refusal is not None:
+            return refusal
+        bus = self._bus(new.space)
         try:
-            if refusal is not None:
-                raise BusConflictError(refusal)
             if current is not None:
                 placed.mapped[index] = (bus, bus.move(current[1], new.base))
             else:
@@ -422,22 +460,30 @@ class PciPlatform:
                     bus.insert(new.base, new.size, handler, f"{placed.label} BAR{index}"),
                 )
         except (BusConflictError, PciError) as exc:
-            if current is not None:
-                current[0].remove(current[1])
-            # Once per BAR at warning level: a guest looping on it must not flood the log.
-            level = logging.DEBUG if index in placed.warned else logging.WARNING
-            placed.warned.add(index)
-            log.log(
-                level,
-                "%s BAR %d at %s %#x+%#x left unmapped: %s",
-                placed.label, index, new.space.value, new.base, new.size, exc,
-            )  # fmt: skip
+            return str(exc)
+        return None
+
+    def _retry_refused(self) -> None:
+        """With the lock held: map every refused BAR whose place is free now (lowest
+        slot first, if two want the same place), and tell its observer."""
+        for placed in sorted(self.slots.values(), key=lambda p: p.slot):
+            for index, wanted in sorted(placed.refused.items()):
+                if self._map(placed, index, wanted, None) is not None:
+                    continue  # still in the way; its refusal was logged when it was made
+                del placed.refused[index]
+                log.info(
+                    "%s BAR %d at %s %#x+%#x mapped: its place is free now",
+                    placed.label, index, wanted.space.value, wanted.base, wanted.size,
+                )  # fmt: skip
+                if placed.observer is not None:
+                    placed.observer(index, wanted)
 
     def _unmap_all(self, placed: PciSlot) -> None:
         with self._lock:
             for bus, entry in placed.mapped.values():
                 bus.remove(entry)
             placed.mapped.clear()
+            placed.refused.clear()
 
 
 def _slot_entry(entry: object) -> tuple[int, int, int]:

@@ -194,6 +194,85 @@ def test_a_bar_over_something_else_is_left_unmapped(pci: Pci, where: int | str) 
     assert pci.manager.mmio.read(home, 1) == 2
 
 
+def _answers(pci: Pci, base: int, test: int) -> bool:
+    """Whether a pci-testdev's BAR 0 decodes at `base`: it takes a test number there
+    and reads it back (nothing else on the bus would)."""
+    pci.manager.mmio.write(base, 1, test)
+    return pci.manager.mmio.find(base, 1).name.endswith("BAR0") and pci.manager.mmio.read(base, 1) == test
+
+
+def _overlapped(pci: Pci) -> tuple[int, int, int, list[tuple[int, object]]]:
+    """Function A (slot returned first) moved onto function B's BAR 0 and refused
+    there; A's observer's reports. (A's slot, B's slot, the contested address, reports)."""
+    reports: list[tuple[int, object]] = []
+    b = pci.platform.add_function(PciTestdev().function, name="b")
+    a = pci.platform.add_function(
+        PciTestdev().function, name="a", observer=lambda index, mapped: reports.append((index, mapped))
+    )
+    target = pci.ecam(b, 0x10, 4)
+    pci.ecam(a, 0x10, 4, target)
+    assert pci.manager.mmio.find(target, 1).name == "b 00:01.0 BAR0"  # the newcomer lost
+    assert reports[-1] == (0, None)
+    return a, b, target, reports
+
+
+@pytest.mark.parametrize("how", ["moved", "decode off", "removed", "moved, then A rewritten"])
+def test_a_refused_bar_decodes_once_the_overlap_is_gone(pci: Pci, how: str) -> None:
+    """A BAR decodes wherever it is programmed (PCI 3.0 §6.2.5.1): refused only while
+    another range holds its place, it is mapped as soon as that range goes, whichever
+    way it goes, as an OS that reassigns BARs one by one through an overlap expects."""
+    a, b, target, reports = _overlapped(pci)
+    elsewhere = pci.platform.resources.mmio32.start + 0x20_0000
+    if how == "decode off":
+        pci.ecam(b, 0x04, 2, Command.IO_SPACE)
+    elif how == "removed":
+        pci.platform.remove_function(b)
+    else:
+        pci.ecam(b, 0x10, 4, elsewhere)
+        assert _answers(pci, elsewhere, 1)
+    if how == "moved, then A rewritten":
+        pci.ecam(a, 0x10, 4, target)
+    assert pci.manager.mmio.find(target, 1).name == "a 00:02.0 BAR0"
+    assert _answers(pci, target, 2)
+    assert reports[-1] == (0, pci.platform.slots[a].function.bars.decoded(0))
+    # Sized and put back as an OS does, it stays where it is.
+    pci.ecam(a, 0x10, 4, 0xFFFF_FFFF)
+    pci.ecam(a, 0x10, 4, target)
+    assert _answers(pci, target, 0)
+
+
+def test_a_refused_bar_rewritten_with_the_same_value_maps_once_free(pci: Pci) -> None:
+    """The overlap goes without any PCI register changing (a range of another device
+    leaves the bus): writing the BAR again with the value it holds maps it, as it
+    would decode on real hardware."""
+    slot = pci.platform.add_function(PciTestdev().function, name="a")
+    target = pci.platform.resources.mmio32.start + 0x30_0000
+    other = pci.manager.mmio.insert(target, 0x1000, _Ram(), "other")
+    pci.ecam(slot, 0x10, 4, target)
+    assert pci.manager.mmio.find(target, 1) is other
+    pci.manager.mmio.remove(other)
+    pci.ecam(slot, 0x10, 4, target)  # the same value: no byte of the register changes
+    assert _answers(pci, target, 1)
+    # So does an unchanged Command write (Memory Space already on).
+    pci.ecam(slot, 0x10, 4, target + 0x1000)
+    other = pci.manager.mmio.insert(target, 0x1000, _Ram(), "other")
+    pci.ecam(slot, 0x10, 4, target)
+    assert pci.manager.mmio.find(target, 1) is other
+    pci.manager.mmio.remove(other)
+    pci.ecam(slot, 0x04, 2, pci.ecam(slot, 0x04, 2))
+    assert _answers(pci, target, 2)
+
+
+def test_a_refusal_over_ram_stays_refused_on_rewrites(pci: Pci) -> None:
+    """Retrying does not map what can never be mapped."""
+    slot = pci.platform.add_function(PciTestdev().function)
+    pci.ecam(slot, 0x10, 4, 0x10_0000)
+    pci.ecam(slot, 0x10, 4, 0x10_0000)
+    pci.ecam(slot, 0x04, 2, pci.ecam(slot, 0x04, 2))
+    assert pci.manager.mmio.find(0x10_0000, 1).name == "unclaimed"
+    assert pci.platform.slots[slot].mapped.get(0) is None
+
+
 def test_a_guest_looping_over_ram_is_logged_once(pci: Pci, caplog: pytest.LogCaptureFixture) -> None:
     device = PciTestdev()
     slot = pci.platform.add_function(device.function)

@@ -14,9 +14,10 @@ A BAR *decodes* (has a range on a bus) when the Command register enables its spa
 "not assigned", as in QEMU: firmware and OSes leave unassigned BARs at 0, and a
 range at 0 would cover the guest's RAM or the PIC's ports.
 
-The platform learns about decode changes through one callback:
+The platform learns about decode changes through two callbacks:
 
     on_bar_change(index, old, new)    # old/new: BarRange | None
+    on_bar_write()                    # after every BAR or Command write, changed or not
 
 called whenever the guest moves a decoding BAR (a write of either half of a 64-bit
 BAR moves it, so a 64-bit move is two reports), toggles the decode bit, or resets the
@@ -26,6 +27,12 @@ vCPU thread that wrote the register, before the write returns. Nothing here chec
 a new range against RAM or other devices: a guest may program a BAR over anything,
 as on real hardware; the platform decides what that means (e.g. leave it off the bus
 and log), and must not raise for it (a guest cannot be allowed to stop the VM).
+
+`on_bar_write` follows every guest write of a BAR or of Command, even one that
+leaves every register as it was (a BAR rewritten with its own value), and a reset or
+restore, after their `on_bar_change` reports: on real hardware a decoding BAR
+answers at its address whatever else happened, so a platform that had to refuse a
+range (another device was there) tries it again then.
 """
 
 from __future__ import annotations
@@ -131,6 +138,7 @@ class BarSet:
         self._config = config
         self._specs = dict(specs)
         self.on_bar_change: BarChange | None = None
+        self.on_bar_write: Callable[[], None] | None = None
         taken: set[int] = set()
         for index, spec in sorted(self._specs.items()):
             registers = (index, index + 1) if spec.kind is BarKind.MEMORY64 else (index,)
@@ -139,8 +147,8 @@ class BarSet:
             taken.update(registers)
             self._program(index, spec)
         self._decoded: dict[int, BarRange | None] = dict.fromkeys(self._specs)
-        config.watch(BAR0, 4 * BAR_COUNT, self.refresh)
-        config.watch(COMMAND, 2, self.refresh)
+        config.watch(BAR0, 4 * BAR_COUNT, self.refresh, always=True)
+        config.watch(COMMAND, 2, self.refresh, always=True)
 
     def _program(self, index: int, spec: BarSpec) -> None:
         register = _register(index)
@@ -181,7 +189,8 @@ class BarSet:
         return BarRange(spec.space, base, spec.size, spec.prefetchable)
 
     def refresh(self) -> None:
-        """Recompute every BAR's range from the registers; report each one that changed."""
+        """Recompute every BAR's range from the registers; report each one that changed,
+        then the write itself (`on_bar_write`)."""
         command = self._config.get(COMMAND, 2)
         for index, spec in self._specs.items():
             new = self._decode(index, spec, command)
@@ -192,3 +201,5 @@ class BarSet:
             log.debug("BAR %d: %s -> %s", index, old, new)
             if self.on_bar_change is not None:
                 self.on_bar_change(index, old, new)
+        if self.on_bar_write is not None:
+            self.on_bar_write()

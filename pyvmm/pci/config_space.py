@@ -23,7 +23,9 @@ read-only bits are this function's (bits the device itself drives are named with
 `set_device_owned`), then tells every watcher, as a reset does.
 
 Devices react to guest writes through `watch`: a callback after any write that
-touches a range (BARs, Command, MSI-X Message Control). A range can instead be
+touches a range and changes a bit of it (BARs, Command, MSI-X Message Control), or,
+with `always`, after every write that touches it (a BAR written again with the value
+it holds: the platform tries again a range it refused). A range can instead be
 `intercept`ed, handing reads and writes to a handler (e.g. virtio's PCI configuration
 access capability window, virtio 1.2 §4.1.4.9).
 """
@@ -70,7 +72,7 @@ class ConfigSpace:
         self._writable = bytearray(size)
         self._w1c = bytearray(size)
         self._device_owned = bytearray(size)  # read-only bits the device changes (INTx status)
-        self._watches: list[tuple[_Range, Watcher]] = []
+        self._watches: list[tuple[_Range, Watcher, bool]] = []  # (range, watcher, always)
         self._intercepts: list[tuple[_Range, ConfigHandler]] = []
 
     # --- the device's side: no masks -----------------------------------------------
@@ -109,10 +111,11 @@ class ConfigSpace:
         self._check(offset, size)
         return int.from_bytes(self._writable[offset : offset + size], "little")
 
-    def watch(self, offset: int, size: int, watcher: Watcher) -> None:
-        """Call `watcher()` after every guest write that touches [offset, offset + size)."""
+    def watch(self, offset: int, size: int, watcher: Watcher, *, always: bool = False) -> None:
+        """Call `watcher()` after every guest write that changes a bit of [offset,
+        offset + size); with `always`, after every write that touches it, changed or not."""
         self._check(offset, size)
-        self._watches.append((_Range(offset, offset + size), watcher))
+        self._watches.append((_Range(offset, offset + size), watcher, always))
 
     def intercept(self, offset: int, size: int, handler: ConfigHandler) -> None:
         """Send guest accesses to [offset, offset + size) to `handler` instead of the
@@ -130,7 +133,7 @@ class ConfigSpace:
         for index, mask in enumerate(self._writable):
             if mask or self._w1c[index]:
                 self._data[index] &= ~(mask | self._w1c[index]) & 0xFF
-        for _, watcher in self._watches:
+        for _, watcher, _always in self._watches:
             watcher()
 
     def snapshot(self) -> bytes:
@@ -155,7 +158,7 @@ class ConfigSpace:
         if problem is not None:
             raise PciError(problem)
         self._data[:] = image
-        for _, watcher in self._watches:
+        for _, watcher, _always in self._watches:
             watcher()
 
     # --- the guest's side ----------------------------------------------------------
@@ -199,8 +202,8 @@ class ConfigSpace:
             if new != old:
                 self._data[where] = new
                 changed = True
-        if not changed:
-            return  # watchers recompute from the stored bytes: nothing new to see
-        for watched, watcher in self._watches:
-            if watched.overlaps(offset, size):
+        # Watchers recompute from the stored bytes: an unchanged write is news only to
+        # those that asked for every write.
+        for watched, watcher, always in self._watches:
+            if (changed or always) and watched.overlaps(offset, size):
                 watcher()

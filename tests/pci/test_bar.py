@@ -112,6 +112,22 @@ def test_sizing_with_decode_on_is_reported_as_moves() -> None:
     assert [new.base if new else None for _, _, new in changes] == [0xFEBF_0000, 0xFFFF_F000, 0xFEBF_0000]
 
 
+def test_every_bar_or_command_write_is_reported_after_its_changes() -> None:
+    # Even one that changes nothing: the platform retries a range it had to refuse.
+    device, _ = function({0: BarSpec(BarKind.MEMORY32, 0x1000)})
+    events: list[object] = []
+    device.bars.on_bar_change = lambda index, old, new: events.append(new)
+    device.bars.on_bar_write = lambda: events.append("write")
+    device.config_write(0x10, 4, 0xFEBF_0000)
+    device.config_write(COMMAND, 2, Command.MEMORY_SPACE)
+    assert events == ["write", BarRange(Space.MEMORY, 0xFEBF_0000, 0x1000), "write"]
+    device.config_write(0x10, 4, 0xFEBF_0000)
+    device.config_write(COMMAND, 2, Command.MEMORY_SPACE)
+    assert events[3:] == ["write", "write"]
+    device.config_write(0x3C, 1, 5)  # Interrupt Line: not a BAR
+    assert events[5:] == []
+
+
 def test_reset_turns_decode_off_and_unassigns() -> None:
     device, changes = function({1: BarSpec(BarKind.IO, 0x20)})
     device.config_write(0x14, 4, 0xC000)

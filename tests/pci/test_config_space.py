@@ -79,6 +79,16 @@ def test_watchers_run_after_writes_that_touch_their_range(space: ConfigSpace) ->
     assert seen == [0x1122_5540]
 
 
+def test_watchers_that_ask_for_every_write_see_unchanged_ones(space: ConfigSpace) -> None:
+    seen: list[int] = []
+    space.watch(0x40, 4, lambda: seen.append(space.get(0x40, 4)), always=True)
+    space.write(0x40, 4, 0x0000_3304)  # the value it holds
+    space.write(0x42, 1, 0xAA)  # a read-only byte
+    assert seen == [0x1122_3344, 0x1122_3344]
+    space.write(0x44, 2, 0)  # another register: not watched
+    assert len(seen) == 2
+
+
 class Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple[str, int, int, int]] = []
