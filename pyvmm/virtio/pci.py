@@ -62,6 +62,7 @@ from pyvmm.virtio.pci_layout import (
     PciCfgAccess,
     cap,
 )
+from pyvmm.virtio.queue import Virtqueue
 from pyvmm.virtio.spec import is_valid_queue_size
 from pyvmm.virtio.transport_state import VirtioPciState
 
@@ -261,10 +262,19 @@ class VirtioPciFunction:
         self.core.write_config(offset, size, value)
 
     # --- the common configuration -------------------------------------------------------
+    #
+    # queue_select is read once per access (`_common_read`, `_common_write`) and that
+    # value serves the whole access: another vCPU may write it at any moment, and a
+    # second read could name another queue, or none (an index past `queue_vectors`).
 
-    def _field(self, offset: int) -> int:
+    def _selected(self, index: int) -> Virtqueue | None:
+        """The queue `index` (a queue_select value read once) names, or None past the last."""
+        queues = self.core.queues
+        return queues[index] if 0 <= index < len(queues) else None
+
+    def _field(self, offset: int, index: int, queue: Virtqueue | None) -> int:
+        """Field `offset` of the common configuration, for queue_select `index`."""
         core = self.core
-        queue = core.selected_queue()
         if offset == Common.DEVICE_FEATURE_SELECT:
             return core.device_feature_select
         if offset == Common.DEVICE_FEATURE:
@@ -282,10 +292,9 @@ class VirtioPciFunction:
         if offset == Common.CONFIG_GENERATION:
             return core.config_generation
         if offset == Common.QUEUE_SELECT:
-            return core.queue_select
+            return index
         if queue is None:  # §4.1.4.3.2: a queue past the last reads as size 0
             return 0
-        index = core.queue_select
         return {
             Common.QUEUE_SIZE: queue.size,
             Common.QUEUE_MSIX_VECTOR: self.queue_vectors[index],
@@ -296,30 +305,41 @@ class VirtioPciFunction:
             Common.QUEUE_DEVICE: queue.used_ring,
         }[Common(offset)]
 
-    def _common_bytes(self) -> bytearray:
+    def _common_bytes(self, index: int) -> bytearray:
+        """The whole structure as the driver would read it with queue_select `index`."""
+        queue = self._selected(index)
         data = bytearray(COMMON_CFG_SIZE)
         for offset, size in FIELDS.items():
-            data[offset : offset + size] = (self._field(offset) & all_ones(size)).to_bytes(size, "little")
+            field = self._field(offset, index, queue)
+            data[offset : offset + size] = (field & all_ones(size)).to_bytes(size, "little")
         return data
 
     def _common_read(self, offset: int, size: int) -> int:
         if offset < 0 or offset + size > COMMON_CFG_SIZE:
             return 0
-        return int.from_bytes(self._common_bytes()[offset : offset + size], "little")
+        index = self.core.queue_select  # once (see above)
+        return int.from_bytes(self._common_bytes(index)[offset : offset + size], "little")
 
     def _common_write(self, offset: int, size: int, value: int) -> None:
         """Writes may cover part of a field (a 64-bit address as two dwords): each field
-        touched gets its old bytes with the written ones laid over them."""
+        touched gets its old bytes with the written ones laid over them. Fields are
+        written in order: one that follows queue_select in the same write goes to the
+        queue it selects."""
         if offset < 0 or offset + size > COMMON_CFG_SIZE:
             return
-        before = self._common_bytes()
+        index = self.core.queue_select  # once (see above)
+        before = self._common_bytes(index)
         after = bytearray(before)
         after[offset : offset + size] = (value & all_ones(size)).to_bytes(size, "little")
         for field, length in FIELDS.items():
             if field < offset + size and offset < field + length:
-                self._set_field(Common(field), int.from_bytes(after[field : field + length], "little"))
+                written = int.from_bytes(after[field : field + length], "little")
+                if field == Common.QUEUE_SELECT:
+                    self.core.queue_select = index = written
+                else:
+                    self._set_field(Common(field), written, index)
 
-    def _set_field(self, field: Common, value: int) -> None:
+    def _set_field(self, field: Common, value: int, index: int) -> None:
         core = self.core
         if field is Common.DEVICE_FEATURE_SELECT:
             core.device_feature_select = value
@@ -334,19 +354,17 @@ class VirtioPciFunction:
             if value == 0:
                 self.config_vector = NO_VECTOR
                 self.queue_vectors = [NO_VECTOR] * len(self.queue_vectors)
-        elif field is Common.QUEUE_SELECT:
-            core.queue_select = value
         else:
-            self._set_queue_field(field, value)
+            self._set_queue_field(field, value, index)
 
-    def _set_queue_field(self, field: Common, value: int) -> None:
+    def _set_queue_field(self, field: Common, value: int, index: int) -> None:
         core = self.core
-        queue = core.selected_queue()
+        queue = self._selected(index)
         if queue is None:
             return
         if field is Common.QUEUE_MSIX_VECTOR:
             # §4.1.5.1.2: an unmappable vector reads back as NO_VECTOR
-            self.queue_vectors[core.queue_select] = value if value < self.msix.count else NO_VECTOR
+            self.queue_vectors[index] = value if value < self.msix.count else NO_VECTOR
             return
         if not core.queue_programmable() or queue.ready:
             return  # §4.1.4.3.2: queue fields are fixed once the queue is enabled
@@ -355,6 +373,8 @@ class VirtioPciFunction:
                 queue.size = value
         elif field is Common.QUEUE_ENABLE:
             if value == 1:
+                # VirtioCore.enable_queue reads queue_select again itself: it may enable
+                # the queue another vCPU selected since (never an out-of-range one).
                 core.enable_queue()
         elif field is Common.QUEUE_DESC:
             queue.desc_table = value

@@ -15,6 +15,7 @@ from pyvmm.memory import GuestMemory
 from pyvmm.pci.capabilities import walk
 from pyvmm.pci.msix import MsixSink, MsixVector
 from pyvmm.virtio import DeviceStatus, Feature
+from pyvmm.virtio.core import VirtioCore
 from pyvmm.virtio.pci import (
     BAR_INDEX,
     ISR_OFFSET,
@@ -221,6 +222,91 @@ def test_common_config_is_little_endian_and_bounded(pci: VirtioPciFunction) -> N
     assert driver.bar.read(ISR_OFFSET + 8, 1) == 0
     driver.common(Common.QUEUE_SELECT, 2, 9)
     assert driver.common(Common.QUEUE_SIZE, 2) == 0  # no such queue
+
+
+class RacingSelect(VirtioCore):
+    """A core whose queue_select another vCPU rewrites right after every read of it:
+    a read returns what the field holds, then `then` lands there. `reads` counts them."""
+
+    then = 0
+    reads = 0
+
+    @property
+    def queue_select(self) -> int:
+        value: int = vars(self)["_select"]
+        vars(self)["_select"] = self.then
+        self.reads += 1
+        return value
+
+    @queue_select.setter
+    def queue_select(self, value: int) -> None:
+        vars(self)["_select"] = value
+
+
+def race_queue_select(pci: VirtioPciFunction, then: int) -> RacingSelect:
+    """From now on, every read of `pci`'s queue_select is followed by a write of `then`."""
+    core = pci.core
+    vars(core)["_select"] = vars(core).pop("queue_select")
+    core.__class__ = RacingSelect
+    assert isinstance(core, RacingSelect)
+    core.then = then
+    return core
+
+
+def programmed_queue_0(pci: VirtioPciFunction, memory: GuestMemory) -> tuple[PciDriver, Driver]:
+    """Queue 0 programmed (vector 1, not enabled) and selected, features accepted."""
+    driver = PciDriver(pci)
+    driver.accept(int(Feature.VERSION_1))
+    ring = Driver(memory, 4)
+    driver.common(Common.QUEUE_SELECT, 2, 0)
+    driver.common(Common.QUEUE_SIZE, 2, ring.size)
+    driver.common(Common.QUEUE_DESC, 8, ring.desc)
+    driver.common(Common.QUEUE_MSIX_VECTOR, 2, 1)
+    return driver, ring
+
+
+@pytest.mark.parametrize(
+    ("field", "size", "expected"),
+    [
+        (Common.QUEUE_SIZE, 2, 4),
+        (Common.QUEUE_MSIX_VECTOR, 2, 1),
+        (Common.QUEUE_ENABLE, 2, 0),
+        (Common.QUEUE_NOTIFY_OFF, 2, 0),
+        (Common.QUEUE_DESC, 8, None),
+        (Common.QUEUE_SELECT, 2, 0),
+        (Common.NUM_QUEUES, 2, 1),
+    ],
+)
+def test_a_common_read_uses_the_queue_select_it_read_once(
+    pci: VirtioPciFunction, memory: GuestMemory, field: Common, size: int, expected: int | None
+) -> None:
+    """Another vCPU selects a queue past the last in the middle of the read: the read
+    answers for the queue selected when it began (a second look at queue_select used
+    to index the vectors past their end: IndexError on the vCPU thread)."""
+    driver, ring = programmed_queue_0(pci, memory)
+    core = race_queue_select(pci, then=0xFFFF)
+    assert driver.common(field, size) == (ring.desc if expected is None else expected)
+    assert core.reads == 1
+    assert driver.common(Common.QUEUE_SIZE, 2) == 0  # the other vCPU's select has landed
+
+
+@pytest.mark.parametrize(
+    ("field", "size", "value"),
+    [(Common.QUEUE_MSIX_VECTOR, 2, 0), (Common.QUEUE_SIZE, 2, 2), (Common.QUEUE_DESC, 4, 0x5000)],
+)
+def test_a_common_write_uses_the_queue_select_it_read_once(
+    pci: VirtioPciFunction, memory: GuestMemory, field: Common, size: int, value: int
+) -> None:
+    driver, ring = programmed_queue_0(pci, memory)
+    core = race_queue_select(pci, then=0xFFFF)
+    driver.common(field, size, value)
+    assert core.reads == 1
+    queue = core.queues[0]
+    assert (pci.queue_vectors[0], queue.size, queue.desc_table) == {
+        Common.QUEUE_MSIX_VECTOR: (0, 4, ring.desc),
+        Common.QUEUE_SIZE: (1, 2, ring.desc),
+        Common.QUEUE_DESC: (1, 4, ring.desc & ~0xFFFF_FFFF | 0x5000),
+    }[field]
 
 
 @settings(max_examples=300, deadline=None)
