@@ -32,8 +32,9 @@ Decisions, against a hostile or simply slow guest:
   popped by one thread at a time and its bytes in order.
 
 A queue fault found by `feed()` (the guest broke receiveq while no notify was
-running) cannot be raised to the core from the feeding thread: it is kept and raised
-by the next `notify`, which puts the device in DEVICE_NEEDS_RESET (§2.1.2).
+running) is reported to the core from the feeding thread at once (`needs_reset`
+takes only a leaf lock, so it may be called with `_rx_lock` held), and kept and
+raised again by the next `notify`: the device stays in DEVICE_NEEDS_RESET (§2.1.2).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from collections.abc import Callable, Sequence
 from enum import IntFlag
 
 from pyvmm.devices.state_checks import check_bytes, check_int, check_tuple, check_type, fail
+from pyvmm.log_limit import LogLimit
 from pyvmm.virtio.chain import DescriptorChain
 from pyvmm.virtio.device import Activation, DeviceType, VirtioDevice
 from pyvmm.virtio.device_state import ConsoleState
@@ -102,6 +104,7 @@ class ConsoleDevice(VirtioDevice):
         self._fault: VirtqueueError | None = None
         self._rx_lock = threading.Lock()
         self._tx_lock = threading.Lock()
+        self._warnings = LogLimit(log)  # the guest decides how often its faults come
 
         self.tx_bytes = 0  # bytes handed to `output`
         self.tx_dropped = 0  # bytes of over-long transmit chains not shown
@@ -235,7 +238,7 @@ class ConsoleDevice(VirtioDevice):
                 raise
             if receiveq.fault is None:
                 return  # not the guest's doing: a reset raced us (the queue is not ready)
-            log.warning("%s: receiveq fault while delivering input: %s", self.name, error)
+            self._warnings.warning("%s: receiveq fault while delivering input: %s", self.name, error)
             self._fault = error
             activation.needs_reset(f"receiveq: {error}")  # §2.1.2: tell the driver now
 

@@ -11,7 +11,18 @@ The rules enforced here, once for both transports:
 - a queue is checked when the driver makes it ready (after FEATURES_OK, so the ring
   features are known), and DRIVER_OK activates the device once;
 - any guest fault in a queue (`VirtqueueError`) sets DEVICE_NEEDS_RESET and sends
-  a configuration change notification (§2.1.2); the device stays quiet until reset.
+  a configuration change notification (§2.1.2); the device stays quiet until reset;
+- so does any other exception out of the device (`device_fault`: the I/O thread's
+  fault handler for the device's sources, docs/architecture.md "Device faults"): it
+  is counted in `faults` and never stops the VM.
+
+Locks (docs/architecture.md "Lock order"): `_lock` is taken first, by the vCPU
+threads that program the device, and is held while the core calls the device
+(activate, reset, save, restore), which then takes its own locks. What the core
+hands the device to call back - `needs_reset`, `config_changed`, `used_buffer` -
+never takes `_lock`: `needs_reset` takes only `_status_lock`, a leaf, so a device
+may report a fault with its own locks held while a vCPU thread resets it. A fault
+reported for an earlier session (before a reset the fault raced with) is dropped.
 
 Saved state (`save` / `restore`, a `CoreState`): the negotiation, the selects, the
 queues and the device model's own part. Restoring an active device activates the
@@ -22,10 +33,12 @@ where it was saved without the guest doing anything.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import threading
 
 from pyvmm.errors import StateError
+from pyvmm.log_limit import LogLimit
 from pyvmm.memory import GuestMemory
 from pyvmm.virtio.device import Activation, Interrupt, VirtioDevice
 from pyvmm.virtio.errors import VirtqueueError
@@ -54,6 +67,10 @@ class VirtioCore:
         self.offered = device.device_features() | TRANSPORT_FEATURES
         self.queues = [Virtqueue(memory, size) for size in device.queue_sizes]
         self._lock = threading.RLock()  # vCPU threads program it; the I/O thread notifies
+        self._status_lock = threading.Lock()  # a leaf: status and active (module docstring)
+        self._session = 0  # bumped by every reset: faults of an earlier one are stale
+        self.faults = 0  # DEVICE_NEEDS_RESETs, for statistics
+        self._warnings = LogLimit(log)  # the guest decides how often these come
         self.reset()
 
     # --- status and reset -----------------------------------------------------------
@@ -61,13 +78,15 @@ class VirtioCore:
     def reset(self) -> None:
         """Device reset (§2.4): status 0, nothing negotiated, every queue unprogrammed."""
         with self._lock:
-            self.status = 0
+            with self._status_lock:
+                self._session += 1
+                self.status = 0
+                self.active = False
             self.accepted = 0  # the driver's feature bits
             self.device_feature_select = 0
             self.driver_feature_select = 0
             self.queue_select = 0
             self.config_generation = 0
-            self.active = False
             self.device.reset()  # first: its requests in flight end before the queues go
             for queue in self.queues:
                 queue.reset()
@@ -81,34 +100,59 @@ class VirtioCore:
                 return
             if value & ~self.status & _FEATURES_OK and not self._features_acceptable():
                 value &= ~_FEATURES_OK  # §3.1.1 step 6: the driver re-reads and sees it unset
-            self.status |= value & ~_NEEDS_RESET  # bits are never cleared but by reset
-            if self.status & _DRIVER_OK and not self.active and not self.status & (_FAILED | _NEEDS_RESET):
+            with self._status_lock:
+                self.status |= value & ~_NEEDS_RESET  # bits are never cleared but by reset
+                status, active = self.status, self.active
+            if status & _DRIVER_OK and not active and not status & (_FAILED | _NEEDS_RESET):
                 self._activate()
 
     def _features_acceptable(self) -> bool:
         if not self.accepted & Feature.VERSION_1:
-            log.info("%s: the driver did not accept VERSION_1 (a legacy driver): refused", self.device.name)
+            log.debug("%s: the driver did not accept VERSION_1 (a legacy driver): refused", self.device.name)
             return False
         if self.accepted & ~self.offered:
-            log.info("%s: the driver accepted features never offered: %#x", self.device.name,
+            log.debug("%s: the driver accepted features never offered: %#x", self.device.name,
                      self.accepted & ~self.offered)  # fmt: skip
             return False
         return True
 
     def _activate(self) -> None:
+        """With `_lock` held: DRIVER_OK (or a restore) starts the device. An exception
+        out of the device's activate is a device fault, as on the I/O thread."""
+        session = self._session
         if not self.status & _FEATURES_OK:
-            self.needs_reset("DRIVER_OK without FEATURES_OK")
+            self._needs_reset(session, "DRIVER_OK without FEATURES_OK")
             return
-        self.active = True
-        self.device.activate(Activation(self.memory, self.queues, self.accepted, self, self.needs_reset))
+        with self._status_lock:
+            self.active = True
+        report = functools.partial(self._needs_reset, session)
+        try:
+            self.device.activate(Activation(self.memory, self.queues, self.accepted, self, report))
+        except VirtqueueError as error:
+            self._needs_reset(session, str(error))
+        except Exception as error:  # a device bug or a host failure: this device stops, not the VM
+            self._needs_reset(session, f"activation failed: {error!r}")
 
     def needs_reset(self, reason: str) -> None:
-        """The device cannot go on until the driver resets it (§2.1.2)."""
-        with self._lock:
-            log.warning("%s: needs reset: %s", self.device.name, reason)
+        """The device cannot go on until the driver resets it (§2.1.2). From any
+        thread, with any device lock held: takes only the leaf `_status_lock`."""
+        self._needs_reset(self._session, reason)
+
+    def device_fault(self, error: BaseException) -> None:
+        """An exception out of the device's own work on the I/O thread (the fault
+        handler its doorbells and sources are registered with, pyvmm.io_thread): the
+        device needs a reset; the VM carries on (docs/architecture.md "Device faults")."""
+        self.needs_reset(str(error) if isinstance(error, VirtqueueError) else f"device error: {error!r}")
+
+    def _needs_reset(self, session: int, reason: str) -> None:
+        with self._status_lock:
+            if session != self._session or self.status & _NEEDS_RESET:
+                return  # a reset came meanwhile, or it is already said: once per session
             self.status |= _NEEDS_RESET
             self.active = False
+            self.faults += 1
             notify = bool(self.status & _DRIVER_OK)
+        self._warnings.warning("%s: needs reset: %s", self.device.name, reason)
         if notify:
             self.interrupt.config_changed()
 
@@ -168,13 +212,16 @@ class VirtioCore:
         return not self.status & _DRIVER_OK
 
     def notify(self, index: int) -> None:
-        """An available buffer notification for queue `index` (any thread)."""
+        """An available buffer notification for queue `index` (the I/O thread). A
+        guest's fault in the queue puts the device in DEVICE_NEEDS_RESET; any other
+        exception goes to the I/O thread, whose fault handler is `device_fault`."""
+        session = self._session
         if not self.active or not 0 <= index < len(self.queues):
             return  # §2.7.13.3: notifications for unknown or idle queues are ignored
         try:
             self.device.notify(index)
         except VirtqueueError as error:
-            self.needs_reset(str(error))
+            self._needs_reset(session, str(error))
 
     # --- configuration space ----------------------------------------------------------
 
@@ -238,7 +285,8 @@ class VirtioCore:
         for queue, saved in zip(self.queues, state.queues, strict=True):
             queue.restore(saved)
         self.device.restore(state.device)
-        self.status = state.status
+        with self._status_lock:
+            self.status = state.status
         self.accepted = state.accepted
         self.device_feature_select = state.device_feature_select
         self.driver_feature_select = state.driver_feature_select
