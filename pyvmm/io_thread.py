@@ -11,15 +11,25 @@ Rules that other threads can rely on:
 
 - `register` and `unregister` work from any thread, also while the loop waits or is
   paused: they are handed to the loop (woken through its own eventfd) and return
-  once applied. After `unregister(fd)` returns, that fd's callback is not running
-  and will not run again, so its owner may close the fd.
+  once applied. After `unregister(fd)` returns True, that fd's callback is not
+  running and will not run again, so its owner may close the fd. Neither waits
+  for ever: a loop stuck in a callback for `SUBMIT_SECONDS` makes `register` raise
+  and `unregister` return False (logged), so a stuck device cannot hang teardown.
 - `pause()` returns once the loop is parked between callbacks: no device callback
   runs until `resume()`. That is the point where a snapshot reads device state.
   fds that become ready meanwhile are served after `resume()`: nothing is lost.
-- A callback that raises does not end the thread and is not silent: its source is
-  unregistered (its fd would fire again at once) and the error is reported to the
-  `on_error` callback given at construction, which the machine uses to stop the VM
-  with an error outcome. The other sources keep being served.
+- A callback that raises does not end the thread and is not silent; what happens
+  next is the one rule for device faults (docs/architecture.md "Device faults"):
+  a source registered with a `fault` handler (every device's: a virtio device's
+  is `VirtioCore.device_fault`, DEVICE_NEEDS_RESET) stays registered, the fault is
+  counted in `faults` and handed to it, and the VM carries on; the handler stops
+  what made the callback fail (the device is quiet until the guest resets it).
+  A source without one - its failure means the VM itself is broken - is
+  unregistered (its fd would fire again at once) and reported to the `on_error`
+  callback given at construction, which stops the VM. So is a fault handler that
+  raises. The other sources keep being served.
+- `stop()` waits at most `STOP_SECONDS` for a callback to return; whether the loop
+  ended is its result (teardown leaves guest memory mapped when it did not).
 """
 
 from __future__ import annotations
@@ -33,11 +43,17 @@ from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from pyvmm.eventfd import EventFd
+from pyvmm.log_limit import LogLimit
 
 log = logging.getLogger(__name__)
 
-_JOIN_SECONDS = 5.0
+# A callback serves one batch (64 frames, one inline disk request...): milliseconds.
+# One still running after these is stuck (a write to a pipe nobody reads, a hung
+# file system), and waiting longer would only make stopping late.
+STOP_SECONDS = 1.0  # how long stop() waits for a running callback
+SUBMIT_SECONDS = 2.0  # how long register/unregister wait for a busy loop
 T = TypeVar("T")
+FaultHandler = Callable[[BaseException], None]
 
 
 class HasFileno(Protocol):
@@ -55,6 +71,7 @@ class _Source:
     fd: int
     callback: Callable[[], None]
     name: str
+    fault: FaultHandler | None
 
 
 @dataclass(eq=False)
@@ -99,6 +116,8 @@ class IoThread:
         self.busy_seconds = 0.0
         self.callbacks = 0
         self.cpu_seconds = 0.0
+        self.faults = 0  # callbacks that raised and went to their fault handler
+        self._fault_log = LogLimit(log)  # a guest can make a device fail in a loop
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -110,24 +129,28 @@ class IoThread:
             self._running = True
         self._thread.start()
 
-    def stop(self) -> None:
-        """End the loop (paused or not), wait for it, and release the selector. From a
-        callback it only asks the loop to end after that callback. Idempotent."""
+    def stop(self) -> bool:
+        """End the loop (paused or not), wait for it (at most `STOP_SECONDS`), and
+        release the selector; whether no callback runs any more. From a callback it
+        only asks the loop to end after that callback (and returns False). Idempotent."""
         with self._state:
             self._stop_requested = True
             self._state.notify_all()
+            if self._closed:
+                return True
         self._wake.signal()
         if self.in_loop_thread():
-            return
+            return False
         thread = self._thread
         if thread is not None:
-            thread.join(_JOIN_SECONDS)
+            thread.join(STOP_SECONDS)
             if thread.is_alive():
                 # A callback is stuck; its selector stays open, as it may still use it.
-                log.warning("%s did not stop within %.0f s (a callback is stuck)", self.name, _JOIN_SECONDS)
-                return
+                log.warning("%s did not stop within %.0f s (a callback is stuck)", self.name, STOP_SECONDS)
+                return False
         with self._state:
             self._close()
+        return True
 
     def _close(self) -> None:
         """With `_state` held, and no loop running: release the selector and the wake fd."""
@@ -146,13 +169,16 @@ class IoThread:
 
     # --- sources --------------------------------------------------------------------
 
-    def register(self, fd: int | HasFileno, callback: Callable[[], None], name: str) -> None:
+    def register(
+        self, fd: int | HasFileno, callback: Callable[[], None], name: str, fault: FaultHandler | None = None
+    ) -> None:
         """Call `callback()` in the loop thread whenever `fd` is readable. `name`
-        identifies the source in error reports."""
+        identifies the source in reports; `fault` is told when the callback raises
+        (the module docstring: None means the VM is broken then)."""
         number = fd if isinstance(fd, int) else fd.fileno()
         if number < 0:
             raise ValueError(f"{name}: not an open file descriptor ({number})")
-        source = _Source(number, callback, name)
+        source = _Source(number, callback, name, fault)
 
         def apply() -> None:
             if number in self._sources:
@@ -163,13 +189,22 @@ class IoThread:
         def closed() -> None:
             raise RuntimeError(f"{self.name} has stopped: {name} cannot be registered")
 
-        self._submit(apply, closed)
+        def stuck() -> None:
+            raise RuntimeError(f"{self.name} is stuck in a callback: {name} cannot be registered")
+
+        self._submit(apply, closed, stuck)
 
     def unregister(self, fd: int | HasFileno) -> bool:
         """Stop watching `fd`; False when it was not registered (e.g. dropped after its
-        callback failed). A no-op once the thread has stopped."""
+        callback failed), or when the loop is stuck in a callback (logged: the fd is
+        then still watched). A no-op once the thread has stopped."""
         number = fd if isinstance(fd, int) else fd.fileno()
-        return self._submit(lambda: self._remove(number), lambda: False)
+
+        def stuck() -> bool:
+            log.warning("%s is stuck in a callback: fd %d stays registered", self.name, number)
+            return False
+
+        return self._submit(lambda: self._remove(number), lambda: False, stuck)
 
     def _remove(self, number: int) -> bool:
         if self._sources.pop(number, None) is None:
@@ -177,9 +212,11 @@ class IoThread:
         self._selector.unregister(number)
         return True
 
-    def _submit(self, apply: Callable[[], T], closed: Callable[[], T]) -> T:
+    def _submit(self, apply: Callable[[], T], closed: Callable[[], T], stuck: Callable[[], T]) -> T:
         """Apply a registration change in the loop thread (here when the loop is not
-        running or this is the loop thread) and wait for it; `closed()` once stopped."""
+        running or this is the loop thread) and wait for it; `closed()` once stopped,
+        `stuck()` when the loop did not get to it within `SUBMIT_SECONDS` (it is then
+        withdrawn, unless the loop took it meanwhile)."""
         with self._state:
             if self._closed:
                 return closed()
@@ -189,7 +226,12 @@ class IoThread:
             self._requests.append(request)
             self._state.notify_all()  # a parked loop applies requests too
         self._wake.signal()
-        request.done.wait()
+        if not request.done.wait(SUBMIT_SECONDS):
+            with self._state:
+                if request in self._requests:
+                    self._requests.remove(request)
+                    return stuck()
+            request.done.wait()  # taken by the loop just now: it is being applied
         if request.error is not None:
             raise request.error
         return request.result  # type: ignore[return-value]
@@ -275,14 +317,29 @@ class IoThread:
         try:
             source.callback()
         except Exception as exc:
-            log.exception("%s: callback of %s failed; it is unregistered", self.name, source.name)
-            with self._state:
-                if self._sources.get(source.fd) is source:
-                    self._remove(source.fd)
-            self._report(source.name, exc)
+            self._failed(source, exc)
         finally:
             self.busy_seconds += time.perf_counter() - started
             self.callbacks += 1
+
+    def _failed(self, source: _Source, error: Exception) -> None:
+        """The one place the device-fault rule is applied (module docstring)."""
+        if source.fault is not None:
+            self.faults += 1
+            self._fault_log.warning("%s: %s failed: %r", self.name, source.name, error)
+            try:
+                source.fault(error)
+                return
+            except Exception as handler_error:
+                log.exception("%s: the fault handler of %s failed", self.name, source.name)
+                error = handler_error
+        else:
+            log.error("%s: callback of %s failed; it is unregistered", self.name, source.name,
+                      exc_info=error)  # fmt: skip
+        with self._state:
+            if self._sources.get(source.fd) is source:
+                self._remove(source.fd)
+        self._report(source.name, error)
 
     def _report(self, source: str, error: BaseException) -> None:
         try:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from pyvmm.eventfd import EventFd
-from pyvmm.io_thread import HasFileno
+from pyvmm.io_thread import FaultHandler, HasFileno
 from pyvmm.kvm import Cap, KvmError, Vm
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,9 @@ _LENGTHS = (1, 2, 4, 8)
 class Registrar(Protocol):
     """Where doorbells and other eventfds are watched: `pyvmm.io_thread.IoThread`."""
 
-    def register(self, fd: HasFileno, callback: Callable[[], None], name: str) -> None: ...
+    def register(
+        self, fd: HasFileno, callback: Callable[[], None], name: str, fault: FaultHandler | None = None
+    ) -> None: ...
 
     def unregister(self, fd: HasFileno) -> bool: ...
 
@@ -141,8 +143,10 @@ def notification_callback(
 class QueueDoorbells:
     """The notifications of one virtio device: a doorbell (`IoEventNotifier`) per queue,
     each served on the I/O thread, where `notify(queue)` runs (see the module
-    docstring). `datamatch`: each doorbell matches its queue's index (virtio-mmio's
-    one QueueNotify register); else each has an address of its own (virtio-pci)."""
+    docstring); an exception out of it goes to `fault` (`VirtioCore.device_fault`:
+    the device needs a reset, the VM goes on). `datamatch`: each doorbell matches its
+    queue's index (virtio-mmio's one QueueNotify register); else each has an address
+    of its own (virtio-pci)."""
 
     def __init__(
         self,
@@ -155,6 +159,7 @@ class QueueDoorbells:
         length: int,
         datamatch: bool,
         in_kernel: bool = True,
+        fault: FaultHandler | None = None,
     ) -> None:
         self.vm = vm
         self.io = io
@@ -167,7 +172,8 @@ class QueueDoorbells:
                     vm, None, length, datamatch=index if datamatch else None, in_kernel=self.in_kernel
                 )
                 self.doorbells.append(doorbell)
-                io.register(doorbell, notification_callback(doorbell, notify, index), f"{name} queue {index}")
+                callback = notification_callback(doorbell, notify, index)
+                io.register(doorbell, callback, f"{name} queue {index}", fault)
         except BaseException:
             self.close()
             raise

@@ -132,8 +132,10 @@ class Machine:
             runner.kick()
 
     def _device_failed(self, source: str, error: BaseException) -> None:
-        """A device's I/O callback raised: a bug or a host failure, never the guest's
-        doing (guest faults are device statuses). The VM stops with the report."""
+        """An I/O callback registered without a fault handler raised, or a fault
+        handler did (docs/architecture.md "Device faults"): what failed is not one
+        device but the VM's own machinery (an interrupt line's resampling, the loop).
+        The VM stops with the report."""
         log.error("device I/O %s failed: %r", source, error)
         self.stop(GuestExit(ExitKind.ERROR, f"device I/O {source} failed: {error!r}"))
 
@@ -362,7 +364,7 @@ class Machine:
         """Exit counters so far (per reason, per vCPU, per device range)."""
         end = self._ended_at or time.monotonic()
         seconds = end - self._started_at if self._started_at else 0.0
-        io = IoStats(self.io.callbacks, self.io.busy_seconds, self.io.cpu_seconds)
+        io = IoStats(self.io.callbacks, self.io.busy_seconds, self.io.cpu_seconds, self.io.faults)
         return collect(seconds, [r.counters for r in self.runners], [self.ports, self.mmio], io)
 
     def _teardown(self) -> None:
@@ -376,7 +378,9 @@ class Machine:
             if runner.thread.is_alive():
                 log.error("vCPU %d did not stop; leaving its resources to the process exit", runner.vcpu.id)
                 return
-        self.io.stop()  # no device callback runs past this point
+        if not self.io.stop():  # no device callback runs past this point, or one is stuck
+            log.error("the I/O thread did not stop; leaving the devices and guest memory to the process exit")
+            return
         self.devices.close()  # before the VM: device threads (the RTC's timer) must not outlive it
         for runner in self.runners:
             runner.vcpu.close()

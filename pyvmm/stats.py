@@ -50,6 +50,7 @@ class IoStats:
     callbacks: int
     busy_seconds: float  # wall time spent in device callbacks
     cpu_seconds: float  # the I/O thread's CPU time
+    faults: int = 0  # callbacks that raised: their device needs a reset (or its link is down)
 
     def busy_share(self, run_seconds: float) -> float:
         return self.busy_seconds / run_seconds if run_seconds else 0.0
@@ -94,6 +95,7 @@ class ExitStats:
             lines.append(
                 f"I/O thread: {self.io.callbacks} callbacks, busy {self.io.busy_seconds:.3f} s"
                 f" ({share:.1f}% of the run), CPU {self.io.cpu_seconds:.3f} s"
+                + (f", {self.io.faults} device faults" if self.io.faults else "")
             )
         lines.append("device ranges:")
         lines.append(f"  {'bus':<5} {'range':<23} {'device':<16} {'reads':>10} {'writes':>10}")

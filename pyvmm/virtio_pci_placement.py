@@ -38,6 +38,7 @@ class PciDoorbells(QueueDoorbells):
         queues, name = len(transport.core.queues), transport.device.name
         super().__init__(
             vm, io, name, queues, transport.core.notify, length=NOTIFY_WIDTH, datamatch=False,
+            fault=transport.core.device_fault,
             in_kernel=in_kernel,
         )  # fmt: skip
         self.transport = transport
