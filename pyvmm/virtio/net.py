@@ -29,10 +29,18 @@ nothing makes pyvmm neither spin nor buffer data.
 Threads: rx work runs on the I/O thread (TAP readable, or queue 0 notified: a
 notification from another thread is handed over through an eventfd); tx runs where
 queue 1 is notified. Each direction has its lock; activation and reset take both.
+
+Faults (docs/architecture.md "Device faults"): a guest's fault in a queue, or any
+other exception out of the receive path, puts the card in DEVICE_NEEDS_RESET (the
+I/O thread hands it to `_fault`); the VM goes on. A TAP that fails on the host
+(deleted under the VM: EBADFD, ENODEV...) is what a cable pulled out is to a NIC:
+the link goes down (`link_up`, VIRTIO_NET_S_LINK_UP cleared and a configuration
+change notification, §5.1.4), frames are no longer read or sent, the VM goes on.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import struct
@@ -44,6 +52,7 @@ from pyvmm.devices.state_checks import check_bool, check_bytes, check_type, fail
 from pyvmm.errors import StateError
 from pyvmm.eventfd import EventFd
 from pyvmm.io_thread import IoThread
+from pyvmm.log_limit import LogLimit
 from pyvmm.net.tap import Tap
 from pyvmm.virtio.chain import DescriptorChain
 from pyvmm.virtio.device import Activation, DeviceType, Interrupt, VirtioDevice
@@ -73,6 +82,10 @@ MAX_PACKET = HDR_SIZE + 14 + 4 + 65536
 SMALL_PACKET = HDR_SIZE + 14 + 4 + 1500
 RX_BUDGET = 64  # frames per callback, so one busy TAP does not starve the others
 _IOV_MAX = os.sysconf("SC_IOV_MAX")  # readv/writev take at most this many buffers
+# What readv/writev say when the TAP is gone on the host (deleted, or its fd made
+# unusable): the link is down, not a guest's fault.
+# (EIO is not one: a TAP whose interface is only set down says EIO, and comes back.)
+TAP_GONE = frozenset({errno.EBADFD, errno.EBADF, errno.ENODEV, errno.ENXIO})
 
 
 @dataclass
@@ -108,8 +121,9 @@ class NetDevice(VirtioDevice):
         self.name = f"{name} ({tap.name})"
         self.tap = tap
         self.mac = bytes(mac)
-        self.link_up = True  # a TAP's carrier is not watched: the link is up
+        self.link_up = True  # down for good once the TAP fails on the host
         self.stats = NetStats()
+        self._warnings = LogLimit(log)  # the guest decides how often its faults come
         self._io = io
         self._rx_lock = threading.Lock()
         self._tx_lock = threading.Lock()
@@ -122,6 +136,7 @@ class NetDevice(VirtioDevice):
         self._zero_header = False  # no GUEST_CSUM: flags and GSO fields must be 0
         self._rx_target = SMALL_PACKET
         self._rx_broken = False
+        self._tap_gone: OSError | None = None  # a transmit found the TAP gone
         self._polling = False  # the TAP fd is registered (changed on the I/O thread only)
         # Receive chains popped and not yet used, and their writable views followed by
         # the spill buffer: the iovec of the next readv.
@@ -136,7 +151,7 @@ class NetDevice(VirtioDevice):
         # (`unused_chains`) until they are used. How many of them are left:
         self._before_gap = 0
         self._kick = EventFd()
-        io.register(self._kick, self._on_kick, f"{self.name} rx notify")
+        io.register(self._kick, self._on_kick, f"{self.name} rx notify", self._fault)
 
     # --- what the transport sees ------------------------------------------------------
 
@@ -170,8 +185,11 @@ class NetDevice(VirtioDevice):
     def notify(self, queue: int) -> None:
         if queue == TX_QUEUE:
             with self._tx_lock:
-                if self._active:
+                if self._active and self.link_up:
                     self._transmit()
+                gone, self._tap_gone = self._tap_gone, None
+            if gone is not None:
+                self._link_lost(gone)  # not under the tx lock: it takes the rx lock
         elif queue == RX_QUEUE:
             if self._io.in_loop_thread():
                 self._on_kick()
@@ -266,6 +284,8 @@ class NetDevice(VirtioDevice):
             # queue is full; EIO: the link is down. A NIC would drop it too.
             log.debug("%s: frame dropped by the TAP: %s", self.name, exc.strerror)
             self.stats.tx_dropped += 1
+            if exc.errno in TAP_GONE:
+                self._tap_gone = exc  # the link goes down once the tx lock is released
             return
         self.stats.tx_packets += 1
 
@@ -283,26 +303,59 @@ class NetDevice(VirtioDevice):
             self._guarded(self._receive)
 
     def _guarded(self, work: Callable[[], None]) -> None:
-        """Run rx `work` (with the lock held); a queue fault stops the receive path."""
-        if not self._active or self._rx_broken:
+        """Run rx `work` (with the lock held), then interrupt if the ring says so. An
+        exception goes to the I/O thread, which hands it to `_fault` (or, for the
+        TAP's source, `_tap_fault`)."""
+        if not self._active or self._rx_broken or not self.link_up:
             self._stop_polling()
             return
         try:
             work()
-        except VirtqueueError as error:
-            # The queue stays broken until the driver resets the device; rx stops.
-            log.warning("%s: receive queue fault, receiving stops until reset: %s", self.name, error)
-            self._rx_broken = True
-            self._forget_held()
-            self._stop_polling()
-            self._needs_reset(f"receive queue: {error}")
         finally:
             rxq = self._rxq
-            if rxq is not None and rxq.fault is None and rxq.needs_interrupt():
+            if rxq is not None and rxq.ready and rxq.fault is None and rxq.needs_interrupt():
                 assert self._interrupt is not None
                 self._interrupt.used_buffer(RX_QUEUE)
 
+    def _fault(self, error: BaseException) -> None:
+        """The I/O thread's fault handler for the receive path: receiving stops until
+        the driver resets the card, which needs a reset (§2.1.2)."""
+        with self._rx_lock:
+            if not self._active or self._rx_broken:
+                return  # reset meanwhile, or already said
+            self._rx_broken = True
+            self._forget_held()
+            self._stop_polling()
+            needs_reset = self._needs_reset
+        what = str(error) if isinstance(error, VirtqueueError) else repr(error)
+        self._warnings.warning("%s: receive path fault, receiving stops until reset: %s", self.name, what)
+        needs_reset(f"receive queue: {what}")
+
+    def _tap_fault(self, error: BaseException) -> None:
+        """The TAP's source failed: the host took the TAP away (the link goes down),
+        or anything else went wrong on the receive path (`_fault`)."""
+        if isinstance(error, OSError) and error.errno in TAP_GONE:
+            self._link_lost(error)
+        else:
+            self._fault(error)
+
+    def _link_lost(self, error: OSError) -> None:
+        """The TAP fails on the host: the link is down for good, as a NIC whose cable
+        is pulled (§5.1.4 status; the driver learns it by a configuration change)."""
+        with self._rx_lock:
+            if not self.link_up:
+                return
+            self.link_up = False
+            self._stop_polling()
+            self._forget_held()
+            interrupt = self._interrupt if self._active else None
+        log.warning("%s: the TAP failed on the host (%s): the link is down", self.name, error.strerror)
+        if interrupt is not None:
+            interrupt.config_changed()
+
     def _refill(self) -> None:
+        if not self.link_up:
+            return
         if self._spilled is not None and not self._finish_spilled():
             return
         if self._gather():
@@ -445,7 +498,7 @@ class NetDevice(VirtioDevice):
         if not self._polling:
             assert self._rxq is not None
             self._rxq.disable_notifications()  # buffers are popped as frames come
-            self._io.register(self.tap, self._on_tap_readable, f"{self.name} rx")
+            self._io.register(self.tap, self._on_tap_readable, f"{self.name} rx", self._tap_fault)
             self._polling = True
 
     def _stop_polling(self) -> None:
