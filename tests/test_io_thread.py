@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from pyvmm import io_thread
 from pyvmm.eventfd import EventFd
 from pyvmm.io_thread import IoThread
 
@@ -297,3 +298,70 @@ def test_busy_time_and_callbacks_are_counted() -> None:
         source.close()
     assert loop.callbacks == 1 and loop.busy_seconds >= 0.05
     assert not errors
+
+
+def test_a_source_with_a_fault_handler_stays_registered_and_the_vm_is_not_told(
+    loop: IoThread, event: EventFd, errors: Errors
+) -> None:
+    """The device-fault rule: the handler gets the error, the fault is counted, the
+    source keeps being served, nothing reaches `on_error` (which stops the VM)."""
+    faults: list[BaseException] = []
+    calls: list[str] = []
+    fired = threading.Event()
+
+    def callback() -> None:
+        event.consume()
+        calls.append("call")
+        fired.set()
+        if len(calls) == 1:
+            raise ValueError("a device bug")
+
+    loop.register(event, callback, "device", faults.append)
+    event.signal()
+    assert fired.wait(WAIT)
+    fired.clear()
+    event.signal()  # still served after the fault
+    assert fired.wait(WAIT)
+    assert calls == ["call", "call"]
+    assert [type(error) for error in faults] == [ValueError]
+    assert loop.faults == 1
+    assert errors.reports == []
+
+
+def test_a_fault_handler_that_raises_unregisters_its_source_and_reports(
+    loop: IoThread, event: EventFd, errors: Errors
+) -> None:
+    def callback() -> None:
+        event.consume()
+        raise ValueError("a device bug")
+
+    def handler(error: BaseException) -> None:
+        raise RuntimeError("the handler is broken too")
+
+    loop.register(event, callback, "device", handler)
+    event.signal()
+    assert errors.arrived.wait(WAIT)
+    assert [(source, type(error)) for source, error in errors.reports] == [("device", RuntimeError)]
+    assert loop.unregister(event) is False  # already dropped
+
+
+def test_a_stuck_callback_makes_unregister_and_stop_give_up_in_bounded_time(errors: Errors) -> None:
+    """Issue: a callback stuck for ever (a write into a pipe nobody reads) made
+    teardown wait for ever in unregister."""
+    io = IoThread(errors, name="stuck-io")
+    io.start()
+    release = threading.Event()
+    with EventFd() as stuck, EventFd() as other:
+        io.register(stuck, lambda: release.wait(), "stuck")
+        io.register(other, other.consume, "other")
+        stuck.signal()
+        time.sleep(QUIET)  # the loop is inside the stuck callback now
+        started = time.monotonic()
+        assert io.unregister(other) is False  # gave up: still registered
+        with EventFd() as late, pytest.raises(RuntimeError, match="stuck"):
+            io.register(late, lambda: None, "late")
+        assert io.stop() is False
+        assert time.monotonic() - started < io_thread.SUBMIT_SECONDS * 2 + io_thread.STOP_SECONDS + 1
+        release.set()
+        assert io.stop() is True or not io.running
+    assert errors.reports == []
