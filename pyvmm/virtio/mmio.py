@@ -267,7 +267,7 @@ class MmioNotifiers(QueueDoorbells):
         queues = len(transport.core.queues)
         super().__init__(
             vm, io, transport.device.name, queues, transport.core.notify, length=4, datamatch=True,
-            in_kernel=in_kernel,
+            fault=transport.core.device_fault, in_kernel=in_kernel,
         )  # fmt: skip
         self.place([base + Reg.QUEUE_NOTIFY] * queues)
         transport.on_notify = self.guest_wrote
