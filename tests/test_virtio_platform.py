@@ -4,6 +4,7 @@ command line), on a real VM and its I/O thread; the machine boots with them."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -366,3 +367,47 @@ def test_a_missing_tap_is_one_error_and_closes_the_disks_opened_before(
     with namespace.inside(), pytest.raises(TapError, match="'nosuchtap0' does not exist"):
         virtio_devices(config, context)
     models.block_devices(config.disks)[0].close()  # the image was unlocked again
+
+
+class Broken(Quiet):
+    """A device whose queue work raises something that is not a ring fault: a bug."""
+
+    def notify(self, queue: int) -> None:
+        raise RuntimeError("a device bug")
+
+
+@pytest.mark.kvm
+def test_a_device_exception_behind_a_doorbell_needs_a_reset_and_the_vm_is_not_told() -> None:
+    """The device-fault rule through a real doorbell on the MMIO bus and the I/O
+    thread: DEVICE_NEEDS_RESET for that device, nothing in the VM's error report."""
+    from virtio.driver import Driver
+    from virtio.handshake import start
+
+    from pyvmm.virtio.mmio import Reg
+    from pyvmm.virtio.spec import DeviceStatus, Feature
+
+    errors: list[tuple[str, BaseException]] = []
+    with Kvm() as kvm, kvm.create_vm() as vm:
+        memory = GuestMemory([(0, RAM)])
+        io = IoThread(lambda source, error: errors.append((source, error)))
+        context = VirtioContext(memory, vm, io, ResourceAllocator(RAM), no_line, lambda data: None)
+        (placed,) = place_on_mmio([Broken()], context, acpi=True)
+        manager = DeviceManager(context.resources)
+        manager.add(placed)
+        io.start()
+        try:
+            transport = placed.model
+            assert isinstance(transport, VirtioMmio)
+            start(transport.core, int(Feature.VERSION_1), [Driver(memory, 16, desc=0x1000, data=0x10000)])
+            base = placed.regions()[0].base
+            manager.mmio.write(base + Reg.QUEUE_NOTIFY, 4, 0)  # the guest rings queue 0
+            deadline = time.monotonic() + 5
+            while not transport.core.status & DeviceStatus.DEVICE_NEEDS_RESET:
+                assert time.monotonic() < deadline, "no DEVICE_NEEDS_RESET"
+                time.sleep(0.01)
+            assert io.faults == 1 and transport.core.faults == 1
+        finally:
+            manager.close()
+            io.stop()
+            memory.close()
+    assert errors == []
