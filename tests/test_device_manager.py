@@ -4,14 +4,17 @@ description of each device."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 
 import pytest
+from devices.rtc_harness import FakeClock
 from pc_platform import MEMORY, pc_devices
 
+from pyvmm import platform
 from pyvmm.arch.x86.acpi import build_acpi_tables
 from pyvmm.device_manager import DeviceManager
-from pyvmm.devices import Serial16550
+from pyvmm.devices import CmosRtc, Serial16550
 from pyvmm.devices.device import AddressSpace, DeviceState, PlacedDevice, ports
 from pyvmm.devices.ports import PortSink, PortSinkState
 from pyvmm.errors import StateError
@@ -76,8 +79,21 @@ def serial_of(manager: DeviceManager) -> Serial16550:
     return uart
 
 
-def test_save_restore_goes_through_every_device_by_name() -> None:
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """The host clock of every RTC the platform table builds in this test, which moves
+    only when the test moves it. On the real clock, register C's flags depend on when
+    each RTC is saved: PF rises at every tick of the 1024 Hz divider, PIE or not
+    (MC146818A, register C), so two RTCs saved a tick apart differ in PF."""
+    fake = FakeClock()
+    monkeypatch.setattr(platform, "CmosRtc", functools.partial(CmosRtc, clock=fake))
+    return fake
+
+
+def test_save_restore_goes_through_every_device_by_name(clock: FakeClock) -> None:
     with pc_devices() as source, pc_devices() as target:
+        rtc = source.model(CmosRtc)
+        assert rtc is not None and rtc.guest_time() == clock.now  # the RTCs read the test's clock
         serial_of(source).write(7, 1, 0x5A)  # SCR
         sink = source.ports.find(0x80, 1)
         source.ports.write(sink.base, 1, 0x42)  # a POST code on the first port sink
