@@ -192,14 +192,19 @@ class VirtioCore:
 
     def selected_queue(self) -> Virtqueue | None:
         """The queue `queue_select` names, or None past the last one (reads as size 0)."""
-        select = self.queue_select
-        return self.queues[select] if 0 <= select < len(self.queues) else None
+        return self.queue(self.queue_select)
 
-    def enable_queue(self) -> None:
-        """The driver set the selected queue ready (§4.1.4.3 queue_enable, §4.2.2
+    def queue(self, index: int) -> Virtqueue | None:
+        """Queue `index`, or None past the last one. A transport reads queue_select
+        once per register access and passes that index on: another vCPU may select
+        another queue at any moment."""
+        return self.queues[index] if 0 <= index < len(self.queues) else None
+
+    def enable_queue(self, index: int) -> None:
+        """The driver set queue `index` ready (§4.1.4.3 queue_enable, §4.2.2
         QueueReady): check its rings now; a bad one means DEVICE_NEEDS_RESET."""
         with self._lock:
-            queue = self.selected_queue()
+            queue = self.queue(index)
             if queue is None or queue.ready or not self.queue_programmable():
                 return
             try:

@@ -231,12 +231,13 @@ class VirtioMmio:
 
     def _write_queue(self, offset: int, value: int) -> None:
         core = self.core
-        queue = core.selected_queue()
+        select = core.queue_select  # once: another vCPU may select another queue meanwhile
+        queue = core.queue(select)
         if queue is None or not core.queue_programmable():
             return  # no such queue, or DRIVER_OK is set: the queues are fixed
         if offset == Reg.QUEUE_READY:
             if value == 1:
-                core.enable_queue()
+                core.enable_queue(select)
             elif value == 0 and queue.ready:
                 # Linux's error path (vm_del_vq) takes a queue back before DRIVER_OK and
                 # reads QueueReady back as 0; the queue is unprogrammed again.

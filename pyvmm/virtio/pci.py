@@ -267,10 +267,6 @@ class VirtioPciFunction:
     # value serves the whole access: another vCPU may write it at any moment, and a
     # second read could name another queue, or none (an index past `queue_vectors`).
 
-    def _selected(self, index: int) -> Virtqueue | None:
-        """The queue `index` (a queue_select value read once) names, or None past the last."""
-        queues = self.core.queues
-        return queues[index] if 0 <= index < len(queues) else None
 
     def _field(self, offset: int, index: int, queue: Virtqueue | None) -> int:
         """Field `offset` of the common configuration, for queue_select `index`."""
@@ -307,7 +303,7 @@ class VirtioPciFunction:
 
     def _common_bytes(self, index: int) -> bytearray:
         """The whole structure as the driver would read it with queue_select `index`."""
-        queue = self._selected(index)
+        queue = self.core.queue(index)
         data = bytearray(COMMON_CFG_SIZE)
         for offset, size in FIELDS.items():
             field = self._field(offset, index, queue)
@@ -359,7 +355,7 @@ class VirtioPciFunction:
 
     def _set_queue_field(self, field: Common, value: int, index: int) -> None:
         core = self.core
-        queue = self._selected(index)
+        queue = self.core.queue(index)
         if queue is None:
             return
         if field is Common.QUEUE_MSIX_VECTOR:
@@ -373,9 +369,7 @@ class VirtioPciFunction:
                 queue.size = value
         elif field is Common.QUEUE_ENABLE:
             if value == 1:
-                # VirtioCore.enable_queue reads queue_select again itself: it may enable
-                # the queue another vCPU selected since (never an out-of-range one).
-                core.enable_queue()
+                core.enable_queue(index)
         elif field is Common.QUEUE_DESC:
             queue.desc_table = value
         elif field is Common.QUEUE_DRIVER:

@@ -25,7 +25,7 @@ def program_queue(core: VirtioCore, driver: Driver, index: int = 0) -> None:
     assert queue is not None
     queue.size = driver.size
     queue.desc_table, queue.avail_ring, queue.used_ring = driver.desc, driver.avail, driver.used
-    core.enable_queue()
+    core.enable_queue(index)
 
 
 def start(core: VirtioCore, features: int, drivers: list[Driver]) -> None:

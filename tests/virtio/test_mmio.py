@@ -500,3 +500,25 @@ def test_without_doorbells_the_register_write_notifies_on_its_thread(
     assert drivers[0].get_used() == [(head, 1)]
     assert isinstance(mmio.device, Echo)
     assert mmio.device.notified == [(0, threading.current_thread().name)]
+
+
+def test_queue_ready_enables_the_queue_selected_when_the_write_began(
+    mmio: VirtioMmio, memory: GuestMemory
+) -> None:
+    """Another vCPU selects a queue past the last right after QueueReady's write read
+    QueueSel: the queue selected before is the one enabled (the core used to read
+    queue_select again and enable none)."""
+    from virtio.test_pci import RacingSelect
+
+    assert negotiate(mmio) & FEATURES_OK
+    write(mmio, Reg.QUEUE_SEL, 0)
+    write(mmio, Reg.QUEUE_NUM, QUEUE_SIZE)
+    write(mmio, Reg.QUEUE_DESC_LOW, 0x1000)
+    core = mmio.core
+    vars(core)["_select"] = vars(core).pop("queue_select")
+    core.__class__ = RacingSelect
+    assert isinstance(core, RacingSelect)
+    core.then = 0xFFFF
+    write(mmio, Reg.QUEUE_READY, 1)
+    assert core.reads == 1
+    assert core.queues[0].ready

@@ -309,6 +309,18 @@ def test_a_common_write_uses_the_queue_select_it_read_once(
     }[field]
 
 
+def test_queue_enable_enables_the_queue_selected_when_the_write_began(
+    pci: VirtioPciFunction, memory: GuestMemory
+) -> None:
+    """VirtioCore.enable_queue used to read queue_select again: another vCPU's select
+    in between enabled that queue, or none."""
+    driver, _ring = programmed_queue_0(pci, memory)
+    core = race_queue_select(pci, then=0xFFFF)
+    driver.common(Common.QUEUE_ENABLE, 2, 1)
+    assert core.reads == 1
+    assert core.queues[0].ready
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 0x8000), st.sampled_from([1, 2, 4, 8]), st.integers(0, 2**64 - 1),
                           st.booleans()), max_size=40))  # fmt: skip
