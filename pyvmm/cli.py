@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import logging
 import sys
 import time
@@ -22,6 +23,7 @@ from pyvmm.config import (
     check_timeout,
 )
 from pyvmm.console import TerminalConsole, write_all
+from pyvmm.console_stream import FLUSH_SECONDS, ConsoleStream
 from pyvmm.device_config import CONSOLES, TEST_DEVICES, TRANSPORTS, DiskConfig, NetConfig
 from pyvmm.errors import ConfigError, VmmError
 from pyvmm.host_signals import stop_on_signals
@@ -195,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _stdout(data: bytes) -> None:
+    if sys.stdout is None:  # started with stdout closed: fd 1 is some other file now
+        raise OSError(errno.EBADF, "closed when pyvmm started")
     write_all(sys.stdout.fileno(), data)
 
 
@@ -307,15 +311,43 @@ def _say(line: str) -> None:
         pass
 
 
+def _dropped(output: ConsoleStream) -> str:
+    """The line that says how much of the guest's output never reached stdout, and why."""
+    if output.error is not None:
+        why = f"stdout failed ({getattr(output.error, 'strerror', None) or output.error})"
+    elif output.abandoned:
+        why = f"stdout took no more of it within {FLUSH_SECONDS:g} s of the end"
+    else:
+        why = "stdout did not keep up"
+    return f"{output.dropped} bytes of the guest's console output were dropped: {why}"
+
+
 def _run(args: argparse.Namespace) -> int:
+    config = _config(args)
+    # Guest output never waits for stdout (a pipe nobody reads would stop the vCPU or
+    # the I/O thread, and the timeout with them): it is buffered, and dropped past 1 MiB.
+    with ConsoleStream(_stdout, name="pyvmm-stdout") as output:
+        config = dataclasses.replace(config, console=output.write)
+        result = _Run(config, restart=args.on_reboot == "restart").run()
+    if output.dropped:
+        _say(_dropped(output))
+    if args.stats:
+        _say(result.stats.table())
+    if result.exit.kind is not ExitKind.POWEROFF:
+        # Debug-exit too: its status can equal one of pyvmm's own (README, "Exit status").
+        _say(f"guest ended: {result.exit.describe()}")
+    return result.status
+
+
+def _config(args: argparse.Namespace) -> MachineConfig:
+    """The machine `pyvmm run ARGS` asks for (its console is set by `_run`)."""
     kernel, initrd, cmdline, guest_disks = _guest(args)
-    config = MachineConfig(
+    return MachineConfig(
         kernel=kernel,
         initrd=initrd,
         cmdline=cmdline,
         cpus=args.cpus,
         memory=args.memory,
-        console=_stdout,
         timeout=args.timeout,
         kernel_decompress=args.kernel_decompress,
         kernel_format=args.kernel_format,
@@ -326,13 +358,6 @@ def _run(args: argparse.Namespace) -> int:
         transport=args.transport,
         test_devices=tuple(args.device),
     )
-    result = _Run(config, restart=args.on_reboot == "restart").run()
-    if args.stats:
-        _say(result.stats.table())
-    if result.exit.kind is not ExitKind.POWEROFF:
-        # Debug-exit too: its status can equal one of pyvmm's own (README, "Exit status").
-        _say(f"guest ended: {result.exit.describe()}")
-    return result.status
 
 
 def main(argv: list[str] | None = None) -> int:

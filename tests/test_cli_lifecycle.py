@@ -1,14 +1,17 @@
 """How a `pyvmm run` ends from outside: signals, a vanished terminal, a deadline over
-restarts, the debug-exit port's line. Real guests on /dev/kvm, a real pty."""
+restarts, a stdout nobody reads, the debug-exit port's line. Real guests on /dev/kvm,
+a real pty."""
 
 from __future__ import annotations
 
 import fcntl
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import termios
+import threading
 import time
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from test_cli import BOOT_THEN_RESET, PYVMM, pyvmm
 
 pytestmark = pytest.mark.kvm
 PRINT_READY = b"\x66\xba\xf8\x03\xb0R\xee\xb0\n\xee"  # mov dx, 0x3f8; out 'R', '\n'
+FLOOD = PRINT_READY[:4] + b"\xb0Z\xee\xeb\xfb"  # mov dx, 0x3f8; again: mov al, 'Z'; out dx, al; jmp again
 
 
 class PtySession:
@@ -119,6 +123,75 @@ def test_the_timeout_bounds_a_guest_that_always_reboots(tmp_path: Path) -> None:
     assert elapsed < 20
 
 
+def test_a_stdout_nobody_reads_does_not_keep_pyvmm_past_its_timeout(tmp_path: Path) -> None:
+    """The guest floods COM1 into a pipe nobody reads (4 KiB: full at once). The vCPU
+    must not wait for it in a write: the timeout ends the run on time, without a
+    traceback, and a line says how much output was dropped. The time counts from
+    pyvmm's "booting" line (-v), after the timeout's clock has started."""
+    kernel = write(tmp_path, "flood.img", multiboot_image(FLOOD))
+    timeout = 3.0
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)
+    lines: list[tuple[float, bytes]] = []
+    try:
+        process = subprocess.Popen(
+            [*PYVMM, "-v", "run", "--kernel", str(kernel), "--timeout", str(timeout)],
+            stdin=subprocess.DEVNULL, stdout=write_end, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        os.close(write_end)  # only pyvmm writes to it; this end is never read
+        assert process.stderr is not None
+        stderr = process.stderr
+        reader = threading.Thread(target=lambda: lines.extend((time.monotonic(), line) for line in stderr))
+        reader.start()
+        try:
+            status = process.wait(60)
+        finally:
+            process.kill()
+            process.wait()
+        ended = time.monotonic()
+        reader.join(10)
+    finally:
+        os.close(read_end)
+    errors = b"".join(line for _, line in lines).decode()
+    booting = [at for at, line in lines if b"booting" in line]
+    assert status == 72, errors
+    assert booting, errors
+    assert ended - booting[0] < timeout + 2.5, errors
+    assert f"stopped: timed out after {timeout} s" in errors
+    assert "bytes of the guest's console output were dropped: stdout took no more" in errors
+    assert "Traceback" not in errors
+
+
+HELLO_SAYS = len(b"Hello from the pyvmm demo guest!\nbye\n")
+
+
+@pytest.mark.parametrize("stdout", ["closed pipe", "closed"])
+def test_a_stdout_that_fails_is_one_line_and_the_guest_runs_to_its_end(guests: Path, stdout: str) -> None:
+    """`pyvmm run | head -0` (the reader has gone: EPIPE) and `pyvmm run >&-` (no
+    stdout at all; fd 1 is whatever pyvmm opens first, never written): the guest
+    runs to its poweroff, and one line says that its output was dropped and why."""
+    command = [*PYVMM, "run", "--kernel", str(guests / "hello.elf")]
+    if stdout == "closed":
+        result = subprocess.run(
+            ["sh", "-c", f"exec {shlex.join(command)} >&-"], stdin=subprocess.DEVNULL, capture_output=True,
+            text=True, timeout=120,
+        )  # fmt: skip
+        why = "stdout failed (closed when pyvmm started)"
+    else:
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        try:
+            result = subprocess.run(
+                command, stdin=subprocess.DEVNULL, stdout=write_end, stderr=subprocess.PIPE, text=True,
+                timeout=120,
+            )  # fmt: skip
+        finally:
+            os.close(write_end)
+        why = "stdout failed (Broken pipe)"
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == f"pyvmm: {HELLO_SAYS} bytes of the guest's console output were dropped: {why}\n"
+
+
 @pytest.mark.parametrize(("value", "status"), [(35, 71), (128, 1), (0, 1)])
 def test_a_debug_exit_says_so_when_its_status_collides(tmp_path: Path, value: int, status: int) -> None:
     """(v << 1) | 1 cut to 8 bits can be pyvmm's own triple-fault (71) or error (1)
@@ -139,8 +212,7 @@ def test_the_console_keeps_a_bounded_tail_of_a_flood(tmp_path: Path, monkeypatch
     from pyvmm.machine import Machine, MachineConfig
 
     monkeypatch.setattr(machine, "CONSOLE_TAIL_BYTES", 4096)
-    flood = PRINT_READY[:4] + b"\xb0Z\xee\xeb\xfb"  # mov dx, 0x3f8; again: mov al, 'Z'; out dx, al; jmp again
-    kernel = write(tmp_path, "flood.img", multiboot_image(flood))
+    kernel = write(tmp_path, "flood.img", multiboot_image(FLOOD))
     streamed = bytearray()
     result = Machine(MachineConfig(kernel=kernel, timeout=5, console=streamed.extend)).run()
     assert result.exit.detail.startswith("timed out")
