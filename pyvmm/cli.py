@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import errno
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from pyvmm.config import (
     check_path,
     check_timeout,
 )
-from pyvmm.console import TerminalConsole, write_all
+from pyvmm.console import STDIN, PipedInput, TerminalConsole, stdin_is_open, write_all
 from pyvmm.console_stream import FLUSH_SECONDS, ConsoleStream
 from pyvmm.device_config import CONSOLES, TEST_DEVICES, TRANSPORTS, DiskConfig, NetConfig
 from pyvmm.errors import ConfigError, VmmError
@@ -250,11 +251,13 @@ def _disk_root_cmdline(cmdline: str | None) -> str:
 
 class _Run:
     """One `pyvmm run`: boots the guest, boots it again after a reboot when asked,
-    within one deadline for the whole run, and stops it on SIGTERM or SIGHUP."""
+    within one deadline for the whole run, and stops it on SIGTERM or SIGHUP. `show`
+    prints the console's own messages among the guest's output."""
 
-    def __init__(self, config: MachineConfig, restart: bool) -> None:
+    def __init__(self, config: MachineConfig, restart: bool, show: Callable[[bytes], None]) -> None:
         self.config = config
         self.restart = restart
+        self.show = show
         self.deadline = None if config.timeout is None else time.monotonic() + config.timeout
         self.machine: Machine | None = None
         self.signal: str | None = None
@@ -286,20 +289,24 @@ class _Run:
         return self.signal is not None or (self.deadline is not None and time.monotonic() >= self.deadline)
 
     def _boot(self) -> RunResult:
-        """One run of a fresh VM, with the terminal as its console when there is one."""
+        """One run of a fresh VM, its console on stdin: a terminal (raw, with the escape
+        key), or a pipe or file whose bytes are typed as they come (pyvmm.console)."""
         config = self.config
         if self.deadline is not None:  # what is left of the whole run's timeout
             config = dataclasses.replace(config, timeout=max(self.deadline - time.monotonic(), 1e-3))
         machine = self.machine = Machine(config)
         if self.signal is not None:  # a signal came while the machine was being made
             machine.stop(self._signal_exit())
-        if not sys.stdin.isatty():
+        if not stdin_is_open():  # started with stdin closed: no input at all
             return machine.run()
+        if not os.isatty(STDIN):
+            with PipedInput(machine.send_input):
+                return machine.run()
 
         def quit_from_console() -> None:
             machine.stop(GuestExit(ExitKind.STOPPED, "quit from the console (C-a x)"))
 
-        with TerminalConsole(machine.send_input, quit_from_console):
+        with TerminalConsole(machine.send_input, quit_from_console, STDIN, self.show):
             return machine.run()
 
 
@@ -328,7 +335,7 @@ def _run(args: argparse.Namespace) -> int:
     # the I/O thread, and the timeout with them): it is buffered, and dropped past 1 MiB.
     with ConsoleStream(_stdout, name="pyvmm-stdout") as output:
         config = dataclasses.replace(config, console=output.write)
-        result = _Run(config, restart=args.on_reboot == "restart").run()
+        result = _Run(config, restart=args.on_reboot == "restart", show=output.write).run()
     if output.dropped:
         _say(_dropped(output))
     if args.stats:

@@ -1,10 +1,14 @@
 """The serial console in both directions: bytes typed to the echo guest (tests/guests/echo/)
 come back in upper case, through the Python API with a polling and with an interrupt-driven
-guest, and through `pyvmm run` on a real pseudo-terminal."""
+guest, through `pyvmm run` on a real pseudo-terminal, and through a pipe on its stdin."""
 
 from __future__ import annotations
 
+import os
 import re
+import select
+import shlex
+import subprocess
 import sys
 import threading
 import time
@@ -104,3 +108,77 @@ def test_typing_on_a_terminal(guests: Path) -> None:
         terminal.close()
     assert status is not None, "pyvmm did not exit after q"
     assert status == (4 << 1) | 1
+
+
+PYVMM = [sys.executable, "-m", "pyvmm"]
+
+
+def read_until(fd: int, wanted: bytes, seconds: float = WAIT_SECONDS) -> bytes:
+    """What comes out of `fd` until `wanted` has (or the time is up, or it ends)."""
+    seen = b""
+    deadline = time.monotonic() + seconds
+    while wanted not in seen and (left := deadline - time.monotonic()) > 0:
+        if select.select([fd], [], [], left)[0]:
+            data = os.read(fd, 4096)
+            if not data:
+                break
+            seen += data
+    return seen
+
+
+def piped_run(kernel: Path, *args: str) -> subprocess.Popen[bytes]:
+    """`pyvmm run` with pipes for stdin and stdout, as a script drives it."""
+    command = [*PYVMM, "run", "--kernel", str(kernel), *args]
+    pipe = subprocess.PIPE
+    return subprocess.Popen(command, stdin=pipe, stdout=pipe, stderr=pipe)
+
+
+@pytest.mark.parametrize("mode", ["poll", "irq"])
+def test_a_pipe_on_stdin_types_on_the_console(guests: Path, mode: str) -> None:
+    """As `(sleep 45; echo poweroff) | pyvmm run` does it: bytes written to the pipe
+    reach the guest as they come, unchanged, and its answer comes back on stdout."""
+    process = piped_run(guests / "echo.elf", "--cmdline", f"mode={mode}", "--timeout", str(GUEST_TIMEOUT))
+    assert process.stdin is not None and process.stdout is not None
+    try:
+        seen = read_until(process.stdout.fileno(), READY + b" (" + mode.encode() + b")\n")
+        assert seen.endswith(b")\n"), seen  # ready: what comes now is the guest's to read
+        process.stdin.write(b"hello\x01x world q")  # Ctrl-A x is no escape key here
+        process.stdin.flush()
+        output, errors = process.communicate(timeout=GUEST_TIMEOUT + 30)
+    finally:
+        process.kill()
+        process.wait()
+    text = (seen + output).decode()
+    irqs = r"irqs=\d+\n" if mode == "irq" else ""
+    assert re.fullmatch(rf"echo ready \({mode}\)\nHELLO\x01X WORLD Q\n{irqs}bye count=15\n", text), text
+    assert process.returncode == (15 << 1) | 1, errors  # the guest's own end, code = bytes read
+    assert "Traceback" not in errors.decode()
+
+
+def test_the_end_of_the_input_leaves_the_guest_running(guests: Path) -> None:
+    """The pipe closes after "abc": the guest has had it and runs on (as under QEMU)
+    until pyvmm's --timeout stops it; the end of the input is no error."""
+    process = piped_run(guests / "echo.elf", "--timeout", "5")
+    assert process.stdin is not None and process.stdout is not None
+    try:
+        seen = read_until(process.stdout.fileno(), READY + b" (poll)\n")
+        process.stdin.write(b"abc")
+        process.stdin.close()
+        output = seen + read_until(process.stdout.fileno(), b"ABC")
+        status = process.wait(60)
+        errors = process.stderr.read().decode() if process.stderr else ""
+    finally:
+        process.kill()
+        process.wait()
+    assert output == b"echo ready (poll)\nABC", output
+    assert status == 72, errors
+    assert errors == "pyvmm: guest ended: stopped: timed out after 5.0 s\n"
+
+
+def test_a_closed_stdin_is_no_input(guests: Path) -> None:
+    """`pyvmm run <&-`: Python has no sys.stdin and fd 0 is the first file pyvmm
+    opens; nothing is read from it, and the guest runs as with /dev/null."""
+    command = f"exec {shlex.join([*PYVMM, 'run', '--kernel', str(guests / 'hello.elf')])} <&-"
+    result = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=120)
+    assert result.stdout == "Hello from the pyvmm demo guest!\nbye\n"
+    assert result.returncode == 0 and result.stderr == "", result.stderr
