@@ -40,7 +40,7 @@ class ConsoleStream:
 
     def __init__(
         self,
-        sink: Callable[[bytes], None],
+        sink: Callable[[bytes], object],
         limit: int = STREAM_BUFFER_BYTES,
         name: str = "console-writer",
     ) -> None:

@@ -31,6 +31,7 @@ from pyvmm.arch.x86.layout import (
 from pyvmm.boot import BootImages
 from pyvmm.bus import MmioBus
 from pyvmm.config import MachineConfig
+from pyvmm.console_stream import ConsoleStream
 from pyvmm.console_tail import CONSOLE_TAIL_BYTES, ConsoleTail
 from pyvmm.device_manager import DeviceManager
 from pyvmm.devices import CmosRtc, Serial16550
@@ -71,6 +72,21 @@ def _emulator(
     return Emulator(vcpu, memory, mmio=mmio, read_msrs=read_msrs, run_ahead=_EMULATOR_RUN_AHEAD)
 
 
+def _output_stream(
+    console: Callable[[bytes], object] | None,
+) -> tuple[ConsoleStream | None, Callable[[bytes], object] | None]:
+    """Where the guest's console output goes: the caller's sink behind a
+    `ConsoleStream` of the machine's own, so that a sink that blocks (a pipe nobody
+    reads) never holds a vCPU or the I/O thread; a stream's own `write` (the CLI's,
+    shared across reboots) already never blocks and is used as it is."""
+    if console is None:
+        return None, None
+    if isinstance(getattr(console, "__self__", None), ConsoleStream):
+        return None, console
+    stream = ConsoleStream(console, name="pyvmm-console")
+    return stream, stream.write
+
+
 @dataclass(frozen=True)
 class RunResult:
     """How a run ended: the outcome, the console output and the exit statistics."""
@@ -109,6 +125,9 @@ class Machine:
         self._kvm: Kvm | None = None
         self._vm: Vm | None = None
         self._console = ConsoleTail(CONSOLE_TAIL_BYTES)
+        # Made when run() starts (a machine that never runs has no writer thread).
+        self._stream: ConsoleStream | None = None
+        self._output: Callable[[bytes], object] | None = None
         self._pending_input = bytearray()
         self._built = False
         self._torn_down = False
@@ -145,13 +164,11 @@ class Machine:
     # --- console ------------------------------------------------------------------------
 
     def _console_output(self, data: bytes) -> None:
+        """From a vCPU thread (COM1) or the I/O thread (virtio-console), with the
+        device's lock held: never waits for the caller's sink (`_output_stream`)."""
         self._console.append(data)
-        if self.config.console is not None:
-            try:
-                self.config.console(data)
-            except OSError as exc:  # e.g. a closed pipe: keep the guest running, stop streaming
-                log.warning("console output failed (%s); output is still captured", exc)
-                self.config.console = None
+        if self._output is not None:
+            self._output(data)
 
     def send_input(self, data: bytes) -> None:
         """Type `data` on the guest's interactive console (COM1, or hvc0 with
@@ -335,6 +352,7 @@ class Machine:
         if self._started_at:
             raise ConfigError("a Machine runs once; create a new one to boot again")
         self._started_at = time.monotonic()
+        self._stream, self._output = _output_stream(self.config.console)
         try:
             if not self._stopping:  # stop() before run(): nothing to build (or start)
                 if not self._built:
@@ -349,6 +367,8 @@ class Machine:
             self.stop(self._outcome)
             self._ended_at = time.monotonic()
             self._teardown()
+            if self._stream is not None:
+                self._stream.close()  # flushes for at most FLUSH_SECONDS
         assert self._outcome is not None
         console, dropped = self._console.snapshot()
         return RunResult(self._outcome, console, self.stats(), dropped)

@@ -4,6 +4,7 @@ the real /dev/kvm; assertions are on what each guest printed and how it ended.""
 from __future__ import annotations
 
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -33,6 +34,18 @@ def test_demo_guest_greets_and_powers_off(guests: Path) -> None:
     assert "Hello from the pyvmm demo guest!" in result.console_text
     assert b"".join(streamed) == result.console
     assert result.exit.kind is ExitKind.POWEROFF and result.status == 0
+
+
+def test_a_console_sink_that_never_returns_does_not_hold_the_guest(guests: Path) -> None:
+    """A library user's console callable that blocks (a write to a pipe nobody reads)
+    must not stop the vCPU printing: the guest powers off as usual, its output is in
+    the result, and run() returns without waiting for the sink."""
+    never = threading.Event()
+    started = time.monotonic()
+    result = boot(guests / "hello.elf", console=lambda data: never.wait(), timeout=30)
+    assert result.exit.kind is ExitKind.POWEROFF, result.exit
+    assert "Hello from the pyvmm demo guest!" in result.console_text
+    assert time.monotonic() - started < 15  # the sink is abandoned after a second
 
 
 @pytest.fixture(scope="module")
