@@ -1,6 +1,7 @@
 #!/bin/sh
 # Builds the pyvmm test guests into OUTDIR (default: <repo>/build/guests):
-#   hello.elf mbinfo.elf smp.elf memwalk.elf triple.elf echo.elf long64.elf
+#   hello.elf mbinfo.elf smp.elf memwalk.elf triple.elf echo.elf pcitest.elf
+#   hostile.elf long64.elf
 #   realmode.bin pioloop.bin mmioloop.bin
 # Usage: tests/guests/build.sh [OUTDIR]
 # Idempotent (make only rebuilds what changed). Installs gcc, binutils and
