@@ -28,6 +28,15 @@ UART floods against the largest of the other guests.
 It exits 0 whatever the outcomes are (with --strict: 1 when a run printed a traceback,
 hung or a flood's RSS was not bounded), and 1 with one line on stderr when it cannot
 run (no /dev/kvm). tests/benchmarks/test_robustness.py runs its core with a few guests.
+
+`--devices [CASE,...]` runs the device cases instead (robustness_devices.py: hostile
+virtio drivers in the C guest tests/guests/hostile, and host-side faults; needs root),
+all of them or those named, on the transports of `--transport` (default pci,mmio),
+and prints one row per run with the targets each missed; with --strict it exits 1
+when any target was missed. `--pyvmm DIR` runs the pyvmm of another checkout (to
+compare revisions). tests/benchmarks/test_robustness_devices.py runs a few of them.
+
+    python benchmarks/robustness.py --devices [--transport pci,mmio] [--timeout 6] [--jobs 2] [--strict]
 """
 
 from __future__ import annotations
@@ -476,12 +485,19 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=280, help="guests to run (default 280: 40 of each kind)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the guests (default 1)")
     parser.add_argument(
-        "--timeout", type=float, default=3.0, help="pyvmm's --timeout per guest (default 3 s)"
+        "--timeout", type=float, help="pyvmm's --timeout per guest (default 3 s; device cases 6 s)"
     )
     parser.add_argument("--jobs", type=int, default=2, help="guests run at once (default 2)")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a problem was found")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every run as it ends")
+    parser.add_argument("--devices", nargs="?", const="all", metavar="CASE,...",
+                        help="run the device cases (all, or those named), not the random kinds")  # fmt: skip
+    parser.add_argument("--transport", default="pci,mmio", help="device cases: transports (default pci,mmio)")
+    parser.add_argument("--pyvmm", type=Path, default=ROOT, help="device cases: the checkout running pyvmm")
     args = parser.parse_args()
+    if args.devices is not None:
+        return _devices_main(args)
+    args.timeout = 3.0 if args.timeout is None else args.timeout
 
     def progress(outcome: Outcome) -> None:
         if args.verbose:
@@ -495,6 +511,29 @@ def main() -> int:
     print(
         f"{args.count} hostile guests, seed {args.seed}, --timeout {args.timeout:g} s, {args.jobs} at a time"
     )
+    print(summary.table())
+    return 1 if args.strict and summary.problems() else 0
+
+
+def _devices_main(args: argparse.Namespace) -> int:
+    """`--devices`: robustness_devices.py's cases, one table."""
+    import robustness_devices as devices  # beside this script; it imports this module back
+
+    timeout = 6.0 if args.timeout is None else args.timeout
+    transports = [name for name in args.transport.split(",") if name]
+
+    def progress(outcome: devices.DeviceOutcome) -> None:
+        if args.verbose:
+            print(f"  {outcome.case.name}/{outcome.transport}: status {outcome.status}, "
+                  f"{outcome.seconds:.1f} s", file=sys.stderr, flush=True)  # fmt: skip
+
+    try:
+        summary = devices.check_devices(args.devices.split(","), timeout, args.jobs, transports=transports,
+                                        pyvmm_root=args.pyvmm, progress=progress)  # fmt: skip
+    except (RobustnessError, devices.RobustnessError) as exc:  # two classes when run as a script
+        print(f"robustness.py: {exc}", file=sys.stderr)
+        return 1
+    print(f"device cases, --timeout {timeout:g} s, {args.jobs} at a time, pyvmm from {args.pyvmm}")
     print(summary.table())
     return 1 if args.strict and summary.problems() else 0
 
