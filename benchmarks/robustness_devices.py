@@ -106,7 +106,7 @@ CASES = [
     DeviceCase("queue-select-race", "queue-select-race"),
     DeviceCase("blk-flood", "blk-flood"),
     DeviceCase("blk-flood-sigterm", "blk-flood", transports=("pci",), host="sigterm"),
-    DeviceCase("blk-flood-reset", "blk-flood-reset", hold_ms=2500),  # long enough for a backlog
+    DeviceCase("blk-flood-reset", "blk-flood-reset", hold_ms=4000),  # long enough for a backlog
     DeviceCase("bar-overlap", "bar-overlap", ends=True, transports=("pci",), devices=2),
     DeviceCase("tap-deleted", "net-link", verdict=True, host="tap-delete"),
     DeviceCase("stdout-stalled", "console-flood", host="stall-stdout"),
