@@ -21,6 +21,7 @@ class Fault(Enum):
     NOT_READY = "§2.7: queue used before it was enabled"
     AVAIL_IDX = "§2.7.13.3: available idx more than queue size ahead"
     HEAD_INDEX = "§2.7.6: chain head index not below queue size"
+    HEAD_IN_FLIGHT = "§2.7.13 / §2.7.13.1: chain head made available again before the device used it"
     NEXT_INDEX = "§2.7.5: next index not below the table's length"
     CHAIN_TOO_LONG = "§2.7.5.3.1: chain longer than its table (a loop)"
     TOO_MANY_DESCRIPTORS = "§2.7.4.1: more descriptors than the device allows"

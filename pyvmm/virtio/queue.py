@@ -12,6 +12,23 @@ Any fault the guest causes raises `VirtqueueError` and leaves the queue broken:
 every later `pop` raises too, until `reset()`. The device sets DEVICE_NEEDS_RESET
 (§2.1.2); nothing else in the VM is affected.
 
+In flight: a head is in flight from the `pop` that returns its chain to the
+`add_used` that gives it back. The driver builds a chain from free descriptors only
+(§2.7.13 step 1, §2.7.13.1), and a chain's descriptors are free again once the
+device has returned it in the used ring (§2.7.8, §2.7.14). A head made available
+again while it is in flight is therefore a guest fault (`Fault.HEAD_IN_FLIGHT`): it
+is not a new request. Every in-flight chain has a distinct head, so no device holds
+more chains than the queue size, however fast a driver posts (§2.7.13: the ring
+cannot overrun because the descriptors run out first). Only heads are tracked (one
+byte per descriptor, a `bytearray`): a chain that reuses another's inner
+descriptors corrupts only the driver's own data. `add_used` of a head not in flight
+is pyvmm's bug, not the guest's, and raises `AssertionError` (see `add_used`).
+`reset()` and `restore()` start with nothing in flight: a saved state holds no
+popped chain (each device finishes or gives back its chains first; the ones given
+back are counted out of next_avail, `VirtioCore.save`, and are popped again). Chains
+a state still counts between next_used and next_avail (a device saved while it
+needed a reset) are never used after the restore.
+
 Indices are 16-bit free-running counters that wrap at 65536 (§2.7.13.3); the ring
 slot of index i is i mod size, which is exact because size is a power of 2.
 """
@@ -93,6 +110,8 @@ class Virtqueue:
         self._avail: memoryview | None = None  # the available ring as u16s
         self._used: memoryview | None = None  # the used ring as bytes
         self._used16: memoryview | None = None  # the same as u16s
+        # One byte per descriptor: 1 while that head is in flight (module docstring).
+        self._in_flight = bytearray(self.max_size)
 
     @property
     def ready(self) -> bool:
@@ -179,6 +198,10 @@ class Virtqueue:
         head = int(avail[_AVAIL_RING + (self.next_avail & (size - 1))])
         if head >= size:  # §2.7.6: a ring entry is a descriptor table index
             raise self._break(VirtqueueError(Fault.HEAD_INDEX, f"head {head} >= queue size {size}"))
+        in_flight = self._in_flight
+        if in_flight[head]:  # §2.7.13.1: its descriptors are not free (module docstring)
+            detail = f"head {head} made available again before the device used it"
+            raise self._break(VirtqueueError(Fault.HEAD_IN_FLIGHT, detail))
         try:
             chain = walk_chain(
                 self.memory,
@@ -191,6 +214,7 @@ class Virtqueue:
             )
         except VirtqueueError as error:
             raise self._break(error) from None
+        in_flight[head] = 1
         self.next_avail = (self.next_avail + 1) & _U16
         if self.event_idx and self._notifications:
             # §2.7.10: ask to be notified when the driver writes the entry after this
@@ -200,23 +224,35 @@ class Virtqueue:
         return chain
 
     def add_used(self, head: int, length: int) -> None:
-        """Return chain `head` to the driver with `length` bytes written (§2.7.8).
+        """Return chain `head`, in flight, to the driver with `length` bytes written
+        (§2.7.8).
 
         The element (id and len) is written before the used idx that publishes it
         (§2.7.8.2: len MUST be set prior to updating idx). Both are plain stores, each
         a single memcpy issued in program order, and x86 does not reorder stores with
         stores, so the driver never sees the new idx before the element.
+
+        A head that is not in flight, or a length that is not a 32-bit value, is a
+        bug of the device calling this, never the guest's doing: both come from the
+        device's own chains, and `pop` already refused a head made available twice.
+        It raises `AssertionError` (raised, not asserted: `python -O` must not skip
+        it) and writes nothing. Written anyway, the element would hand the driver a
+        head it already owns (Linux: "id %u is not a head!" and the ring is dead; a
+        laxer driver frees the descriptors twice). Not a `VirtqueueError`, which
+        would blame the guest: the device's fault path takes it (DEVICE_NEEDS_RESET
+        for this device only, docs/architecture.md "Device faults"). A broken or
+        reset queue raises `VirtqueueError` first, as everywhere.
         """
         self._check_usable()
         used, used16 = self._used, self._used16
         if used is None or used16 is None:
             raise _reset_meanwhile()
-        if not 0 <= head < self.size:
-            raise VirtqueueError(Fault.USED, f"head {head} is not below queue size {self.size}")
+        in_flight = self._in_flight
+        if not 0 <= head < self.size or not in_flight[head]:
+            raise AssertionError(f"virtqueue: add_used of head {head}, which is not in flight (a device bug)")
         if not 0 <= length <= 0xFFFF_FFFF:
-            raise VirtqueueError(Fault.USED, f"used length {length} is not a 32-bit value")
-        if self.next_used == self.next_avail:
-            raise VirtqueueError(Fault.USED, "no chain is in flight")
+            raise AssertionError(f"virtqueue: used length {length} is not a 32-bit value (a device bug)")
+        in_flight[head] = 0
         slot = self.next_used & (self.size - 1)
         USED_ELEM.pack_into(used, 4 + 8 * slot, head, length)
         self.next_used = (self.next_used + 1) & _U16
@@ -280,6 +316,10 @@ class Virtqueue:
         full_barrier()  # the store above before the load of idx below (barrier.py)
         return bool((avail[_IDX] - self.next_avail) & _U16)
 
+    def in_flight(self) -> int:
+        """How many chains are in flight (popped, not yet used): at most `size`."""
+        return self._in_flight.count(1)
+
     def _write_avail_event(self) -> None:
         used16 = self._used16
         if used16 is None:
@@ -307,7 +347,10 @@ class Virtqueue:
 
     def restore(self, state: object) -> None:
         """Take a saved state, after checking every field (`check_state`) and, for a
-        ready queue, its rings against this guest's RAM. On error the queue is reset."""
+        ready queue, its rings against this guest's RAM. On error the queue is reset.
+
+        Nothing is in flight afterwards: no device holds a chain across a save (module
+        docstring), and chains given back are popped again from next_avail."""
         checked = check_state(state, self.max_size)
         self.reset()
         self.size = checked.size
