@@ -13,7 +13,8 @@ against a second user, read and written straight into guest memory.
   writer or reader, pyvmm's or QEMU's, and readers coexist.
 - I/O: `os.preadv` / `os.pwritev` on the memoryviews of a descriptor chain (guest
   RAM, no copy), resumed after short transfers and split at the kernel's IOV_MAX; a
-  read past the end of the file (it shrank under us) reads as zeros.
+  read past the end of the file (it shrank under us) reads as zeros. `chunks` cuts a
+  request's views into pieces of bounded size (the device serves one at a time).
 - Host errors are `OSError`s for the device to turn into VIRTIO_BLK_S_IOERR.
 - Discard and write-zeroes use fallocate(2), offered only when `probe_holes` finds
   that the file system punches holes.
@@ -28,7 +29,7 @@ import logging
 import os
 import stat
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from pyvmm.errors import ImageError
 from pyvmm.kvm.fd import FileDescriptor
@@ -119,13 +120,35 @@ def skip_bytes(views: Sequence[memoryview], done: int) -> list[memoryview]:
     return rest
 
 
+def chunks(views: Sequence[memoryview], limit: int) -> Iterator[tuple[int, list[memoryview]]]:
+    """`views` as pieces of at most `limit` bytes, each with its offset in the stream
+    the views make (views cut where a piece ends, not copied; empty ones left out)."""
+    batch: list[memoryview] = []
+    start = size = 0
+    for view in views:
+        while len(view) > limit - size:  # this view ends the piece
+            cut = limit - size
+            if cut:
+                batch.append(view[:cut])
+            yield start, batch
+            start += limit
+            view = view[cut:]
+            batch, size = [], 0
+        if len(view):
+            batch.append(view)
+            size += len(view)
+    if batch:
+        yield start, batch
+
+
 class DiskFile(FileDescriptor):
     """One open, locked disk image. Methods raise OSError on host I/O errors.
 
     Its fd is owned as every fd in pyvmm is (`FileDescriptor`: `close()` once, also
     from the context manager or when the object is dropped), and the OFD locks go with
-    it. The fd is not used under `FileDescriptor`'s lock: the device stops its worker
-    pool before it closes the file, so no I/O races the close.
+    it. The fd is not used under `FileDescriptor`'s lock: the device closes the file
+    once no request is being served (at its close, or when the last request a stuck
+    host call held up returns), so no I/O races the close.
     """
 
     def __init__(self, path: str, readonly: bool = False) -> None:

@@ -35,10 +35,19 @@ DATA_BASE = 0x40000
 @dataclass
 class Held:
     """A disk operation held back: `started` is set when a call begins, the call goes
-    on once `release` is set."""
+    on once `release` is set; `calls` counts the calls begun."""
 
     started: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
+    calls: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def wait_calls(self, count: int, timeout: float = 5) -> None:
+        """Until `count` calls have begun (they are held), or AssertionError."""
+        deadline = time.monotonic() + timeout
+        while self.calls < count:
+            assert time.monotonic() < deadline, f"{self.calls} of {count} calls begun"
+            time.sleep(0.001)
 
 
 @contextmanager
@@ -50,6 +59,8 @@ def held(file: DiskFile, operation: str, seconds: float = 10) -> Iterator[Held]:
     real: Callable[..., None] = getattr(file, operation)
 
     def slow(*args: object) -> None:
+        with hold._lock:
+            hold.calls += 1
         hold.started.set()
         hold.release.wait(seconds)
         real(*args)
