@@ -43,7 +43,6 @@ from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from pyvmm.eventfd import EventFd
-from pyvmm.log_limit import LogLimit
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +116,6 @@ class IoThread:
         self.callbacks = 0
         self.cpu_seconds = 0.0
         self.faults = 0  # callbacks that raised and went to their fault handler
-        self._fault_log = LogLimit(log)  # a guest can make a device fail in a loop
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -326,7 +324,9 @@ class IoThread:
         """The one place the device-fault rule is applied (module docstring)."""
         if source.fault is not None:
             self.faults += 1
-            self._fault_log.warning("%s: %s failed: %r", self.name, source.name, error)
+            # The handler's device says what it made of it (one line, rate-limited):
+            # a line here too would log one guest fault twice.
+            log.debug("%s: %s failed: %r", self.name, source.name, error)
             try:
                 source.fault(error)
                 return

@@ -46,7 +46,6 @@ from collections.abc import Callable, Sequence
 from enum import IntFlag
 
 from pyvmm.devices.state_checks import check_bytes, check_int, check_tuple, check_type, fail
-from pyvmm.log_limit import LogLimit
 from pyvmm.virtio.chain import DescriptorChain
 from pyvmm.virtio.device import Activation, DeviceType, VirtioDevice
 from pyvmm.virtio.device_state import ConsoleState
@@ -104,7 +103,6 @@ class ConsoleDevice(VirtioDevice):
         self._fault: VirtqueueError | None = None
         self._rx_lock = threading.Lock()
         self._tx_lock = threading.Lock()
-        self._warnings = LogLimit(log)  # the guest decides how often its faults come
 
         self.tx_bytes = 0  # bytes handed to `output`
         self.tx_dropped = 0  # bytes of over-long transmit chains not shown
@@ -238,7 +236,6 @@ class ConsoleDevice(VirtioDevice):
                 raise
             if receiveq.fault is None:
                 return  # not the guest's doing: a reset raced us (the queue is not ready)
-            self._warnings.warning("%s: receiveq fault while delivering input: %s", self.name, error)
             self._fault = error
             activation.needs_reset(f"receiveq: {error}")  # §2.1.2: tell the driver now
 

@@ -52,7 +52,6 @@ from pyvmm.devices.state_checks import check_bool, check_bytes, check_type, fail
 from pyvmm.errors import StateError
 from pyvmm.eventfd import EventFd
 from pyvmm.io_thread import IoThread
-from pyvmm.log_limit import LogLimit
 from pyvmm.net.tap import Tap
 from pyvmm.virtio.chain import DescriptorChain
 from pyvmm.virtio.device import Activation, DeviceType, Interrupt, VirtioDevice
@@ -123,7 +122,6 @@ class NetDevice(VirtioDevice):
         self.mac = bytes(mac)
         self.link_up = True  # down for good once the TAP fails on the host
         self.stats = NetStats()
-        self._warnings = LogLimit(log)  # the guest decides how often its faults come
         self._io = io
         self._rx_lock = threading.Lock()
         self._tx_lock = threading.Lock()
@@ -328,8 +326,7 @@ class NetDevice(VirtioDevice):
             self._stop_polling()
             needs_reset = self._needs_reset
         what = str(error) if isinstance(error, VirtqueueError) else repr(error)
-        self._warnings.warning("%s: receive path fault, receiving stops until reset: %s", self.name, what)
-        needs_reset(f"receive queue: {what}")
+        needs_reset(f"receive queue: {what}")  # the core's line says it, once
 
     def _tap_fault(self, error: BaseException) -> None:
         """The TAP's source failed: the host took the TAP away (the link goes down),
