@@ -34,7 +34,6 @@ class Fault(Enum):
     INDIRECT_TABLE_SIZE = "§2.7.5.3: indirect table length not a nonzero multiple of 16 or too long"
     INDIRECT_TABLE_RAM = "§2.7.5.3: indirect table not inside one RAM region"
     BUFFER_TOO_SMALL = "§2.7.4.1: the chain's buffers are shorter than the request"
-    USED = "§2.7.8: used element for no chain in flight, or a bad head or length"
     BROKEN = "§2.1.2: queue used after a fault, before a reset"
     STATE = "saved queue state is inconsistent"
 

@@ -296,6 +296,9 @@ def run_case(case: Case, memory: GuestMemory) -> Result:
             elif op == "poke":  # the guest rewrites its rings or tables under the device
                 memory.write_u16(poke_target(a), b)
             elif op == "save_restore":
+                for done in in_flight:  # a device finishes (or gives back) its chains first
+                    queue.add_used(done.head, 0)
+                in_flight.clear()
                 state = queue.save()
                 queue = Virtqueue(
                     memory,
