@@ -22,16 +22,8 @@ from virtio.blk_harness import RING_SIZE, UNWRITTEN, BlockHarness, Request, held
 from pyvmm.device_config import DiskConfig
 from pyvmm.memory import GuestMemory
 from pyvmm.virtio import DeviceStatus
-from pyvmm.virtio.block import (
-    CLOSE_WAIT_SECONDS,
-    IO_CHUNK,
-    RESET_WAIT_SECONDS,
-    S_OK,
-    T_FLUSH,
-    T_IN,
-    T_OUT,
-    BlockDevice,
-)
+from pyvmm.virtio.block import IO_CHUNK, S_OK, T_FLUSH, T_IN, T_OUT, BlockDevice
+from pyvmm.virtio.block_pool import CLOSE_WAIT_SECONDS, RESET_WAIT_SECONDS
 
 MiB = 1 << 20
 NEEDS_RESET = int(DeviceStatus.DEVICE_NEEDS_RESET)
