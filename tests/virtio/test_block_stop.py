@@ -149,7 +149,7 @@ def test_a_reset_gives_up_on_a_host_call_stuck_longer(
 ) -> None:
     """A read stuck in the host (a hung file system): the vCPU thread's reset waits
     RESET_WAIT_SECONDS, says so once, and returns; so does the next reset."""
-    caplog.set_level(logging.DEBUG, "pyvmm.virtio.block")
+    caplog.set_level(logging.DEBUG, "pyvmm.virtio.block_pool")
     harness = make(ram, image, workers=1)
     closing_list.append(harness)
     with held(harness.device.file, "read_into", seconds=30) as slow:
@@ -203,7 +203,7 @@ def test_close_with_a_full_queue_cancels_it_and_returns_in_bounded_time(
     """Both workers in a slow fdatasync, 200 writes waiting: close() cancels the writes
     (the file keeps its bytes), waits CLOSE_WAIT_SECONDS for the flushes, says so once
     and returns; the disk is closed when the last flush comes back."""
-    caplog.set_level(logging.WARNING, "pyvmm.virtio.block")
+    caplog.set_level(logging.WARNING, "pyvmm.virtio.block_pool")
     harness = make(ram, image, workers=2)
     before = image.read_bytes()
     with held(harness.device.file, "flush", seconds=30) as slow:
@@ -269,7 +269,7 @@ def test_a_request_failing_on_a_pool_thread_puts_the_device_in_needs_reset(
 ) -> None:
     """A bug while serving (not the guest's fault, no I/O thread to report it): the
     device needs a reset, rather than leaving the driver waiting for an answer."""
-    caplog.set_level(logging.ERROR, "pyvmm.virtio.block")
+    caplog.set_level(logging.ERROR, "pyvmm.virtio.block_pool")
     harness = make(ram, image, workers=1)
     closing_list.append(harness)
 
