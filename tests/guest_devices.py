@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+from benchmark_scripts import load
 from guest_network import HOST_ADDRESS, PREFIX, TAP, GuestNetwork, NetworkResult, guest_commands
 from net.netns import Namespace
 
@@ -42,15 +42,9 @@ FULL_DISK_BYTES = 8 * MIB  # the sparse image on it: most of it can never be all
 FULL_WRITE_BYTES = 4 * MIB  # what the guest tries to write there
 
 
-@functools.cache
 def _guest_programs() -> ModuleType:
     """benchmarks/guest_programs.py, which builds the benchmarks' guest programs."""
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "guest_programs.py"
-    spec = importlib.util.spec_from_file_location("guest_programs", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("guest_programs")
 
 
 def guest_script(netio_bytes: int) -> str:

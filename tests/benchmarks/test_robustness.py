@@ -5,28 +5,12 @@ does not define, and a UART flood's memory stays bounded. (The same `check` and
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
 import pytest
+from benchmark_scripts import load
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "robustness.py"
 COUNT = 14  # two of each kind: about 15 s on 2 cores
 TIMEOUT = 3.0
-
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("robustness", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["robustness"] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-robustness = _load()
+robustness = load("robustness")
 
 
 def test_guests_are_deterministic_and_the_port_sweeps_cover_every_port() -> None:

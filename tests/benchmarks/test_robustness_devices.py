@@ -9,18 +9,15 @@ import dataclasses
 import os
 import re
 import shutil
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from benchmark_scripts import load
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-if str(BENCHMARKS) not in sys.path:
-    sys.path.insert(0, str(BENCHMARKS))
-
-import robustness_devices as devices  # noqa: E402
+load("robustness")  # robustness_devices imports it by name
+devices = load("robustness_devices")
 
 HOSTILE_C = devices.ROOT / "tests" / "guests" / "hostile" / "hostile.c"
 # One run of each kind of trouble, the transports mixed: about 40 s on 2 cores
