@@ -63,6 +63,29 @@ def test_kvm_line_is_usable_from_many_threads(guest: InterruptGuest) -> None:
     guest.settle(0x43, most=200)
 
 
+def test_kvm_line_edge_in_service_is_taken_after_the_eoi(guest: InterruptGuest) -> None:
+    """COM1's pattern on an edge-triggered pin: inside the guest's handler the UART's
+    line falls (Linux reads IIR) and rises again (it writes THR, or a key arrives);
+    that edge is taken once the handler has EOIed, not lost. Raising a pin that is
+    high already is no edge."""
+    guest.route_ioapic_pin(PIN, 0x46, level=False)
+    line = KvmIrqLine(guest.vm, PIN)
+    line.set_level(True)
+    assert guest.next_report() == 0x46  # in the handler, before its EOI
+    line.set_level(True)  # high already
+    line.set_level(False)
+    line.set_level(True)  # a new edge while 0x46 is in service
+    guest.proceed()
+    guest.expect(0x46)  # that edge, after the EOI
+    guest.assert_quiet()  # and only that one: the repeated raise was none
+    line.set_level(True)
+    guest.assert_quiet()
+    line.set_level(False)
+    line.set_level(True)
+    guest.expect(0x46)
+    guest.assert_quiet()
+
+
 def test_irqfd_edge_line_raises_through_the_eventfd(guest: InterruptGuest) -> None:
     guest.route_ioapic_pin(PIN, 0x44, level=False)
     line = IrqfdEdgeLine(guest.vm, PIN)
