@@ -31,8 +31,10 @@ def to_cpu0(vector: int) -> MsiMessage:
 
 def test_signalled_msi_reaches_the_guest(guest: InterruptGuest) -> None:
     vector = SignalledMsi(guest.vm, to_cpu0(0x46))
-    threading.Thread(target=vector.trigger).start()
+    sender = threading.Thread(target=vector.trigger)
+    sender.start()
     guest.expect(0x46)
+    sender.join(5)  # the guest can take the interrupt before the sender counts it
     assert vector.delivered == 1
     vector.update(to_cpu0(0x47))
     vector.trigger()
