@@ -37,7 +37,7 @@ from pyvmm.device_manager import DeviceManager
 from pyvmm.devices import CmosRtc, Serial16550
 from pyvmm.devices.device import DeviceState
 from pyvmm.errors import ConfigError, StateError
-from pyvmm.io_thread import IoThread
+from pyvmm.io.thread import IoThread
 from pyvmm.irq import GsiAllocator, KvmIrqLine, NoIrqLine, msi_vector
 from pyvmm.kvm import Cap, Kvm, Vcpu, Vm
 from pyvmm.memory import GuestMemory, split_around_hole

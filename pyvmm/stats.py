@@ -45,7 +45,7 @@ class RangeStats:
 
 @dataclass(frozen=True)
 class IoStats:
-    """What device work cost on the I/O thread (pyvmm.io_thread.IoThread's counters)."""
+    """What device work cost on the I/O thread (pyvmm.io.thread.IoThread's counters)."""
 
     callbacks: int
     busy_seconds: float  # wall time spent in device callbacks
@@ -115,9 +115,7 @@ class ExitStats:
 def collect(
     run_seconds: float, vcpus: list[VcpuCounters], buses: list[Bus], io: IoStats | None = None
 ) -> ExitStats:
-    per_vcpu = [
-        {_reason_name(reason): count for reason, count in enumerate(c.exits) if count} for c in vcpus
-    ]
+    per_vcpu = [{_reason_name(reason): count for reason, count in enumerate(c.exits) if count} for c in vcpus]
     totals: Counter[str] = Counter()
     emulated: Counter[str] = Counter()
     for counts, counters in zip(per_vcpu, vcpus, strict=True):

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Sequence
 
 from pyvmm.devices.device import PlacedDevice
-from pyvmm.ioevent import QueueDoorbells, Registrar
+from pyvmm.io.ioevent import QueueDoorbells, Registrar
 from pyvmm.kvm import Vm
 from pyvmm.memory import GuestMemory
 from pyvmm.pci import BarRange

@@ -36,7 +36,7 @@ from pyvmm.boot.entry import encode_text
 from pyvmm.config import MachineConfig
 from pyvmm.devices.device import PlacedDevice, mmio
 from pyvmm.errors import ConfigError
-from pyvmm.io_thread import IoThread
+from pyvmm.io.thread import IoThread
 from pyvmm.irq import PCI_INTX_GSIS
 from pyvmm.kvm import Vm
 from pyvmm.memory import GuestMemory

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 from virtio.echo import Echo
 
-from pyvmm.eventfd import EventFd
-from pyvmm.io_thread import IoThread
+from pyvmm.io.eventfd import EventFd
+from pyvmm.io.thread import IoThread
 from pyvmm.kvm import Kvm, KvmError, Vm
 from pyvmm.memory import GuestMemory
 from pyvmm.pci import BarRange, Space

@@ -17,7 +17,7 @@ from pyvmm.device_config import DiskConfig, NetConfig
 from pyvmm.device_manager import DeviceManager
 from pyvmm.devices.device import PlacedDevice
 from pyvmm.errors import ConfigError, ImageError
-from pyvmm.io_thread import IoThread
+from pyvmm.io.thread import IoThread
 from pyvmm.irq import NoIrqLine
 from pyvmm.kvm import Kvm
 from pyvmm.memory import GuestMemory

@@ -19,8 +19,8 @@ import logging
 import threading
 from typing import Protocol
 
-from pyvmm.eventfd import EventFd
-from pyvmm.ioevent import Registrar  # where a line watches its resample fd
+from pyvmm.io.eventfd import EventFd
+from pyvmm.io.ioevent import Registrar  # where a line watches its resample fd
 from pyvmm.irq.errors import InterruptError, require
 from pyvmm.kvm import Cap, KvmError, Vm
 from pyvmm.outcome import InterruptLine

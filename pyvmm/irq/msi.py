@@ -25,7 +25,7 @@ import threading
 from dataclasses import dataclass
 from typing import Protocol
 
-from pyvmm.eventfd import EventFd
+from pyvmm.io.eventfd import EventFd
 from pyvmm.irq.errors import InterruptError, require
 from pyvmm.irq.routing import GsiAllocator
 from pyvmm.kvm import Cap, KvmError, KvmIoctlError, Vm

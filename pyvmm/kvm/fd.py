@@ -1,7 +1,7 @@
 """`FileDescriptor`: the one owner of a host file descriptor in pyvmm.
 
 It lives in the bottom layer, the KVM binding, so that the KVM handles (`Kvm`, `Vm`,
-`Vcpu`) and everything above them that owns an fd (`pyvmm.eventfd.EventFd`) share
+`Vcpu`) and everything above them that owns an fd (`pyvmm.io.eventfd.EventFd`) share
 one close, one context manager and one `fileno()` instead of each writing its own.
 """
 

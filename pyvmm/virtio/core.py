@@ -140,7 +140,7 @@ class VirtioCore:
 
     def device_fault(self, error: BaseException) -> None:
         """An exception out of the device's own work on the I/O thread (the fault
-        handler its doorbells and sources are registered with, pyvmm.io_thread): the
+        handler its doorbells and sources are registered with, pyvmm.io.thread): the
         device needs a reset; the VM carries on (docs/architecture.md "Device faults")."""
         self.needs_reset(str(error) if isinstance(error, VirtqueueError) else f"device error: {error!r}")
 

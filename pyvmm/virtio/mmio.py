@@ -29,7 +29,7 @@ import threading
 from collections.abc import Callable
 
 from pyvmm.devices.state_checks import check_mask, check_type
-from pyvmm.ioevent import QueueDoorbells, Registrar
+from pyvmm.io.ioevent import QueueDoorbells, Registrar
 from pyvmm.kvm import Vm
 from pyvmm.memory import GuestMemory
 from pyvmm.outcome import InterruptLine
@@ -256,7 +256,7 @@ class VirtioMmio:
 
 
 class MmioNotifiers(QueueDoorbells):
-    """QueueNotify as the device's `QueueDoorbells` (pyvmm.ioevent): one per queue on
+    """QueueNotify as the device's `QueueDoorbells` (pyvmm.io.ioevent): one per queue on
     the register's guest address, 4 bytes, matching the queue index. A write KVM did
     not take exits to `VirtioMmio.write`, which passes the queue to `guest_wrote`;
     either way the device's `notify` runs on the I/O thread, never on a vCPU thread.

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from pyvmm.device_config import DiskConfig, NetConfig
-from pyvmm.io_thread import IoThread
+from pyvmm.io.thread import IoThread
 from pyvmm.virtio.device import VirtioDevice
 
 

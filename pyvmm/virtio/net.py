@@ -50,8 +50,8 @@ from dataclasses import dataclass
 
 from pyvmm.devices.state_checks import check_bool, check_bytes, check_type, fail
 from pyvmm.errors import StateError
-from pyvmm.eventfd import EventFd
-from pyvmm.io_thread import IoThread
+from pyvmm.io.eventfd import EventFd
+from pyvmm.io.thread import IoThread
 from pyvmm.net.tap import Tap
 from pyvmm.virtio.chain import DescriptorChain
 from pyvmm.virtio.device import Activation, DeviceType, Interrupt, VirtioDevice

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from irq.conftest import WAIT, InterruptGuest
 
-from pyvmm.io_thread import IoThread
+from pyvmm.io.thread import IoThread
 from pyvmm.irq import InterruptError, IrqfdEdgeLine, KvmIrqLine, NoIrqLine, ResampledIrqfdLine
 from pyvmm.kvm import Cap, Kvm
 

@@ -8,8 +8,8 @@ import threading
 import pytest
 from irq.conftest import LAPIC_BASE, WAIT, InterruptGuest
 
-from pyvmm.eventfd import EventFd
-from pyvmm.io_thread import IoThread
+from pyvmm.io.eventfd import EventFd
+from pyvmm.io.thread import IoThread
 from pyvmm.irq import (
     FIRST_MSI_GSI,
     GsiAllocator,

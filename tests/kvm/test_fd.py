@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from pyvmm.eventfd import EventFd
+from pyvmm.io.eventfd import EventFd
 from pyvmm.kvm import Kvm
 from pyvmm.kvm.fd import FileDescriptor
 

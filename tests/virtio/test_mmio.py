@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from virtio.driver import Driver
 from virtio.handshake import ACK, DRIVER, DRIVER_OK, FEATURES_OK
 
-from pyvmm.io_thread import IoThread
+from pyvmm.io.thread import IoThread
 from pyvmm.kvm import Cap, ExitReason, Vcpu
 from pyvmm.memory import GuestMemory
 from pyvmm.virtio import DeviceStatus, Feature

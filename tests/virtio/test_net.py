@@ -31,7 +31,7 @@ from virtio.interrupts import Interrupts
 
 from pyvmm.device_config import NetConfig
 from pyvmm.errors import StateError
-from pyvmm.io_thread import IoThread
+from pyvmm.io.thread import IoThread
 from pyvmm.memory import GuestMemory
 from pyvmm.net.if_tun import TunOffload
 from pyvmm.net.tap import Tap, TapError

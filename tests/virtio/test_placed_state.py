@@ -19,8 +19,8 @@ from virtio.handshake import ACK, DRIVER, DRIVER_OK, FEATURES_OK
 
 from pyvmm.device_manager import DeviceManager
 from pyvmm.devices.device import DeviceState, PlacedDevice
-from pyvmm.eventfd import EventFd
-from pyvmm.io_thread import IoThread
+from pyvmm.io.eventfd import EventFd
+from pyvmm.io.thread import IoThread
 from pyvmm.irq import NoIrqLine
 from pyvmm.kvm import Cap, Kvm, KvmError, Vm
 from pyvmm.memory import GuestMemory

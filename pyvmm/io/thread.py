@@ -42,7 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-from pyvmm.eventfd import EventFd
+from pyvmm.io.eventfd import EventFd
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from pyvmm import io_thread
-from pyvmm.eventfd import EventFd
-from pyvmm.io_thread import IoThread
+from pyvmm.io import thread as io_thread
+from pyvmm.io.eventfd import EventFd
+from pyvmm.io.thread import IoThread
 
 WAIT = 5.0  # generous: the host has two cores shared by everyone
 QUIET = 0.3  # how long "nothing happens" is watched for

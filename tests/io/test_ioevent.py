@@ -10,9 +10,9 @@ from collections.abc import Iterator
 import pytest
 from guest_code import MMIO_ADDRESS, MMIO_WRITES, PORT_WRITES, real_mode_guest
 
-from pyvmm.eventfd import EventFd
-from pyvmm.io_thread import IoThread
-from pyvmm.ioevent import IoEventNotifier, QueueDoorbells
+from pyvmm.io.eventfd import EventFd
+from pyvmm.io.ioevent import IoEventNotifier, QueueDoorbells
+from pyvmm.io.thread import IoThread
 from pyvmm.kvm import ExitReason, Vcpu
 
 pytestmark = pytest.mark.kvm
@@ -129,7 +129,7 @@ def test_queue_doorbells_kvm_refuses_fall_back_to_the_exit_path(
         vm.ioeventfd(other.fileno(), MMIO_ADDRESS + 2, 2)  # queue 1's address is taken
         doorbells = QueueDoorbells(vm, io, "dev", 2, notify, length=2, datamatch=False)
         try:
-            with caplog.at_level(logging.WARNING, logger="pyvmm.ioevent"):
+            with caplog.at_level(logging.WARNING, logger="pyvmm.io.ioevent"):
                 doorbells.place([MMIO_ADDRESS, MMIO_ADDRESS + 2])
             assert doorbells.addresses == [None, None]  # all or none in the kernel
             assert "dev: queue notifications at" in caplog.text

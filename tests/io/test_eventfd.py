@@ -6,7 +6,7 @@ import os
 import selectors
 import threading
 
-from pyvmm.eventfd import EventFd
+from pyvmm.io.eventfd import EventFd
 
 
 def test_signals_add_up_until_consumed() -> None:

@@ -26,8 +26,8 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from pyvmm.eventfd import EventFd
-from pyvmm.io_thread import FaultHandler, HasFileno
+from pyvmm.io.eventfd import EventFd
+from pyvmm.io.thread import FaultHandler, HasFileno
 from pyvmm.kvm import Cap, KvmError, Vm
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ _LENGTHS = (1, 2, 4, 8)
 
 
 class Registrar(Protocol):
-    """Where doorbells and other eventfds are watched: `pyvmm.io_thread.IoThread`."""
+    """Where doorbells and other eventfds are watched: `pyvmm.io.thread.IoThread`."""
 
     def register(
         self, fd: HasFileno, callback: Callable[[], None], name: str, fault: FaultHandler | None = None
