@@ -24,7 +24,6 @@ from pyvmm.config import (
     check_timeout,
 )
 from pyvmm.console import STDIN, PipedInput, TerminalConsole, stdin_is_open, write_all
-from pyvmm.console_stream import FLUSH_SECONDS, ConsoleStream
 from pyvmm.device_config import CONSOLES, TEST_DEVICES, TRANSPORTS, DiskConfig, NetConfig
 from pyvmm.errors import ConfigError, VmmError
 from pyvmm.host_signals import stop_on_signals
@@ -32,6 +31,7 @@ from pyvmm.images import DEFAULT, STOCK
 from pyvmm.images.cli import add_images_command
 from pyvmm.kvm import KvmError
 from pyvmm.machine import Machine, RunResult
+from pyvmm.machine.console_stream import FLUSH_SECONDS, ConsoleStream
 from pyvmm.outcome import ExitKind, GuestExit
 
 STATUS_USAGE = 2
@@ -229,8 +229,10 @@ def _root(args: argparse.Namespace) -> str:
     if args.root is None:  # an --initrd of one's own is a root of one's own
         return "disk" if args.guest == DEFAULT and args.initrd is None else "initramfs"
     if args.root == "disk" and args.guest == STOCK:
-        raise ConfigError("the stock guest has no root disk (its virtio drivers are modules its"
-                          " initramfs loads): use --root initramfs")
+        raise ConfigError(
+            "the stock guest has no root disk (its virtio drivers are modules its"
+            " initramfs loads): use --root initramfs"
+        )
     if args.root == "disk" and args.initrd is not None:
         raise ConfigError("--initrd and --root disk: the guest boots from one or the other")
     return str(args.root)

@@ -31,8 +31,6 @@ from pyvmm.arch.x86.layout import (
 from pyvmm.boot import BootImages
 from pyvmm.bus import MmioBus
 from pyvmm.config import MachineConfig
-from pyvmm.console_stream import ConsoleStream
-from pyvmm.console_tail import CONSOLE_TAIL_BYTES, ConsoleTail
 from pyvmm.device_manager import DeviceManager
 from pyvmm.devices import CmosRtc, Serial16550
 from pyvmm.devices.device import DeviceState
@@ -40,14 +38,16 @@ from pyvmm.errors import ConfigError, StateError
 from pyvmm.io.thread import IoThread
 from pyvmm.irq import GsiAllocator, KvmIrqLine, NoIrqLine, msi_vector
 from pyvmm.kvm import Cap, Kvm, Vcpu, Vm
+from pyvmm.machine.console_stream import ConsoleStream
+from pyvmm.machine.console_tail import CONSOLE_TAIL_BYTES, ConsoleTail
+from pyvmm.machine.stats import ExitStats, IoStats, collect
+from pyvmm.machine.vcpu import InstructionEmulator, VcpuRunner
 from pyvmm.memory import GuestMemory, split_around_hole
 from pyvmm.outcome import ExitKind, GuestExit, InterruptLine
 from pyvmm.pci_platform import NoPci, PciPlatform
 from pyvmm.platform import ACPI_POWER, PC_PLATFORM, PlatformContext
 from pyvmm.qemu_test_devices import build_test_devices
 from pyvmm.resources import ResourceAllocator
-from pyvmm.stats import ExitStats, IoStats, collect
-from pyvmm.vcpu import InstructionEmulator, VcpuRunner
 from pyvmm.virtio_platform import VirtioContext, virtio_devices
 
 log = logging.getLogger(__name__)

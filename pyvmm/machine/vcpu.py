@@ -25,8 +25,8 @@ from pyvmm.kvm import ExitReason, InternalErrorSuberror, KvmError, KvmIoctlError
 from pyvmm.kvm.ioctls import KVM_RUN as _KVM_RUN
 from pyvmm.kvm.uapi import KVM_EXIT_IO_OUT, KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES
 from pyvmm.kvm.vcpu import RUN_EXIT_DATA
+from pyvmm.machine.stats import VcpuCounters
 from pyvmm.outcome import ExitKind, GuestExit, StopRequest
-from pyvmm.stats import VcpuCounters
 
 log = logging.getLogger(__name__)
 

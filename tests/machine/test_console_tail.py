@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pyvmm.console_tail import ConsoleTail
+from pyvmm.machine.console_tail import ConsoleTail
 
 
 def test_keeps_everything_below_the_limit() -> None:
