@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from pyvmm.device_manager import DeviceManager
 from pyvmm.memory import GuestMemory
 from pyvmm.outcome import GuestExit
-from pyvmm.platform import PC_PLATFORM, PlatformContext
-from pyvmm.resources import ResourceAllocator
+from pyvmm.platform.device_manager import DeviceManager
+from pyvmm.platform.pc import PC_PLATFORM, PlatformContext
+from pyvmm.platform.resources import ResourceAllocator
 
 MEMORY = 64 << 20
 

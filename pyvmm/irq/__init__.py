@@ -7,8 +7,9 @@ allocator of GSIs with KVM's routing table. Devices raise interrupts from any th
 | `lines` | ISA/INTx lines: KVM_IRQ_LINE, irqfd (edge), irqfd with resample (level) |
 | `msi` | `MsiMessage`, and vectors sent by a GSI route + irqfd, or KVM_SIGNAL_MSI |
 | `routing` | the GSI plan (ISA 0-15, pins 16-23, MSI from 24); `GsiAllocator`: the routing table |
+| `msix_routing` | `MsixRoute`: the PCI platform's MSI-X sink, an `MsiVector` per unmasked table entry |
 
-Which device holds which pin GSI (0-23) is the resource allocator's (`pyvmm.resources`).
+Which device holds which pin GSI (0-23) is the resource allocator's (`pyvmm.platform.resources`).
 """
 
 from pyvmm.irq.errors import InterruptError

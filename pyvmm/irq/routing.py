@@ -61,7 +61,7 @@ def _msi_entry(gsi: int, message: MsiMessage) -> uapi.kvm_irq_routing_entry:
 class GsiAllocator:
     """Hands out MSI routes and keeps KVM's routing table whole. Thread-safe: one lock
     orders allocations and commits. (Which device holds which pin GSI, 0-23, is the
-    resource allocator's: `pyvmm.resources.PinGsis`.)"""
+    resource allocator's: `pyvmm.platform.resources.PinGsis`.)"""
 
     def __init__(self, vm: Vm) -> None:
         self.vm = vm

@@ -31,7 +31,6 @@ from pyvmm.arch.x86.layout import (
 from pyvmm.boot import BootImages
 from pyvmm.bus import MmioBus
 from pyvmm.config import MachineConfig
-from pyvmm.device_manager import DeviceManager
 from pyvmm.devices import CmosRtc, Serial16550
 from pyvmm.devices.device import DeviceState
 from pyvmm.errors import ConfigError, StateError
@@ -44,11 +43,12 @@ from pyvmm.machine.stats import ExitStats, IoStats, collect
 from pyvmm.machine.vcpu import InstructionEmulator, VcpuRunner
 from pyvmm.memory import GuestMemory, split_around_hole
 from pyvmm.outcome import ExitKind, GuestExit, InterruptLine
-from pyvmm.pci_platform import NoPci, PciPlatform
-from pyvmm.platform import ACPI_POWER, PC_PLATFORM, PlatformContext
-from pyvmm.qemu_test_devices import build_test_devices
-from pyvmm.resources import ResourceAllocator
-from pyvmm.virtio_platform import VirtioContext, virtio_devices
+from pyvmm.platform.device_manager import DeviceManager
+from pyvmm.platform.pc import ACPI_POWER, PC_PLATFORM, PlatformContext
+from pyvmm.platform.pci import NoPci, PciPlatform
+from pyvmm.platform.resources import ResourceAllocator
+from pyvmm.platform.test_devices import build_test_devices
+from pyvmm.platform.virtio import VirtioContext, virtio_devices
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +279,7 @@ class Machine:
             )  # fmt: skip
 
     def _attach_devices(self, vm: Vm, memory: GuestMemory, has_irqchip: bool) -> None:
-        """The PC platform's devices (pyvmm.platform), on the buses."""
+        """The PC platform's devices (pyvmm.platform.pc), on the buses."""
 
         def line(gsi: int) -> InterruptLine:
             self.devices.resources.gsis.claim(gsi, "a platform device")  # not for virtio-mmio
@@ -287,7 +287,7 @@ class Machine:
 
         context = PlatformContext(memory, self.config.cpus, self.stop, line, self._console_output)
         self.devices.add_all(row(context) for row in PC_PLATFORM)
-        # PCI (pyvmm.pci_platform) unless virtio goes over MMIO, as on QEMU's PC.
+        # PCI (pyvmm.platform.pci) unless virtio goes over MMIO, as on QEMU's PC.
         self.pci: PciPlatform | None = None
         if self.config.transport == "pci":
             # MSI-X vectors: a GSI route + irqfd each (KVM_SIGNAL_MSI where KVM has none)
@@ -302,7 +302,7 @@ class Machine:
             memory, vm, self.io, self.devices.resources, line, self._console_output, self.pci,
             console_input=console_input.append,
         )  # fmt: skip
-        self.devices.add_all(virtio_devices(self.config, virtio))  # pyvmm.virtio_platform
+        self.devices.add_all(virtio_devices(self.config, virtio))  # pyvmm.platform.virtio
         self.serial = self.devices.model(Serial16550)
         self.rtc = self.devices.model(CmosRtc)
         with self._lock:

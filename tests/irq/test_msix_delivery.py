@@ -1,4 +1,4 @@
-"""MSI-X vectors as the PCI platform delivers them (pyvmm/pci_platform.py `MsixRoute`
+"""MSI-X vectors as the PCI platform delivers them (pyvmm/irq/msix_routing.py `MsixRoute`
 over pyvmm/pci/msix.py and pyvmm/irq/msi.py), to a real guest: a GSI route and an
 irqfd per unmasked vector, re-routed when the guest rewrites it, dropped while it is
 masked (PCI 3.0 §6.8.2.9: pending, then sent at unmask), at most one GSI per table
@@ -16,10 +16,10 @@ from irq.conftest import LAPIC_BASE, WAIT, InterruptGuest
 
 import pyvmm.irq.msi
 from pyvmm.irq import GsiAllocator, RoutedMsi, SignalledMsi, irqchip_routes, msi_vector
+from pyvmm.irq.msix_routing import MsixRoute
 from pyvmm.kvm import Cap, uapi
 from pyvmm.pci import MsixTable
 from pyvmm.pci.msix import ENTRY_CONTROL, ENTRY_DATA, ENTRY_MASKED, ENTRY_SIZE
-from pyvmm.pci_platform import MsixRoute
 
 pytestmark = pytest.mark.kvm
 
@@ -190,7 +190,7 @@ def test_a_kvm_that_can_send_no_msi_costs_the_guest_its_interrupts_only(
     monkeypatch.setattr(pyvmm.irq.msi, "can_signal", lambda vm: False)
     function.program(0, 0x40)
     function.program(1, 0x41)
-    with caplog.at_level(logging.DEBUG, logger="pyvmm.pci_platform"):
+    with caplog.at_level(logging.DEBUG, logger="pyvmm.irq.msix_routing"):
         function.table.set_control(enabled=True, function_masked=False)
     assert function.route.vectors == (None,) * COUNT
     warnings = [record for record in caplog.records if record.levelno == logging.WARNING]

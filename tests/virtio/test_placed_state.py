@@ -1,5 +1,5 @@
 """`PlacedDevice.save()` / `restore()` of the virtio devices as the machine places them
-(pyvmm/virtio_platform.py, pyvmm/virtio_pci_placement.py), on real VMs: a device
+(pyvmm/platform/virtio.py, pyvmm/platform/virtio_pci.py), on real VMs: a device
 placed on a second machine takes the first one's state and carries on; on PCI the
 restored BAR 0 is where the first machine's guest had moved it, on the MMIO bus and
 for KVM's ioeventfds, and no longer where the second machine's firmware put it."""
@@ -17,7 +17,6 @@ from virtio import test_mmio as mmio_driver
 from virtio.driver import WRITE, Driver
 from virtio.handshake import ACK, DRIVER, DRIVER_OK, FEATURES_OK
 
-from pyvmm.device_manager import DeviceManager
 from pyvmm.devices.device import DeviceState, PlacedDevice
 from pyvmm.io.eventfd import EventFd
 from pyvmm.io.thread import IoThread
@@ -25,15 +24,16 @@ from pyvmm.irq import NoIrqLine
 from pyvmm.kvm import Cap, Kvm, KvmError, Vm
 from pyvmm.memory import GuestMemory
 from pyvmm.outcome import InterruptLine
-from pyvmm.pci_platform import PciPlatform
-from pyvmm.resources import ResourceAllocator
+from pyvmm.platform.device_manager import DeviceManager
+from pyvmm.platform.pci import PciPlatform
+from pyvmm.platform.resources import ResourceAllocator
+from pyvmm.platform.virtio import VirtioContext, place_on_mmio
+from pyvmm.platform.virtio_pci import NOTIFY_WIDTH, place_on_pci
 from pyvmm.virtio import Feature
 from pyvmm.virtio.mmio import Reg, VirtioMmio
 from pyvmm.virtio.pci import COMMON_OFFSET, NOTIFY_OFFSET, Common, VirtioPciFunction
 from pyvmm.virtio.rng import EntropyDevice
 from pyvmm.virtio.transport_state import VirtioMmioState, VirtioPciState
-from pyvmm.virtio_pci_placement import NOTIFY_WIDTH, place_on_pci
-from pyvmm.virtio_platform import VirtioContext, place_on_mmio
 
 pytestmark = pytest.mark.kvm
 FEATURES = int(Feature.VERSION_1)

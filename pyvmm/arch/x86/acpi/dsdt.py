@@ -2,10 +2,10 @@
 guest cannot probe for, in AML.
 
     \\_S5_              Package {n, 0}: SLP_TYP for the sleep control register (S5 = off;
-                        n is the platform's, 5 on the PC: pyvmm.platform.ACPI_POWER)
+                        n is the platform's, 5 on the PC: pyvmm.platform.pc.ACPI_POWER)
     \\_SB_.Cnnn         one processor device (ACPI0007) per vCPU, _UID n = MADT UID
     \\_SB_.<devices>    what the device manager's devices contribute, in their order;
-                        for the PC platform (pyvmm.platform): COM1 (PNP0501), RTC_
+                        for the PC platform (pyvmm.platform.pc): COM1 (PNP0501), RTC_
                         (PNP0B00), KBD_ (PNP0303, no mouse device: the i8042's auxiliary
                         port is empty), FWCF (QEMU0002), PWRR (PNP0C02, the power ports)
 

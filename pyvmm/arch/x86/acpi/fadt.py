@@ -10,7 +10,7 @@ those fields. What it does describe:
 - RESET_REG / RESET_VALUE (flag RESET_REG_SUP): the reset register beside them.
 
 Where those registers are is the platform's to say (a `PowerRegisters` from its
-table, `pyvmm.platform.ACPI_POWER`): this module describes them, it does not own them.
+table, `pyvmm.platform.pc.ACPI_POWER`): this module describes them, it does not own them.
 - X_DSDT (and DSDT, as the table sits below 4 GiB).
 - IAPC_BOOT_ARCH: an 8042 and a CMOS RTC are present, VGA is not.
 - CENTURY: the CMOS RAM index of the century byte (0x32, `pyvmm.devices.rtc_registers`); OSPM

@@ -104,7 +104,7 @@ def build_acpi_tables(
 ) -> AcpiTables:
     """All tables for a guest with `cpus` vCPUs, laid out from `base` (the RSDP) to at
     most `limit`. `power`: the platform's sleep and reset registers, for the FADT and
-    ``\\_S5_`` (`pyvmm.platform.ACPI_POWER`). `devices` are the AML objects of the
+    ``\\_S5_`` (`pyvmm.platform.pc.ACPI_POWER`). `devices` are the AML objects of the
     machine's devices, for ``\\_SB_`` (`DeviceManager.aml()`); `tables` are further
     whole tables (header and checksum included, e.g. `mcfg.build_mcfg`) for the XSDT
     and RSDT to point at."""

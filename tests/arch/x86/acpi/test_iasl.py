@@ -34,11 +34,9 @@ from pyvmm.arch.x86.acpi.resources import (
     WordIO,
 )
 from pyvmm.arch.x86.acpi.sdt import table
-from pyvmm.platform import ACPI_POWER
+from pyvmm.platform.pc import ACPI_POWER
 
 DATA_TABLES = ("XSDT", "RSDT", "FACP", "APIC")
-
-
 
 
 def virtio_mmio(index: int, base: int, gsi: int) -> Device:

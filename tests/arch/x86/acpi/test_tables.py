@@ -25,7 +25,7 @@ from pyvmm.arch.x86.acpi.fadt import BootArch, FadtFlags
 from pyvmm.arch.x86.acpi.madt import TIMER_GSI_PC, MpsIntiFlags
 from pyvmm.boot.memory_map import E820Type, memory_map
 from pyvmm.memory import GuestMemory
-from pyvmm.platform import ACPI_POWER
+from pyvmm.platform.pc import ACPI_POWER
 
 CPU_COUNTS = (1, 2, 8, 64)
 SYSTEM_IO = 1

@@ -11,15 +11,15 @@ import pytest
 from devices.rtc_harness import FakeClock
 from pc_platform import MEMORY, pc_devices
 
-from pyvmm import platform
 from pyvmm.arch.x86.acpi import build_acpi_tables
-from pyvmm.device_manager import DeviceManager
 from pyvmm.devices import CmosRtc, Serial16550
 from pyvmm.devices.device import AddressSpace, DeviceState, PlacedDevice, ports
 from pyvmm.devices.ports import PortSink, PortSinkState
 from pyvmm.errors import StateError
-from pyvmm.platform import ACPI_POWER
-from pyvmm.resources import ResourceAllocator, ResourceError
+from pyvmm.platform import pc
+from pyvmm.platform.device_manager import DeviceManager
+from pyvmm.platform.pc import ACPI_POWER
+from pyvmm.platform.resources import ResourceAllocator, ResourceError
 
 
 def test_every_region_of_the_platform_is_on_its_bus() -> None:
@@ -86,7 +86,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     each RTC is saved: PF rises at every tick of the 1024 Hz divider, PIE or not
     (MC146818A, register C), so two RTCs saved a tick apart differ in PF."""
     fake = FakeClock()
-    monkeypatch.setattr(platform, "CmosRtc", functools.partial(CmosRtc, clock=fake))
+    monkeypatch.setattr(pc, "CmosRtc", functools.partial(CmosRtc, clock=fake))
     return fake
 
 

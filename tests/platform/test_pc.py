@@ -19,7 +19,7 @@ def boot(kernel: Path) -> RunResult:
 
 
 def test_keyboard_controller_reset_reboots(tmp_path: Path) -> None:
-    code = bytes.fromhex("b0fe" "e664") + HLT_LOOP  # mov al, 0xfe; out 0x64, al
+    code = bytes.fromhex("b0fee664") + HLT_LOOP  # mov al, 0xfe; out 0x64, al
     result = boot(write(tmp_path, "reset.img", multiboot_image(code)))
     assert result.exit.kind is ExitKind.REBOOT and result.status == 64
 

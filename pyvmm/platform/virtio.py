@@ -41,8 +41,8 @@ from pyvmm.irq import PCI_INTX_GSIS
 from pyvmm.kvm import Vm
 from pyvmm.memory import GuestMemory
 from pyvmm.outcome import InterruptLine
-from pyvmm.pci_platform import PciPlatform
-from pyvmm.resources import ResourceAllocator, ResourceError
+from pyvmm.platform.pci import PciPlatform
+from pyvmm.platform.resources import ResourceAllocator, ResourceError
 from pyvmm.virtio import models
 from pyvmm.virtio.console import ConsoleDevice
 from pyvmm.virtio.device import VirtioDevice
@@ -116,7 +116,7 @@ def place_on_pci(devices: Sequence[VirtioDevice], context: VirtioContext) -> lis
     """virtio-pci (§4.1): one `VirtioPciFunction` per device on the machine's PCI bus."""
     if context.pci is None:
         raise ConfigError("virtio over PCI needs the PCI bus, which this machine does not have")
-    from pyvmm.virtio_pci_placement import place_on_pci as place
+    from pyvmm.platform.virtio_pci import place_on_pci as place
 
     return place(devices, context.memory, context.vm, context.io, context.pci)
 

@@ -32,14 +32,7 @@ of overlap gets both devices back once the second one has moved.
 
 INTx: each GSI is a wired-OR of the pins routed to it (PCI 3.0 §2.2.6: INTx# are
 shareable, open-drain), driven through the machine's level-triggered KVM_IRQ_LINE.
-MSI-X (`MsixRoute`): each table entry the guest unmasks with a message gets an
-`MsiVector` of its own (`pyvmm.irq.msi_vector`: a GSI route and an irqfd, so a
-device's interrupt is one eventfd write from its thread; KVM_SIGNAL_MSI where KVM
-has no routes or they are all taken). The vector is made at the entry's first
-unmask and kept: a rewrite of the message re-routes it, masking it (its Mask bit,
-the Function Mask, MSI-X off, a reset) takes its route out of KVM's table, and
-closing the function frees the GSI. So a guest gets at most one GSI per entry of
-tables whose sizes pyvmm chose, however it loops over them.
+MSI-X: one `MsixRoute` per function (`pyvmm.irq.msix_routing`).
 
 Saved state (`PciHostState`): what the platform itself keeps, CONFIG_ADDRESS and the
 host bridge's configuration space, plus which functions sit in which slots (checked,
@@ -68,10 +61,9 @@ from pyvmm.arch.x86.acpi.pci_host import (
 )
 from pyvmm.arch.x86.layout import KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS
 from pyvmm.bus import Bus, BusConflictError, BusRange
-from pyvmm.device_manager import DeviceManager
 from pyvmm.devices.device import DeviceState, Region, mmio, ports
 from pyvmm.devices.state_checks import check_int, check_mask, check_tuple, check_type, fail
-from pyvmm.irq import InterruptError, MsiMessage, MsiVector
+from pyvmm.irq.msix_routing import MsiVectors, MsixRoute
 from pyvmm.outcome import InterruptLine
 from pyvmm.pci import (
     CONFIG_IO_LENGTH,
@@ -79,7 +71,6 @@ from pyvmm.pci import (
     BarKind,
     BarRange,
     MsixTable,
-    MsixVector,
     PciError,
     PciFunction,
     PciHost,
@@ -90,7 +81,8 @@ from pyvmm.pci.config_access import CONFIG_ADDRESS_MASK
 from pyvmm.pci.host_bridge import HOST_BRIDGE_SLOT
 from pyvmm.pci.registers import BAR0, COMMAND, DEVICE_ID, INTERRUPT_LINE, INTERRUPT_PIN, VENDOR_ID, Command
 from pyvmm.pci.state import PciHostState
-from pyvmm.resources import AddressWindow, PciResources
+from pyvmm.platform.device_manager import DeviceManager
+from pyvmm.platform.resources import AddressWindow, PciResources
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +96,6 @@ KVM_OWNED = (
     (LAPIC_ADDRESS, LAPIC_ADDRESS + PAGE, "the local APIC"),
     (KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS + KVM_TSS_PAGES * PAGE, "KVM's TSS and identity-map pages"),
 )
-
-MsiVectors = Callable[[], MsiVector]  # a new vector, no message yet (pyvmm.irq.msi_vector)
 
 
 class SharedGsi:
@@ -142,52 +132,6 @@ class _GsiInput:
 
     def set_level(self, high: bool) -> None:
         self._gsi.set(self._key, high)
-
-
-class MsixRoute:
-    """The `MsixSink` of one function: a `MsiVector` per table entry, made by `make` at
-    the entry's first unmask (see the module docstring)."""
-
-    def __init__(self, label: str, make: MsiVectors | None, count: int) -> None:
-        self.label = label
-        self._make = make
-        self._vectors: list[MsiVector | None] = [None] * count
-        self._failed = False  # a vector could not be made: warned once
-        self.delivered = 0
-
-    @property
-    def vectors(self) -> tuple[MsiVector | None, ...]:
-        return tuple(self._vectors)
-
-    def vector_changed(self, index: int, vector: MsixVector) -> None:
-        """On the vCPU thread writing the table (under the table's lock)."""
-        message = None if vector.masked else MsiMessage(vector.address, vector.data)
-        msi = self._vectors[index]
-        if msi is None:
-            if message is None or self._make is None:  # nothing to route, or no irqchip
-                return
-            try:
-                msi = self._vectors[index] = self._make()
-            except InterruptError as exc:
-                level = logging.DEBUG if self._failed else logging.WARNING
-                self._failed = True
-                log.log(level, "%s MSI-X vector %d gets no interrupt: %s", self.label, index, exc)
-                return
-        msi.update(message)
-
-    def deliver(self, index: int, vector: MsixVector) -> None:
-        """On the device's thread: one eventfd write (or one KVM_SIGNAL_MSI)."""
-        msi = self._vectors[index]
-        if msi is not None:
-            msi.trigger()
-            self.delivered += 1
-
-    def close(self) -> None:
-        """Drop every route and irqfd (while the VM is open) and free their GSIs."""
-        for index, msi in enumerate(self._vectors):
-            if msi is not None:
-                msi.close()
-                self._vectors[index] = None
 
 
 @dataclass

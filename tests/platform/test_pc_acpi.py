@@ -1,6 +1,6 @@
 """The PC platform's power row and the ACPI tables agree: a guest that follows the FADT
 and ``\\_S5_`` reaches the registers the row put on the port bus (the tables take
-their port numbers from the platform, `pyvmm.platform.ACPI_POWER`, not from devices)."""
+their port numbers from the platform, `pyvmm.platform.pc.ACPI_POWER`, not from devices)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from pyvmm.arch.x86.acpi import build_acpi_tables
-from pyvmm.device_manager import DeviceManager
 from pyvmm.memory import GuestMemory
 from pyvmm.outcome import ExitKind, GuestExit
-from pyvmm.platform import ACPI_POWER, PlatformContext, power
-from pyvmm.resources import ResourceAllocator
+from pyvmm.platform.device_manager import DeviceManager
+from pyvmm.platform.pc import ACPI_POWER, PlatformContext, power
+from pyvmm.platform.resources import ResourceAllocator
 
 MEMORY = 16 << 20
 SLP_EN = 1 << 5  # sleep control register (ACPI 6.4 §4.8.3.7)

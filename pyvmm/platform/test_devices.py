@@ -26,7 +26,7 @@ from pyvmm.devices.pc_testdev import PcTestdev
 from pyvmm.devices.pci_testdev import PciTestdev
 from pyvmm.errors import ConfigError
 from pyvmm.outcome import InterruptLine
-from pyvmm.pci_platform import PciPlatform
+from pyvmm.platform.pci import PciPlatform
 
 
 def pc_testdev(line: Callable[[int], InterruptLine]) -> PlacedDevice:

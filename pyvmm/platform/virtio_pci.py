@@ -20,7 +20,7 @@ from pyvmm.io.ioevent import QueueDoorbells, Registrar
 from pyvmm.kvm import Vm
 from pyvmm.memory import GuestMemory
 from pyvmm.pci import BarRange
-from pyvmm.pci_platform import PciPlatform
+from pyvmm.platform.pci import PciPlatform
 from pyvmm.virtio.device import VirtioDevice
 from pyvmm.virtio.pci import BAR_INDEX, VirtioPciFunction
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pyvmm.arch.x86.layout import GiB, MiB
-from pyvmm.resources import MMIO32_WINDOW, AddressWindow, ResourceAllocator, ResourceError
+from pyvmm.platform.resources import MMIO32_WINDOW, AddressWindow, ResourceAllocator, ResourceError
 
 
 def test_first_fit_respects_alignment_and_reservations() -> None:

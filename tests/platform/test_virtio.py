@@ -1,4 +1,4 @@
-"""The machine's virtio devices (pyvmm/virtio_platform.py): built from the config,
+"""The machine's virtio devices (pyvmm/platform/virtio.py): built from the config,
 placed on virtio-mmio with a window, a GSI and one announcement (DSDT or kernel
 command line), on a real VM and its I/O thread; the machine boots with them."""
 
@@ -14,7 +14,6 @@ from net.netns import Namespace, namespace
 from pyvmm import Machine, MachineConfig
 from pyvmm.arch.x86.layout import MMIO_HOLE_START
 from pyvmm.device_config import DiskConfig, NetConfig
-from pyvmm.device_manager import DeviceManager
 from pyvmm.devices.device import PlacedDevice
 from pyvmm.errors import ConfigError, ImageError
 from pyvmm.io.thread import IoThread
@@ -23,13 +22,9 @@ from pyvmm.kvm import Kvm
 from pyvmm.memory import GuestMemory
 from pyvmm.net.tap import TapError
 from pyvmm.outcome import InterruptLine
-from pyvmm.resources import ResourceAllocator, ResourceError
-from pyvmm.virtio import models
-from pyvmm.virtio.console import ConsoleDevice
-from pyvmm.virtio.device import Activation, DeviceType, VirtioDevice
-from pyvmm.virtio.mmio import MAGIC, VirtioMmio
-from pyvmm.virtio.net import NetDevice
-from pyvmm.virtio_platform import (
+from pyvmm.platform.device_manager import DeviceManager
+from pyvmm.platform.resources import ResourceAllocator, ResourceError
+from pyvmm.platform.virtio import (
     ISA_GSIS,
     VirtioContext,
     acpi_disabled,
@@ -37,9 +32,14 @@ from pyvmm.virtio_platform import (
     place_on_mmio,
     virtio_devices,
 )
+from pyvmm.virtio import models
+from pyvmm.virtio.console import ConsoleDevice
+from pyvmm.virtio.device import Activation, DeviceType, VirtioDevice
+from pyvmm.virtio.mmio import MAGIC, VirtioMmio
+from pyvmm.virtio.net import NetDevice
 
 __all__ = ["namespace"]  # the fixture, imported for pytest
-GUESTS = Path(__file__).resolve().parent.parent / "build" / "guests"
+GUESTS = Path(__file__).resolve().parents[2] / "build" / "guests"
 RAM = 1 << 24
 
 

@@ -14,8 +14,8 @@ from pyvmm.io.thread import IoThread
 from pyvmm.kvm import Kvm, KvmError, Vm
 from pyvmm.memory import GuestMemory
 from pyvmm.pci import BarRange, Space
+from pyvmm.platform.virtio_pci import NOTIFY_WIDTH, PciDoorbells
 from pyvmm.virtio.pci import BAR_SIZE, VirtioPciFunction
-from pyvmm.virtio_pci_placement import NOTIFY_WIDTH, PciDoorbells
 
 pytestmark = pytest.mark.kvm
 

@@ -1,4 +1,4 @@
-"""The PCI platform on real buses (pyvmm/pci_platform.py): the host bridge through
+"""The PCI platform on real buses (pyvmm/platform/pci.py): the host bridge through
 both access mechanisms, BARs placed like firmware places them and moved by guest
 configuration writes, overlaps with RAM, KVM's pages and other devices left
 unmapped without an exception, INTx per the _PRT swizzle, MSI-X delivery, and what
@@ -19,7 +19,6 @@ from pyvmm import Machine, MachineConfig
 from pyvmm.arch.x86.acpi import build_acpi_tables
 from pyvmm.arch.x86.acpi.pci_host import gsi_for
 from pyvmm.arch.x86.layout import KVM_TSS_ADDRESS, MMIO_HOLE_START
-from pyvmm.device_manager import DeviceManager
 from pyvmm.devices.device import DeviceState, PlacedDevice, mmio
 from pyvmm.devices.pc_testdev import IOMEM_ADDRESS, IOMEM_LENGTH
 from pyvmm.devices.pci_testdev import PciTestdev
@@ -32,9 +31,10 @@ from pyvmm.pci import BarKind, BarSpec, InterruptPin, MsixCapability, MsixTable,
 from pyvmm.pci.regions import BarRegions
 from pyvmm.pci.registers import Command
 from pyvmm.pci.state import PciHostState
-from pyvmm.pci_platform import LAPIC_ADDRESS, NoPci, PciPlatform
-from pyvmm.platform import ACPI_POWER
-from pyvmm.resources import IOAPIC_ADDRESS, ResourceAllocator
+from pyvmm.platform.device_manager import DeviceManager
+from pyvmm.platform.pc import ACPI_POWER
+from pyvmm.platform.pci import LAPIC_ADDRESS, NoPci, PciPlatform
+from pyvmm.platform.resources import IOAPIC_ADDRESS, ResourceAllocator
 
 TEST_IDS = PciIds(0x1234, 0x5678, 0xFF, 0)
 
@@ -276,7 +276,7 @@ def test_a_refusal_over_ram_stays_refused_on_rewrites(pci: Pci) -> None:
 def test_a_guest_looping_over_ram_is_logged_once(pci: Pci, caplog: pytest.LogCaptureFixture) -> None:
     device = PciTestdev()
     slot = pci.platform.add_function(device.function)
-    caplog.set_level(logging.WARNING, logger="pyvmm.pci_platform")
+    caplog.set_level(logging.WARNING, logger="pyvmm.platform.pci")
     for attempt in range(50):
         pci.ecam(slot, 0x10, 4, 0x10_0000 + attempt * 0x1000)
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -13,7 +13,7 @@ from pyvmm.boot.entry import encode_text
 from pyvmm.bus import Bus, MmioBus, PortBus
 from pyvmm.devices.device import AddressSpace, Device, DeviceState, PlacedDevice
 from pyvmm.errors import StateError
-from pyvmm.resources import ResourceAllocator
+from pyvmm.platform.resources import ResourceAllocator
 
 log = logging.getLogger(__name__)
 _Model = TypeVar("_Model")
