@@ -1,8 +1,13 @@
-"""The bottom of the layer tree (docs/architecture.md): KVM binding → guest memory →
-boot → arch. Each imports only from the layers below it (and `pyvmm.errors`, the one
-exception hierarchy; the KVM binding not even that), wherever the import stands: at
-the top, inside a function, or only for type checking. The one exception: boot reads
-the guest physical layout (`pyvmm.arch.x86.layout`, a table that imports nothing)."""
+"""The layer tree (docs/architecture.md), checked wherever an import stands: at the
+top, inside a function, or only for type checking.
+
+The bottom: KVM binding → guest memory → boot → arch. Each imports only from the
+layers below it (and `pyvmm.errors`, the one exception hierarchy; the KVM binding not
+even that). The one exception: boot reads the guest physical layout
+(`pyvmm.arch.x86.layout`, a table that imports nothing).
+
+The middle: devices, virtio, PCI, interrupts and the I/O thread never import the
+machine, the platform or a front end (the CLI)."""
 
 from __future__ import annotations
 
@@ -23,6 +28,10 @@ LAYERS = [
     ("arch", "arch", ("pyvmm.kvm", "pyvmm.memory", "pyvmm.boot", "pyvmm.errors")),
 ]
 
+# Packages below the machine and the platform, and what they must never import.
+BELOW_THE_MACHINE = ["devices", "virtio", "pci", "irq", "io"]
+ABOVE = ("pyvmm.machine", "pyvmm.platform", "pyvmm.cli")
+
 
 def _module(path: Path) -> str:
     parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
@@ -42,7 +51,10 @@ def _imports(source: str, package: str) -> list[tuple[int, str]]:
                 parts = package.split(".")
                 base = parts[: len(parts) - node.level + 1]
                 name = ".".join([*base, name] if name else base)
-            found.append((node.lineno, name))
+            if name == "pyvmm":  # `from pyvmm import machine` imports pyvmm.machine
+                found += [(node.lineno, f"pyvmm.{alias.name}") for alias in node.names]
+            else:
+                found.append((node.lineno, name))
     return sorted((line, name) for line, name in found if name == "pyvmm" or name.startswith("pyvmm."))
 
 
@@ -71,6 +83,19 @@ def test_a_layer_imports_nothing_above_it(layer: str, where: str, allowed: tuple
     assert upward == [], f"{layer} imports from above it"
 
 
+@pytest.mark.parametrize("where", BELOW_THE_MACHINE)
+def test_a_lower_layer_never_imports_the_machine_the_platform_or_a_front_end(where: str) -> None:
+    files = sorted((PACKAGE / where).rglob("*.py"))
+    assert files
+    upward = [
+        f"{path.relative_to(PACKAGE.parent)}:{line} imports {name}"
+        for path in files
+        for line, name in _file_imports(path)
+        if any(_within(name, prefix) for prefix in ABOVE)
+    ]
+    assert upward == [], f"pyvmm/{where} imports the machine, the platform or a front end"
+
+
 def test_the_layout_table_is_a_leaf() -> None:
     assert _file_imports(PACKAGE / "arch" / "x86" / "layout.py") == []
 
@@ -90,4 +115,13 @@ def test_the_check_sees_an_import_anywhere_in_a_file() -> None:
         (5, "pyvmm.devices.power"),
         (6, "pyvmm.arch.x86.layout"),
         (7, "pyvmm.arch.x86.acpi"),
+    ]
+
+
+def test_the_check_sees_a_module_imported_from_the_package() -> None:
+    source = "from pyvmm import machine\nfrom .. import platform, cli\n"
+    assert _imports(source, "pyvmm.devices") == [
+        (1, "pyvmm.machine"),
+        (2, "pyvmm.cli"),
+        (2, "pyvmm.platform"),
     ]

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_console import read_until
+from cli.test_console import read_until
 from test_linux_guest import BOOT_SECONDS, PYVMM, ROOT, images
 
 pytestmark = pytest.mark.kvm

@@ -5,7 +5,7 @@ Without VIRTIO_CONSOLE_F_MULTIPORT the device has port 0 only and two queues
 the guest's output to the host. The output goes to the callback given at
 construction: the machine's console stream (`Machine._console_output`, which COM1
 uses too: the bounded console tail, and `MachineConfig.console`). Input comes from
-`feed()`, from any thread; the terminal front end (pyvmm/console.py) handles the
+`feed()`, from any thread; the terminal front end (pyvmm/cli/console.py) handles the
 Ctrl-A escape keys before it gets here, as it does for the serial console.
 
 Decisions, against a hostile or simply slow guest:

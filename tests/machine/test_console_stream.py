@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from pyvmm.console import write_all
+from pyvmm.cli.console import write_all
 from pyvmm.machine.console_stream import STREAM_BUFFER_BYTES, ConsoleStream
 
 MIB = 1 << 20

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from typing import NoReturn, TypeVar
 
 from pyvmm import __version__
+from pyvmm.cli.console import STDIN, PipedInput, TerminalConsole, stdin_is_open, write_all
+from pyvmm.cli.signals import stop_on_signals
 from pyvmm.config import (
     DEFAULT_MEMORY,
     MAX_CPUS,
@@ -23,10 +25,8 @@ from pyvmm.config import (
     check_path,
     check_timeout,
 )
-from pyvmm.console import STDIN, PipedInput, TerminalConsole, stdin_is_open, write_all
 from pyvmm.device_config import CONSOLES, TEST_DEVICES, TRANSPORTS, DiskConfig, NetConfig
 from pyvmm.errors import ConfigError, VmmError
-from pyvmm.host_signals import stop_on_signals
 from pyvmm.images import DEFAULT, STOCK
 from pyvmm.images.cli import add_images_command
 from pyvmm.kvm import KvmError
@@ -292,7 +292,7 @@ class _Run:
 
     def _boot(self) -> RunResult:
         """One run of a fresh VM, its console on stdin: a terminal (raw, with the escape
-        key), or a pipe or file whose bytes are typed as they come (pyvmm.console)."""
+        key), or a pipe or file whose bytes are typed as they come (pyvmm.cli.console)."""
         config = self.config
         if self.deadline is not None:  # what is left of the whole run's timeout
             config = dataclasses.replace(config, timeout=max(self.deadline - time.monotonic(), 1e-3))

@@ -150,7 +150,7 @@ def test_a_device_that_is_not_kvm(guests: Path) -> None:
 )
 def test_no_permission_on_dev_kvm() -> None:
     """An unprivileged user without access to /dev/kvm gets a hint, not a traceback."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     probe = f"import sys; sys.path.insert(0, {str(root)!r}); from pyvmm.kvm import Kvm; Kvm()"
     command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", probe]
     result = subprocess.run(command, capture_output=True, text=True, timeout=60)

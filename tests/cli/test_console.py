@@ -23,7 +23,7 @@ from pyvmm.machine import RunResult
 
 pytestmark = pytest.mark.kvm
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 READY = b"echo ready"
 WAIT_SECONDS = 60.0  # a boot takes about a second here; software KVM can be much slower
 GUEST_TIMEOUT = 120.0

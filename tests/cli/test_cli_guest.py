@@ -192,9 +192,7 @@ def test_run_puts_the_root_disk_before_the_users_disks(
     assert config.initrd is None and config.cmdline == "console=ttyS0 root=/dev/vda rw"
 
 
-def test_an_unwritable_disk_directory_is_one_line(
-    guest: Guest, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_an_unwritable_disk_directory_is_one_line(guest: Guest, capsys: pytest.CaptureFixture[str]) -> None:
     guest.disks.parent.mkdir(parents=True)
     guest.disks.write_text("a file where the directory should be")
     assert cli.main(["run"]) == cli.STATUS_FAILURE
@@ -202,4 +200,3 @@ def test_an_unwritable_disk_directory_is_one_line(
     assert lines[-1].startswith("pyvmm: error: cannot make the guest's root disk "), lines
     assert "Traceback" not in "\n".join(lines)
     assert os.listdir(guest.disks.parent) == ["disks"]
-

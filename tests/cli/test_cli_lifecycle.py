@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
+from cli.test_cli import BOOT_THEN_RESET, PYVMM, pyvmm
 from guest_code import SPIN, multiboot_image, out_debug_exit32, write
-from test_cli import BOOT_THEN_RESET, PYVMM, pyvmm
 
 pytestmark = pytest.mark.kvm
 PRINT_READY = b"\x66\xba\xf8\x03\xb0R\xee\xb0\n\xee"  # mov dx, 0x3f8; out 'R', '\n'
@@ -224,7 +224,7 @@ def test_the_console_keeps_a_bounded_tail_of_a_flood(tmp_path: Path, monkeypatch
 def test_sigterm_under_the_python_api_is_left_to_the_caller() -> None:
     """The signal handlers exist only inside `pyvmm run`: a program that embeds
     `Machine` keeps its own."""
-    from pyvmm.host_signals import stop_on_signals
+    from pyvmm.cli.signals import stop_on_signals
 
     before = signal.getsignal(signal.SIGTERM)
     with stop_on_signals(lambda name: None):
