@@ -58,6 +58,18 @@ class StopRequest(Protocol):
     def __call__(self, outcome: GuestExit) -> None: ...
 
 
+class ConsoleInput(Protocol):
+    """Where host input for the guest's interactive console goes (the UART, or
+    virtio-console's hvc0): `feed` takes bytes from any thread, dropping (and
+    counting) what its host buffer has no room for; `input_room` says how much that is
+    now, so a sender that must lose nothing (a piped stdin) waits instead, as QEMU's
+    character back ends ask `can_read` first."""
+
+    def feed(self, data: bytes) -> None: ...
+
+    def input_room(self) -> int: ...
+
+
 class InterruptLine(Protocol):
     """An interrupt input of the platform (an IOAPIC/PIC pin), driven by a device."""
 

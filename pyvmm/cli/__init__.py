@@ -302,7 +302,7 @@ class _Run:
         if not stdin_is_open():  # started with stdin closed: no input at all
             return machine.run()
         if not os.isatty(STDIN):
-            with PipedInput(machine.send_input):
+            with PipedInput(machine.send_input, machine.input_room):
                 return machine.run()
 
         def quit_from_console() -> None:

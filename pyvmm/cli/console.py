@@ -20,6 +20,7 @@ import select
 import sys
 import termios
 import threading
+import time
 import tty
 from collections.abc import Callable
 from typing import Any
@@ -36,6 +37,7 @@ HELP_TEXT = (
 )
 _POLL_SECONDS = 0.2  # how soon an input thread sees that it should stop
 _READ_BYTES = 4096
+_ROOM_POLL_SECONDS = 0.005  # how often a waiting piped input looks for room again
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -176,9 +178,10 @@ class PipedInput(_InputThread):
     runs on. Nothing is translated: a script's "\\n" ends a line in the guest's tty
     as the terminal's Enter does."""
 
-    def __init__(self, send: Callable[[bytes], None], fd: int = STDIN) -> None:
+    def __init__(self, send: Callable[[bytes], None], room: Callable[[], int], fd: int = STDIN) -> None:
         super().__init__(fd)
         self.send = send
+        self.room = room  # how much `send` takes now without dropping (Machine.input_room)
         self.forwarded = 0  # bytes handed to `send`
 
     def __enter__(self) -> PipedInput:
@@ -189,8 +192,21 @@ class PipedInput(_InputThread):
         self._stop()
 
     def _take(self, data: bytes) -> bool:
-        self.send(data)
-        self.forwarded += len(data)
+        """Hand `data` on as the console has room for it: a pipe carries more than a
+        guest reads at once (`cat file | pyvmm run`), and nothing of it may be lost.
+        The pipe's writer waits meanwhile, as it would for a slow reader."""
+        view = memoryview(data)
+        while view:
+            room = self.room()
+            if room <= 0:
+                if not self._running:
+                    return False
+                time.sleep(_ROOM_POLL_SECONDS)
+                continue
+            chunk = bytes(view[:room])
+            self.send(chunk)
+            self.forwarded += len(chunk)
+            view = view[len(chunk) :]
         return True
 
     def _ended(self, error: OSError | None) -> None:

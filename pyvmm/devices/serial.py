@@ -127,6 +127,11 @@ class Serial16550:
             self._refill_rx()
             self._update_irq()
 
+    def input_room(self) -> int:
+        """How many bytes `feed` would take now without dropping any."""
+        with self._lock:
+            return max(self._host_buffer_size - len(self._host_input), 0)
+
     @property
     def divisor(self) -> int:
         """The baud rate divisor the guest programmed (115200 / divisor baud)."""

@@ -42,7 +42,7 @@ from pyvmm.machine.console_tail import CONSOLE_TAIL_BYTES, ConsoleTail
 from pyvmm.machine.stats import ExitStats, IoStats, collect
 from pyvmm.machine.vcpu import InstructionEmulator, VcpuRunner
 from pyvmm.memory import GuestMemory, split_around_hole
-from pyvmm.outcome import ExitKind, GuestExit, InterruptLine
+from pyvmm.outcome import ConsoleInput, ExitKind, GuestExit, InterruptLine
 from pyvmm.platform.device_manager import DeviceManager
 from pyvmm.platform.pc import ACPI_POWER, PC_PLATFORM, PlatformContext
 from pyvmm.platform.pci import NoPci, PciPlatform
@@ -53,6 +53,9 @@ from pyvmm.platform.virtio import VirtioContext, virtio_devices
 log = logging.getLogger(__name__)
 
 _JOIN_SECONDS = 5.0
+# Input typed before the console exists waits, up to what a console's host buffer holds.
+PENDING_INPUT_BYTES = 64 * 1024
+INPUT_ROOM_AFTER_END = 1 << 20
 # Vector instructions the emulator runs on after one KVM could not (Emulator.run_ahead):
 # bounds how long a pending interrupt waits for the guest to be re-entered.
 _EMULATOR_RUN_AHEAD = 64
@@ -118,7 +121,7 @@ class Machine:
         self.mmio = self.devices.mmio
         self.runners: list[VcpuRunner] = []
         self.serial: Serial16550 | None = None
-        self._input: Callable[[bytes], None] | None = None  # the interactive console's input
+        self._input: ConsoleInput | None = None  # the interactive console's input
         self.rtc: CmosRtc | None = None
         self.memory: GuestMemory | None = None
         self.entry: boot.EntryPoint | None = None
@@ -175,15 +178,27 @@ class Machine:
         `console_device="virtio"`).
 
         Input sent before `run()` has built the UART waits for it; input sent after the
-        VM has ended is dropped.
+        VM has ended is dropped, and so is what the console's host buffer (64 KiB) has
+        no room for: a sender that must lose nothing asks `input_room()` first.
         """
         with self._lock:
             if self._torn_down:
                 return
             if self._input is None:
-                self._pending_input += data
+                self._pending_input += data[: max(PENDING_INPUT_BYTES - len(self._pending_input), 0)]
                 return
-            self._input(data)
+            self._input.feed(data)
+
+    def input_room(self) -> int:
+        """How many bytes `send_input` takes now without dropping any (QEMU's
+        `can_read`): the console's free host buffer; before the console exists, what
+        is left of as much; after the end, unbounded (it drops everything anyway)."""
+        with self._lock:
+            if self._torn_down:
+                return INPUT_ROOM_AFTER_END
+            if self._input is None:
+                return max(PENDING_INPUT_BYTES - len(self._pending_input), 0)
+            return self._input.input_room()
 
     @property
     def console_output(self) -> bytes:
@@ -297,7 +312,7 @@ class Machine:
         else:
             self.devices.add(NoPci())  # no host bridge; pci=off tells Linux
         self.devices.add_all(build_test_devices(self.config.test_devices, self.pci, line))
-        console_input: list[Callable[[bytes], None]] = []  # a virtio console's, if there is one
+        console_input: list[ConsoleInput] = []  # a virtio console, if there is one
         virtio = VirtioContext(
             memory, vm, self.io, self.devices.resources, line, self._console_output, self.pci,
             console_input=console_input.append,
@@ -306,9 +321,9 @@ class Machine:
         self.serial = self.devices.model(Serial16550)
         self.rtc = self.devices.model(CmosRtc)
         with self._lock:
-            self._input = console_input[0] if console_input else self.serial.feed if self.serial else None
+            self._input = console_input[0] if console_input else self.serial
             if self._pending_input and self._input is not None:
-                self._input(bytes(self._pending_input))
+                self._input.feed(bytes(self._pending_input))
                 self._pending_input.clear()
 
     # --- device state -------------------------------------------------------------------

@@ -40,7 +40,7 @@ from pyvmm.io.thread import IoThread
 from pyvmm.irq import PCI_INTX_GSIS
 from pyvmm.kvm import Vm
 from pyvmm.memory import GuestMemory
-from pyvmm.outcome import InterruptLine
+from pyvmm.outcome import ConsoleInput, InterruptLine
 from pyvmm.platform.pci import PciPlatform
 from pyvmm.platform.resources import ResourceAllocator, ResourceError
 from pyvmm.virtio import models
@@ -68,7 +68,7 @@ class VirtioContext:
     console: Callable[[bytes], None]  # the machine's console stream
     pci: PciPlatform | None = None  # where virtio-pci functions go (transport "pci")
     # Told where the guest's console input goes when its console is virtio's (hvc0).
-    console_input: Callable[[Callable[[bytes], None]], None] | None = None
+    console_input: Callable[[ConsoleInput], None] | None = None
 
 
 def virtio_devices(config: MachineConfig, context: VirtioContext) -> list[PlacedDevice]:
@@ -104,7 +104,7 @@ def build_devices(config: MachineConfig, context: VirtioContext) -> list[VirtioD
             devices.append(console)
             assert isinstance(console, ConsoleDevice)
             if context.console_input is not None:
-                context.console_input(console.feed)
+                context.console_input(console)
     except BaseException:
         for device in devices:
             _close_quietly(device)

@@ -214,6 +214,11 @@ class ConsoleDevice(VirtioDevice):
         if activation is not None and activation.features & ConsoleFeature.SIZE:
             activation.interrupt.config_changed()
 
+    def input_room(self) -> int:
+        """How many bytes `feed` would take now without dropping any."""
+        with self._rx_lock:
+            return max(self._host_buffer_size - len(self._pending), 0)
+
     @property
     def pending_input(self) -> int:
         """Bytes fed that wait for receive buffers."""

@@ -155,6 +155,27 @@ def test_a_pipe_on_stdin_types_on_the_console(guests: Path, mode: str) -> None:
     assert "Traceback" not in errors.decode()
 
 
+def test_a_pipe_larger_than_the_consoles_buffer_loses_nothing(guests: Path) -> None:
+    """`cat file | pyvmm run`: 100,000 bytes, more than the UART's 64 KiB host buffer
+    takes at once, all reach the guest (it counts them) because the piped input waits
+    for room instead of letting the buffer drop the rest."""
+    size = 100_000
+    process = piped_run(guests / "echo.elf", "--timeout", str(GUEST_TIMEOUT))
+    assert process.stdin is not None and process.stdout is not None
+    try:
+        # After the guest set its UART up: a byte in the UART before that is lost to
+        # its FIFO reset, as on real hardware.
+        seen = read_until(process.stdout.fileno(), READY + b" (poll)\n")
+        output, errors = process.communicate(b"a" * size + b"q", timeout=GUEST_TIMEOUT + 30)
+    finally:
+        process.kill()
+        process.wait()
+    text = (seen + output).decode()
+    assert f"bye count={size + 1}\n" in text, text[-200:]
+    assert text.count("A") == size
+    assert "Traceback" not in errors.decode()
+
+
 def test_the_end_of_the_input_leaves_the_guest_running(guests: Path) -> None:
     """The pipe closes after "abc": the guest has had it and runs on (as under QEMU)
     until pyvmm's --timeout stops it; the end of the input is no error."""

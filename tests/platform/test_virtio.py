@@ -5,7 +5,7 @@ command line), on a real VM and its I/O thread; the machine boots with them."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,7 @@ from pyvmm.irq import NoIrqLine
 from pyvmm.kvm import Kvm
 from pyvmm.memory import GuestMemory
 from pyvmm.net.tap import TapError
-from pyvmm.outcome import InterruptLine
+from pyvmm.outcome import ConsoleInput, InterruptLine
 from pyvmm.platform.device_manager import DeviceManager
 from pyvmm.platform.resources import ResourceAllocator, ResourceError
 from pyvmm.platform.virtio import (
@@ -291,7 +291,7 @@ def test_a_missing_disk_image_is_one_error(tmp_path: Path) -> None:
 
 @pytest.mark.kvm
 def test_a_virtio_console_comes_last_and_takes_the_console_input(context: VirtioContext) -> None:
-    inputs: list[Callable[[bytes], None]] = []
+    inputs: list[ConsoleInput] = []
     output: list[bytes] = []
     wired = VirtioContext(
         context.memory, context.vm, context.io, context.resources, no_line, output.append,
@@ -308,7 +308,7 @@ def test_a_virtio_console_comes_last_and_takes_the_console_input(context: Virtio
         ]
         transport = placed[1].model
         assert isinstance(transport, VirtioMmio) and isinstance(transport.device, ConsoleDevice)
-        assert inputs == [transport.device.feed]
+        assert inputs == [transport.device]
     finally:
         for device in placed:
             device.close()
