@@ -18,12 +18,11 @@ import threading
 import time
 
 import pytest
-from net.frames import udp_frame
 from net.netns import namespace
 from virtio.driver import WRITE, Driver
 from virtio.handshake import ACK, DRIVER, DRIVER_OK, FEATURES_OK, negotiate, program_queue, start
 from virtio.interrupts import Interrupts
-from virtio.test_net import BASE, GUEST_IP, HOST_IP, MAC, Card, card, header
+from virtio.test_net import BASE, Card, card, header
 
 from pyvmm.memory import GuestMemory
 from pyvmm.virtio import DeviceStatus
@@ -54,13 +53,7 @@ def test_driver_ok_before_the_receive_queue_is_ready_needs_reset_and_the_card_re
     wait_for(lambda: card.core.status & NEEDS_RESET, "DEVICE_NEEDS_RESET")
     assert card.interrupts.config == 1  # §2.1.2: the driver is told
     assert card.core.faults == 1
-    card.core.write_status(0)
-    card.start()
-    card.post_rx(2048)
-    frame = udp_frame(MAC, card.tap_mac, HOST_IP, GUEST_IP, 1, 2, b"after reset")
-    card.host_send(frame)
-    (got,) = card.received(1)
-    assert got[2] == header(1) + frame
+    card.works_after_a_reset()
     # The card fixture checks at teardown that nothing reached the VM's error report.
 
 
@@ -77,12 +70,7 @@ def test_an_rx_fault_reported_while_a_vcpu_resets_the_card_does_not_deadlock(car
         wait_for(lambda: card.core.status & NEEDS_RESET, "the fault reported while the core is locked")
         card.core.reset()  # takes the rx lock: free again
     assert card.core.status == 0
-    card.start()
-    card.post_rx(2048)
-    frame = udp_frame(MAC, card.tap_mac, HOST_IP, GUEST_IP, 3, 4, b"still alive")
-    card.host_send(frame)
-    (got,) = card.received(1)
-    assert got[2] == header(1) + frame
+    card.works_after_a_reset(payload=b"still alive")
 
 
 def test_a_console_fault_found_by_feed_while_a_vcpu_resets_does_not_deadlock() -> None:

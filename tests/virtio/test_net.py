@@ -104,6 +104,16 @@ class Card:
                 deadline = min(deadline, time.monotonic() + 0.2)  # gather a burst, then stop
         return frames
 
+    def works_after_a_reset(self, features: int = BASE, payload: bytes = b"after reset") -> None:
+        """The driver resets the card and starts again: a frame from the host arrives."""
+        self.core.write_status(0)
+        self.start(features)
+        self.post_rx(2048)
+        frame = udp_frame(MAC, self.tap_mac, HOST_IP, GUEST_IP, 1, 2, payload)
+        self.host_send(frame)
+        (got,) = self.received(1)
+        assert got[2] == NET_HDR.pack(0, 0, 0, 0, 0, 0, 1) + frame
+
     def received(self, count: int = 1, timeout: float = 5.0) -> list[tuple[int, int, bytes]]:
         """Wait for `count` used receive chains: (head, used len, the bytes written)."""
         rx = self.rx
@@ -375,14 +385,7 @@ def test_a_malformed_receive_chain_stops_rx_until_reset(card: Card) -> None:
     time.sleep(0.3)
     assert card.device._rx_broken  # no exception escaped to the I/O thread (checked at teardown)
     assert card.core.status & DeviceStatus.DEVICE_NEEDS_RESET  # §2.1.2: the driver is told
-    # The driver resets the device and starts again: receiving works.
-    card.core.write_status(0)
-    card.start(BASE | MRG)
-    card.post_rx(2048)
-    frame = udp_frame(MAC, card.tap_mac, HOST_IP, GUEST_IP, 1, 2, b"after reset")
-    card.host_send(frame)
-    (got,) = card.received(1)
-    assert got[2] == header(1) + frame
+    card.works_after_a_reset(BASE | MRG)
 
 
 def test_a_transmit_queue_fault_needs_reset(card: Card) -> None:
