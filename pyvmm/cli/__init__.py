@@ -31,7 +31,7 @@ from pyvmm.images import DEFAULT, STOCK
 from pyvmm.images.cli import add_images_command
 from pyvmm.kvm import KvmError
 from pyvmm.machine import Machine, RunResult
-from pyvmm.machine.console_stream import FLUSH_SECONDS, ConsoleStream
+from pyvmm.machine.console_stream import ConsoleStream
 from pyvmm.outcome import ExitKind, GuestExit
 
 STATUS_USAGE = 2
@@ -325,7 +325,7 @@ def _dropped(output: ConsoleStream) -> str:
     if output.error is not None:
         why = f"stdout failed ({getattr(output.error, 'strerror', None) or output.error})"
     elif output.abandoned:
-        why = f"stdout took no more of it within {FLUSH_SECONDS:g} s of the end"
+        why = "stdout took no more of it at the end"
     else:
         why = "stdout did not keep up"
     return f"{output.dropped} bytes of the guest's console output were dropped: {why}"

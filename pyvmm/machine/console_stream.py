@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from types import TracebackType
 
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 STREAM_BUFFER_BYTES = 1 << 20  # what may wait for a slow sink: a whole Linux boot log
 FLUSH_SECONDS = 1.0  # how long close() waits for the sink by default
+STALL_SECONDS = 0.2  # close() gives up sooner when the sink took nothing for this long
 _CHUNK_BYTES = 64 * 1024  # one sink call at most: a pipe's capacity
 
 
@@ -76,13 +78,20 @@ class ConsoleStream:
                 self._state.notify()
 
     def close(self, timeout: float = FLUSH_SECONDS) -> None:
-        """Take no more output and let the writer flush for up to `timeout` seconds.
-        Whatever is still unwritten then (the writer stuck in the sink, or too slow) is
+        """Take no more output and let the writer flush for up to `timeout` seconds,
+        or until the sink has taken nothing for `STALL_SECONDS` (a pipe nobody reads:
+        waiting longer only makes the end late). Whatever is still unwritten then is
         counted in `dropped` and the writer is abandoned. Idempotent."""
         with self._state:
             self._closing = True
             self._state.notify_all()
-        self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        written = self.written
+        while self._thread.is_alive() and (left := deadline - time.monotonic()) > 0:
+            self._thread.join(min(STALL_SECONDS, left))
+            if self.written == written:
+                break  # no progress: the sink is stuck
+            written = self.written
         with self._state:
             if self._thread.is_alive():
                 self.abandoned = True

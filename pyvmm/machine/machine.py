@@ -383,7 +383,7 @@ class Machine:
             self._ended_at = time.monotonic()
             self._teardown()
             if self._stream is not None:
-                self._stream.close()  # flushes for at most FLUSH_SECONDS
+                self._stream.close()  # flushes while the sink takes it, at most FLUSH_SECONDS
         assert self._outcome is not None
         console, dropped = self._console.snapshot()
         return RunResult(self._outcome, console, self.stats(), dropped)
