@@ -1,0 +1,1 @@
+"""Control front ends over one `Machine`: the QEMU Machine Protocol server (QMP)."""
