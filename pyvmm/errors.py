@@ -36,3 +36,8 @@ class StateError(VmmError):
     """A saved device state cannot be restored: a field has the wrong type, is out of
     range or disagrees with another (saved state is untrusted input), or the device
     cannot save or restore its state at all."""
+
+
+class LifecycleError(VmmError):
+    """A lifecycle request the machine's state does not allow (pausing a stopped VM,
+    resuming one that runs), or one that did not complete in time."""
