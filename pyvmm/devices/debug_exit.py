@@ -12,8 +12,8 @@ import logging
 from dataclasses import dataclass
 
 from pyvmm.bus import all_ones
-from pyvmm.devices.state_checks import check_type
 from pyvmm.outcome import ExitKind, GuestExit, StopRequest
+from pyvmm.snapshot.checks import check_type
 
 logger = logging.getLogger(__name__)
 

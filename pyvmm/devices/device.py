@@ -29,10 +29,10 @@ from pyvmm.devices.ports import PortSinkState
 from pyvmm.devices.power import PowerControlState, SleepControlState
 from pyvmm.devices.rtc_state import RtcState
 from pyvmm.devices.serial_state import SerialState
-from pyvmm.devices.state_checks import check_tuple, check_type
 from pyvmm.devices.testdev_state import PciTestdevState, PcTestdevState
 from pyvmm.errors import StateError
 from pyvmm.pci.state import PciHostState
+from pyvmm.snapshot.checks import check_tuple, check_type
 from pyvmm.virtio.transport_state import VirtioMmioState, VirtioPciState
 
 

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from pyvmm.bus import all_ones
-from pyvmm.devices.state_checks import check_int, check_type
 from pyvmm.errors import ConfigError, GuestMemoryError
+from pyvmm.snapshot.checks import check_int, check_type
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from pyvmm.devices.i8042_registers import (
     takes_data,
 )
 from pyvmm.devices.ps2_keyboard import KeyboardState, check_keyboard_state
-from pyvmm.devices.state_checks import (
+from pyvmm.snapshot.checks import (
     check_bool,
     check_byte,
     check_bytes,

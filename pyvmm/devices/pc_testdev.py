@@ -31,9 +31,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pyvmm.bus import BusDevice
-from pyvmm.devices.state_checks import check_bool, check_bytes, check_int, check_tuple, check_type, fail
 from pyvmm.devices.testdev_state import PcTestdevState
 from pyvmm.outcome import InterruptLine
+from pyvmm.snapshot.checks import check_bool, check_bytes, check_int, check_tuple, check_type, fail
 
 IOPORT_PORT = 0xE0
 FLUSH_PORT = 0xE4

@@ -37,10 +37,10 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from pyvmm.devices.state_checks import check_int, check_type
 from pyvmm.devices.testdev_state import PciTestdevState
 from pyvmm.pci.bar import BarKind, BarSpec
 from pyvmm.pci.function import PciFunction, PciIds
+from pyvmm.snapshot.checks import check_int, check_type
 
 REDHAT_VENDOR = 0x1B36
 PCI_TESTDEV_DEVICE = 0x0005

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pyvmm.bus import all_ones
-from pyvmm.devices.state_checks import check_int, check_type
 from pyvmm.errors import ConfigError
+from pyvmm.snapshot.checks import check_int, check_type
 
 POST_CODE_PORT = 0x80
 IO_DELAY_PORT = 0xED

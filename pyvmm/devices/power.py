@@ -33,8 +33,8 @@ from dataclasses import dataclass
 
 from pyvmm.arch.x86.acpi.fadt import SLEEP_TYPE_MAX
 from pyvmm.bus import all_ones
-from pyvmm.devices.state_checks import check_int, check_mask, check_type, fail
 from pyvmm.outcome import ExitKind, GuestExit, StopRequest
+from pyvmm.snapshot.checks import check_int, check_mask, check_type, fail
 
 logger = logging.getLogger(__name__)
 

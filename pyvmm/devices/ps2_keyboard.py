@@ -19,7 +19,7 @@ import enum
 from collections import deque
 from dataclasses import dataclass
 
-from pyvmm.devices.state_checks import check_bool, check_byte, check_bytes, check_int, check_type, fail
+from pyvmm.snapshot.checks import check_bool, check_byte, check_bytes, check_int, check_type, fail
 
 KEYBOARD_BUFFER_SIZE = 16  # bytes a PS/2 keyboard holds for its controller
 

@@ -22,7 +22,7 @@ from pyvmm.devices.rtc_registers import (
     RegisterB,
     RegisterC,
 )
-from pyvmm.devices.state_checks import (
+from pyvmm.snapshot.checks import (
     check_bool,
     check_bytes,
     check_int,

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pyvmm.devices.serial_registers import RX_FIFO_SIZE, Fcr, Ier, Mcr, Msr, modem_lines
-from pyvmm.devices.state_checks import (
+from pyvmm.snapshot.checks import (
     check_bool,
     check_byte,
     check_bytes,

@@ -1,5 +1,5 @@
 """The saved state of QEMU's test devices (`pc_testdev`, `pci_testdev`): what a guest
-can see of them, as plain data checked on restore (`state_checks`)."""
+can see of them, as plain data checked on restore (`pyvmm.snapshot.checks`)."""
 
 from __future__ import annotations
 

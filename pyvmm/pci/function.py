@@ -24,7 +24,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from pyvmm.bus import BusDevice
-from pyvmm.devices.state_checks import check_bool, check_bytes, check_type, fail
 from pyvmm.outcome import InterruptLine
 from pyvmm.pci.bar import BarSet, BarSpec
 from pyvmm.pci.capabilities import CapabilityList
@@ -53,6 +52,7 @@ from pyvmm.pci.registers import (
     Status,
 )
 from pyvmm.pci.state import PciFunctionState
+from pyvmm.snapshot.checks import check_bool, check_bytes, check_type, fail
 
 # QEMU's default subsystem IDs (Red Hat / QEMU), which guests already know.
 QEMU_SUBSYSTEM_VENDOR = 0x1AF4

@@ -35,11 +35,11 @@ import threading
 from dataclasses import dataclass
 from typing import Protocol
 
-from pyvmm.devices.state_checks import check_bool, check_bytes, check_type, fail
 from pyvmm.pci.capabilities import CapabilityId, CapabilityList
 from pyvmm.pci.errors import PciError
 from pyvmm.pci.registers import BAR_COUNT
 from pyvmm.pci.state import MsixState
+from pyvmm.snapshot.checks import check_bool, check_bytes, check_type, fail
 
 MAX_VECTORS = 2048  # an 11-bit Table Size
 ENTRY_SIZE = 16

@@ -1,6 +1,6 @@
 """The saved state of a PCI function (PCI Local Bus Specification 3.0 §6.1-6.2) and of
 its MSI-X table and PBA (§6.8.2), and their checks: a saved state is untrusted input
-(`pyvmm.devices.state_checks`).
+(`pyvmm.snapshot.checks`).
 
 A function's state is its configuration space as bytes - Command, Status, the BARs,
 the capabilities' writable fields, Interrupt Line - and whether its INTx pin is

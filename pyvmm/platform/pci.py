@@ -62,7 +62,6 @@ from pyvmm.arch.x86.acpi.pci_host import (
 from pyvmm.arch.x86.layout import KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS
 from pyvmm.bus import Bus, BusConflictError, BusRange
 from pyvmm.devices.device import DeviceState, Region, mmio, ports
-from pyvmm.devices.state_checks import check_int, check_mask, check_tuple, check_type, fail
 from pyvmm.irq.msix_routing import MsiVectors, MsixRoute
 from pyvmm.outcome import InterruptLine
 from pyvmm.pci import (
@@ -83,6 +82,7 @@ from pyvmm.pci.registers import BAR0, COMMAND, DEVICE_ID, INTERRUPT_LINE, INTERR
 from pyvmm.pci.state import PciHostState
 from pyvmm.platform.device_manager import DeviceManager
 from pyvmm.platform.resources import AddressWindow, PciResources
+from pyvmm.snapshot.checks import check_int, check_mask, check_tuple, check_type, fail
 
 log = logging.getLogger(__name__)
 

@@ -43,8 +43,8 @@ import struct
 from collections.abc import Iterable, Sequence
 
 from pyvmm.device_config import SERIAL_MAX, DiskConfig
-from pyvmm.devices.state_checks import check_type, fail
 from pyvmm.log_limit import LogLimit
+from pyvmm.snapshot.checks import check_type, fail
 from pyvmm.virtio.block_file import DiskFile, chunks, skip_bytes
 from pyvmm.virtio.block_pool import SAVE_WAIT_SECONDS, RequestPool, RequestResult
 from pyvmm.virtio.chain import DescriptorChain

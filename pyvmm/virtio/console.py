@@ -45,7 +45,7 @@ import threading
 from collections.abc import Callable, Sequence
 from enum import IntFlag
 
-from pyvmm.devices.state_checks import check_bytes, check_int, check_tuple, check_type, fail
+from pyvmm.snapshot.checks import check_bytes, check_int, check_tuple, check_type, fail
 from pyvmm.virtio.chain import DescriptorChain
 from pyvmm.virtio.device import Activation, DeviceType, VirtioDevice
 from pyvmm.virtio.device_state import ConsoleState

@@ -1,5 +1,5 @@
 """The saved state of each virtio device model, and its checks (saved state is
-untrusted input, as for the legacy devices' `pyvmm.devices.state_checks`).
+untrusted input: each field is checked with `pyvmm.snapshot.checks`, as for every device).
 
 A device model's state is what the guest was told or handed that the restoring VMM
 does not know from its configuration: a network card's MAC and link status, the

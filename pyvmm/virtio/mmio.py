@@ -28,11 +28,11 @@ import logging
 import threading
 from collections.abc import Callable
 
-from pyvmm.devices.state_checks import check_mask, check_type
 from pyvmm.io.ioevent import QueueDoorbells, Registrar
 from pyvmm.kvm import Vm
 from pyvmm.memory import GuestMemory
 from pyvmm.outcome import InterruptLine
+from pyvmm.snapshot.checks import check_mask, check_type
 from pyvmm.virtio.core import VirtioCore
 from pyvmm.virtio.device import VirtioDevice
 from pyvmm.virtio.transport_state import VirtioMmioState

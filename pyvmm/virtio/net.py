@@ -48,11 +48,11 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from pyvmm.devices.state_checks import check_bool, check_bytes, check_type, fail
 from pyvmm.errors import StateError
 from pyvmm.io.eventfd import EventFd
 from pyvmm.io.thread import IoThread
 from pyvmm.net.tap import Tap
+from pyvmm.snapshot.checks import check_bool, check_bytes, check_type, fail
 from pyvmm.virtio.chain import DescriptorChain
 from pyvmm.virtio.device import Activation, DeviceType, Interrupt, VirtioDevice
 from pyvmm.virtio.device_state import NetState

@@ -23,7 +23,6 @@ import threading
 from collections.abc import Callable
 
 from pyvmm.bus import all_ones
-from pyvmm.devices.state_checks import check_int, check_mask, check_tuple, check_type, fail
 from pyvmm.errors import StateError
 from pyvmm.memory import GuestMemory
 from pyvmm.pci import (
@@ -39,6 +38,7 @@ from pyvmm.pci import (
 from pyvmm.pci.msix import CONTROL_ENABLE as MSIX_ENABLE
 from pyvmm.pci.msix import CONTROL_FUNCTION_MASK as MSIX_FUNCTION_MASK
 from pyvmm.pci.msix import CONTROL_OFFSET as MSIX_CONTROL
+from pyvmm.snapshot.checks import check_int, check_mask, check_tuple, check_type, fail
 from pyvmm.virtio.core import VirtioCore
 from pyvmm.virtio.device import DeviceType, VirtioDevice
 from pyvmm.virtio.pci_layout import (
@@ -266,7 +266,6 @@ class VirtioPciFunction:
     # queue_select is read once per access (`_common_read`, `_common_write`) and that
     # value serves the whole access: another vCPU may write it at any moment, and a
     # second read could name another queue, or none (an index past `queue_vectors`).
-
 
     def _field(self, offset: int, index: int, queue: Virtqueue | None) -> int:
         """Field `offset` of the common configuration, for queue_select `index`."""

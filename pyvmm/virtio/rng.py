@@ -31,9 +31,9 @@ import os
 import threading
 from collections.abc import Sequence
 
-from pyvmm.devices.state_checks import check_type
 from pyvmm.errors import ConfigError
 from pyvmm.kvm.fd import FileDescriptor
+from pyvmm.snapshot.checks import check_type
 from pyvmm.virtio.device import Activation, DeviceType, VirtioDevice
 from pyvmm.virtio.device_state import EntropyState
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from pyvmm.devices.state_checks import check_bool, check_byte, check_int, check_tuple, check_type, fail
 from pyvmm.errors import StateError
+from pyvmm.snapshot.checks import check_bool, check_byte, check_int, check_tuple, check_type, fail
 from pyvmm.virtio.device_state import VirtioDeviceState
 from pyvmm.virtio.errors import Fault, VirtqueueError
 from pyvmm.virtio.spec import DeviceStatus, Feature, is_valid_queue_size
