@@ -7,7 +7,9 @@
 #     already, CONFIG_DEVTMPFS_MOUNT), /dev/pts and /tmp (tmpfs);
 #  2. loads the kernel modules listed in /etc/pyvmm/modules, in that order
 #     (only the stock Debian kernel has any: its virtio drivers are modules);
-#  3. prints the marker line "pyvmm-init: ready" on the console;
+#  3. starts busybox acpid, so the ACPI power button (pyvmm's Generic Event
+#     Device, QMP system_powerdown) powers the guest off cleanly, as the power
+#     button does on a distribution; then prints "pyvmm-init: ready";
 #  4. with pyvmm.run=COMMAND on the kernel command line (COMMAND percent-encoded,
 #     e.g. pyvmm.run=uname%20-r): runs it with `sh -c`, prints
 #     "pyvmm-run: exit=STATUS" and powers off;
@@ -82,6 +84,23 @@ if [ -f "$MODULE_LIST" ]; then
 fi
 
 hostname pyvmm
+
+# The power button: the kernel's ACPI button driver reports KEY_POWER on an input
+# device; busybox acpid maps that to the handler path compiled into it,
+# /etc/acpi/PWRF/00000080 (relative to its -c directory), and runs it. The
+# handler's `poweroff` signals this init (USR2): the clean power-off below.
+# Kernels without the button or evdev (the stock guest) have no /dev/input/event*.
+start_acpid() {
+    [ -e /dev/input/event0 ] || return 0
+    mkdir -p /etc/acpi/PWRF
+    handler=/etc/acpi/PWRF/00000080
+    printf '#!/bin/sh\n# the ACPI power button (pyvmm-init)\nexec poweroff\n' >"$handler"
+    chmod 755 "$handler"
+    # It daemonizes itself; its log (and the handler's output) goes to the console.
+    acpid -c /etc/acpi -l /dev/console || say "cannot start acpid"
+}
+
+start_acpid
 
 run=
 set -f  # the command line is split into words, never glob-expanded
