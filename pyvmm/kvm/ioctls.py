@@ -69,10 +69,15 @@ KVM_GET_XSAVE = _IOR(0xA4, x86.kvm_xsave)
 KVM_SET_XSAVE = _IOW(0xA5, x86.kvm_xsave)
 KVM_GET_XCRS = _IOR(0xA6, x86.kvm_xcrs)
 KVM_SET_XCRS = _IOW(0xA7, x86.kvm_xcrs)
+KVM_SET_TSC_KHZ = _IO(0xA2)
 KVM_GET_TSC_KHZ = _IO(0xA3)
+KVM_KVMCLOCK_CTRL = _IO(0xAD)
 KVM_GET_SREGS2 = _IOR(0xCC, x86.kvm_sregs2)
 KVM_SET_SREGS2 = _IOW(0xCD, x86.kvm_sregs2)
 KVM_GET_XSAVE2 = _IOR(0xCF, x86.kvm_xsave)
+
+# VM and vCPU ioctls
+KVM_GET_STATS_FD = _IO(0xCE)
 
 # Each request's name, for error messages. The numbers are unique (tests/kvm checks
 # it), so a caller passes the number alone and never writes its name a second time.

@@ -104,8 +104,11 @@ class Cap(enum.IntEnum):
     DEBUGREGS = 50
     XSAVE = 55
     XCRS = 56
+    TSC_CONTROL = 60
+    GET_TSC_KHZ = 61
     TSC_DEADLINE_TIMER = 72
     MAX_VCPUS = 66
+    KVMCLOCK_CTRL = 76
     SIGNAL_MSI = 77
     READONLY_MEM = 81
     IRQFD_RESAMPLE = 82
@@ -117,6 +120,7 @@ class Cap(enum.IntEnum):
     IMMEDIATE_EXIT = 136
     MANUAL_DIRTY_LOG_PROTECT2 = 168
     X86_USER_SPACE_MSR = 188
+    BINARY_STATS_FD = 203
     EXIT_ON_EMULATION_FAILURE = 204
     XSAVE2 = 208
     X86_TRIPLE_FAULT_EVENT = 218
@@ -290,6 +294,73 @@ class kvm_clock_data(ctypes.Structure):  # noqa: N801
         ("host_tsc", c_uint64),
         ("pad", c_uint32 * 4),
     ]
+
+
+class ClockFlag(enum.IntFlag):
+    """`KVM_CLOCK_*`: which fields of `kvm_clock_data` hold a value (api.rst §4.29);
+    KVM_CHECK_EXTENSION(KVM_CAP_ADJUST_CLOCK) answers the set this KVM knows."""
+
+    TSC_STABLE = 1 << 1
+    REALTIME = 1 << 2
+    HOST_TSC = 1 << 3
+
+
+class kvm_stats_header(ctypes.Structure):  # noqa: N801
+    """The start of a binary statistics fd (api.rst §4.133, KVM_GET_STATS_FD)."""
+
+    _fields_ = [
+        ("flags", c_uint32),
+        ("name_size", c_uint32),
+        ("num_desc", c_uint32),
+        ("id_offset", c_uint32),
+        ("desc_offset", c_uint32),
+        ("data_offset", c_uint32),
+    ]
+
+
+class kvm_stats_desc(ctypes.Structure):  # noqa: N801
+    """One statistic's descriptor; `name_size` bytes of name follow it in the file."""
+
+    _fields_ = [
+        ("flags", c_uint32),
+        ("exponent", ctypes.c_int16),
+        ("size", c_uint16),
+        ("offset", c_uint32),
+        ("bucket_size", c_uint32),
+    ]
+
+
+KVM_STATS_TYPE_SHIFT = 0
+KVM_STATS_UNIT_SHIFT = 4
+KVM_STATS_BASE_SHIFT = 8
+KVM_STATS_FIELD_MASK = 0xF  # each of type, unit and base is 4 bits of `flags`
+
+
+class StatsType(enum.IntEnum):
+    """`KVM_STATS_TYPE_*` (bits 0-3 of a descriptor's flags)."""
+
+    CUMULATIVE = 0
+    INSTANT = 1
+    PEAK = 2
+    LINEAR_HIST = 3
+    LOG_HIST = 4
+
+
+class StatsUnit(enum.IntEnum):
+    """`KVM_STATS_UNIT_*` (bits 4-7)."""
+
+    NONE = 0
+    BYTES = 1
+    SECONDS = 2
+    CYCLES = 3
+    BOOLEAN = 4
+
+
+class StatsBase(enum.IntEnum):
+    """`KVM_STATS_BASE_*` (bits 8-11): the base `exponent` applies to."""
+
+    POW10 = 0
+    POW2 = 1
 
 
 class kvm_signal_mask(ctypes.Structure):  # noqa: N801

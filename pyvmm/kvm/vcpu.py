@@ -152,6 +152,24 @@ class Vcpu(KvmHandle):
             failed = table.entries[done].index
             raise KvmIoctlError("KVM_SET_MSRS", errno.EINVAL, f"MSR {failed:#x} refused")
 
+    def get_tsc_khz(self) -> int:
+        """KVM_GET_TSC_KHZ (api.rst §4.56, KVM_CAP_GET_TSC_KHZ): the guest's TSC rate."""
+        return self._ioctl(ioctls.KVM_GET_TSC_KHZ)
+
+    def set_tsc_khz(self, khz: int) -> None:
+        """KVM_SET_TSC_KHZ (api.rst §4.55, KVM_CAP_TSC_CONTROL): scale the guest's TSC."""
+        self._ioctl(ioctls.KVM_SET_TSC_KHZ, khz)
+
+    def kvmclock_ctrl(self) -> None:
+        """KVM_KVMCLOCK_CTRL (api.rst §4.70, KVM_CAP_KVMCLOCK_CTRL): tell the guest's
+        kvmclock it was paused. EINVAL when the guest has not enabled kvmclock."""
+        self._ioctl(ioctls.KVM_KVMCLOCK_CTRL)
+
+    def stats_fd(self) -> int:
+        """KVM_GET_STATS_FD (api.rst §4.133, KVM_CAP_BINARY_STATS_FD): a new fd of this
+        vCPU's binary statistics, owned by the caller (`pyvmm.kvm.stats` reads it)."""
+        return self._ioctl(ioctls.KVM_GET_STATS_FD)
+
     def set_guest_debug(self, control: int, debugreg: list[int] | None = None) -> None:
         request = uapi.kvm_guest_debug(control=control)
         for index, value in enumerate(debugreg or []):

@@ -110,6 +110,11 @@ class Vm(KvmHandle):
     def set_clock(self, data: uapi.kvm_clock_data) -> None:
         self._ioctl(ioctls.KVM_SET_CLOCK, data)
 
+    def stats_fd(self) -> int:
+        """KVM_GET_STATS_FD (api.rst §4.133, KVM_CAP_BINARY_STATS_FD): a new fd of this
+        VM's binary statistics, owned by the caller (`pyvmm.kvm.stats` reads it)."""
+        return self._ioctl(ioctls.KVM_GET_STATS_FD)
+
     # --- eventfds ----------------------------------------------------------------------
 
     def irqfd(
