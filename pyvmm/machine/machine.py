@@ -1,54 +1,49 @@
-"""`Machine`: builds a VM from a `MachineConfig` (KVM, memory, platform devices, the
-boot image, vCPUs), runs it until the guest ends, and tears everything down.
+"""`Machine`: one VM and its lifecycle (`lifecycle.py`: created → running ⇄ paused →
+stopped, and the debugger's stop), built from a `MachineConfig` by `builder.py`.
 
-Threads: the caller's thread builds the VM and waits; one thread per vCPU runs its
-KVM_RUN loop; an optional console thread feeds host input to the UART. Anything that
-ends the VM (a device, a vCPU exit, a timeout, Ctrl-C, `Machine.stop`) calls `stop`
-with a `GuestExit`: the first one wins, every vCPU is kicked out of KVM_RUN, and
-`run()` returns.
+`start()` builds what was not built and starts the I/O thread and the vCPU threads;
+`pause()` / `resume()` park and unpark them in the one pause order (below); `stop()`
+ends the VM from any thread (the first `GuestExit` recorded wins, every vCPU is kicked
+out of KVM_RUN); `wait()` waits for the end, tears the VM down in the caller's thread
+and returns the `RunResult`. `run()` is start and wait in one call.
+
+The pause order (docs/architecture.md, "Lifecycle"), enforced in `pause()` alone:
+the vCPUs (each parks after completing its pending port or MMIO access), then the I/O
+thread (no doorbell or backend callback runs), then the devices' own threads (the
+block workers finish the requests in flight, the RTC's interrupt timer stops), and
+console input is held; the guest's clock is captured last. `resume()` goes back in
+the reverse order.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TypeVar
 
 from pyvmm import boot
-from pyvmm.arch.x86 import cpu
-from pyvmm.arch.x86.acpi import build_acpi_tables
-from pyvmm.arch.x86.host_probe import hypercalls_return, syscall_reaches_cpl0
-from pyvmm.arch.x86.layout import (
-    KVM_IDENTITY_MAP_ADDRESS,
-    KVM_TSS_ADDRESS,
-    MMIO_HOLE_END,
-    MMIO_HOLE_START,
-)
-from pyvmm.boot import BootImages
-from pyvmm.bus import MmioBus
+from pyvmm.arch.x86.layout import MMIO_HOLE_END, MMIO_HOLE_START
 from pyvmm.config import MachineConfig
 from pyvmm.devices import CmosRtc, Serial16550
 from pyvmm.devices.device import DeviceState
-from pyvmm.errors import ConfigError, StateError
+from pyvmm.errors import ConfigError, LifecycleError, StateError
 from pyvmm.io.thread import IoThread
-from pyvmm.irq import GsiAllocator, KvmIrqLine, NoIrqLine, msi_vector
-from pyvmm.kvm import Cap, Kvm, Vcpu, Vm
+from pyvmm.kvm import Vcpu
+from pyvmm.kvm.uapi import kvm_clock_data
+from pyvmm.machine import builder
 from pyvmm.machine.console_stream import ConsoleStream
 from pyvmm.machine.console_tail import CONSOLE_TAIL_BYTES, ConsoleTail
+from pyvmm.machine.lifecycle import MachineState, check_transition
 from pyvmm.machine.stats import ExitStats, IoStats, collect
-from pyvmm.machine.vcpu import InstructionEmulator, VcpuRunner
+from pyvmm.machine.vcpu import VcpuRunner
 from pyvmm.memory import GuestMemory, split_around_hole
-from pyvmm.outcome import ConsoleInput, ExitKind, GuestExit, InterruptLine
+from pyvmm.outcome import ConsoleInput, ExitKind, GuestExit
 from pyvmm.platform.device_manager import DeviceManager
-from pyvmm.platform.pc import ACPI_POWER, PC_PLATFORM, PlatformContext
-from pyvmm.platform.pci import NoPci, PciPlatform
+from pyvmm.platform.pci import PciPlatform
 from pyvmm.platform.resources import ResourceAllocator
-from pyvmm.platform.test_devices import build_test_devices
-from pyvmm.platform.virtio import VirtioContext, virtio_devices
 
 log = logging.getLogger(__name__)
 
@@ -56,23 +51,22 @@ _JOIN_SECONDS = 5.0
 # Input typed before the console exists waits, up to what a console's host buffer holds.
 PENDING_INPUT_BYTES = 64 * 1024
 INPUT_ROOM_AFTER_END = 1 << 20
-# Vector instructions the emulator runs on after one KVM could not (Emulator.run_ahead):
-# bounds how long a pending interrupt waits for the guest to be re-entered.
-_EMULATOR_RUN_AHEAD = 64
+# How long pause() waits for each step (a vCPU to park, the I/O thread, a device's
+# threads) before it gives up and puts the machine back as it was.
+PAUSE_SECONDS = 5.0
 
+Listener = Callable[[str, dict[str, object]], None]
 
-def _disassemble(code: bytes, rip: int, bitness: int) -> str:
-    from pyvmm.arch.x86.disasm import disassemble  # iced-x86 loads only for a report
-
-    return disassemble(code, rip, bitness)
-
-
-def _emulator(
-    vcpu: Vcpu, memory: GuestMemory, mmio: MmioBus, read_msrs: Callable[[list[int]], dict[int, int]] | None
-) -> InstructionEmulator:
-    from pyvmm.arch.x86.emulator import Emulator  # loads at a vCPU's first emulation failure
-
-    return Emulator(vcpu, memory, mmio=mmio, read_msrs=read_msrs, run_ahead=_EMULATOR_RUN_AHEAD)
+# QMP's SHUTDOWN event says whether the guest asked and why (QEMU's ShutdownCause).
+_SHUTDOWN_CAUSES: dict[ExitKind, tuple[bool, str]] = {
+    ExitKind.POWEROFF: (True, "guest-shutdown"),
+    ExitKind.DEBUG_EXIT: (True, "guest-shutdown"),
+    ExitKind.REBOOT: (True, "guest-reset"),
+    ExitKind.TRIPLE_FAULT: (True, "guest-reset"),
+    ExitKind.ERROR: (False, "host-error"),
+    ExitKind.STOPPED: (False, "host-signal"),
+}
+T = TypeVar("T")
 
 
 def _output_stream(
@@ -110,7 +104,8 @@ class RunResult:
 
 
 class Machine:
-    """One VM, built and run from a `MachineConfig`. Runs once."""
+    """One VM, built from a `MachineConfig`, with a lifecycle (module docstring). It
+    runs once: a reboot is a new `Machine`."""
 
     def __init__(self, config: MachineConfig) -> None:
         config.validate()
@@ -123,35 +118,80 @@ class Machine:
         self.serial: Serial16550 | None = None
         self._input: ConsoleInput | None = None  # the interactive console's input
         self.rtc: CmosRtc | None = None
+        self.pci: PciPlatform | None = None
         self.memory: GuestMemory | None = None
         self.entry: boot.EntryPoint | None = None
-        self._kvm: Kvm | None = None
-        self._vm: Vm | None = None
+        self._kvm_vm: builder.KvmVm | None = None
         self._console = ConsoleTail(CONSOLE_TAIL_BYTES)
-        # Made when run() starts (a machine that never runs has no writer thread).
+        # Made when the machine starts (a machine that never runs has no writer thread).
         self._stream: ConsoleStream | None = None
         self._output: Callable[[bytes], object] | None = None
-        self._pending_input = bytearray()
+        self._pending_input = bytearray()  # before the console exists, or while paused
         self._built = False
         self._torn_down = False
+        self._state = MachineState.CREATED
         self._outcome: GuestExit | None = None
+        self._result: RunResult | None = None
         self._stopping = False
         self._done = threading.Event()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # state, outcome, input; never held while waiting
+        self._control = threading.RLock()  # one lifecycle change at a time (pause, resume, wait)
+        self._listeners: list[Listener] = []
+        self._paused_clock: kvm_clock_data | None = None  # KVM_GET_CLOCK at pause, put back at resume
         self._started_at = 0.0
         self._ended_at = 0.0
+
+    # --- state and events ---------------------------------------------------------------
+
+    @property
+    def state(self) -> MachineState:
+        return self._state
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call `listener(event, data)` on every lifecycle event (QMP's names: STOP,
+        RESUME, SHUTDOWN, ...), from whichever thread made it: it must not block."""
+        with self._lock:
+            self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        with self._lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+    def _emit(self, event: str, data: dict[str, object] | None = None) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(event, data or {})
+            except Exception:  # a front end's bug must not stop the machine
+                log.exception("event listener failed on %s", event)
+
+    def _enter(self, target: MachineState) -> None:
+        """With `_lock`: the checked transition (`lifecycle.check_transition`)."""
+        check_transition(self._state, target)
+        self._state = target
 
     # --- stopping -----------------------------------------------------------------------
 
     def stop(self, outcome: GuestExit | None = None) -> None:
-        """End the VM (thread-safe). The first outcome recorded is the one `run()` returns."""
+        """End the VM (thread-safe, any state). The first outcome recorded is the one
+        `wait()` returns."""
         with self._lock:
             if self._outcome is None:
                 self._outcome = outcome or GuestExit(ExitKind.STOPPED, "stopped by the host")
             self._stopping = True
+            first = self._state is not MachineState.STOPPED
+            self._state = MachineState.STOPPED
         self._done.set()
         for runner in self.runners:
-            runner.kick()
+            runner.kick()  # a parked vCPU sees the machine stopping too
+        if first:
+            assert self._outcome is not None
+            self._emit(
+                "SHUTDOWN",
+                {"guest": self._outcome.kind is not ExitKind.STOPPED, "reason": self._outcome.kind.value},
+            )
 
     def _device_failed(self, source: str, error: BaseException) -> None:
         """An I/O callback registered without a fault handler raised, or a fault
@@ -177,28 +217,39 @@ class Machine:
         """Type `data` on the guest's interactive console (COM1, or hvc0 with
         `console_device="virtio"`).
 
-        Input sent before `run()` has built the UART waits for it; input sent after the
-        VM has ended is dropped, and so is what the console's host buffer (64 KiB) has
-        no room for: a sender that must lose nothing asks `input_room()` first.
+        Input sent before the console exists, or while the machine is paused, waits
+        (up to 64 KiB); input sent after the VM has ended is dropped, and so is what
+        the console's host buffer (64 KiB) has no room for: a sender that must lose
+        nothing asks `input_room()` first.
         """
         with self._lock:
             if self._torn_down:
                 return
-            if self._input is None:
+            if self._input is None or self._holds_input():
                 self._pending_input += data[: max(PENDING_INPUT_BYTES - len(self._pending_input), 0)]
                 return
             self._input.feed(data)
 
     def input_room(self) -> int:
         """How many bytes `send_input` takes now without dropping any (QEMU's
-        `can_read`): the console's free host buffer; before the console exists, what
-        is left of as much; after the end, unbounded (it drops everything anyway)."""
+        `can_read`): the console's free host buffer; before the console exists or while
+        paused, what is left of as much; after the end, unbounded (it drops everything)."""
         with self._lock:
             if self._torn_down:
                 return INPUT_ROOM_AFTER_END
-            if self._input is None:
+            if self._input is None or self._holds_input():
                 return max(PENDING_INPUT_BYTES - len(self._pending_input), 0)
             return self._input.input_room()
+
+    def _holds_input(self) -> bool:
+        """With `_lock`: whether input waits (paused: the console must not change)."""
+        return self._state in (MachineState.PAUSED, MachineState.DEBUG)
+
+    def _release_input(self) -> None:
+        """With `_lock`: hand what waited to the console."""
+        if self._pending_input and self._input is not None and not self._holds_input():
+            self._input.feed(bytes(self._pending_input))
+            self._pending_input.clear()
 
     @property
     def console_output(self) -> bytes:
@@ -210,11 +261,10 @@ class Machine:
 
     def build(self) -> None:
         """Build the VM without starting it: KVM, guest memory, the devices, the boot
-        image and the vCPUs. `run()` then starts what was built (it builds the VM itself
-        when this was not called; after `stop()` it only tears it down). Between the
-        two nothing runs in the guest or on the I/O thread, so the devices can be saved
-        and restored: a VMM restoring a snapshot builds the machine from the same
-        configuration, then puts the state back. A failure tears down what was built."""
+        image and the vCPUs (`builder.py`). `start()` then starts what was built (it
+        builds the VM itself when this was not called). Between the two nothing runs in
+        the guest or on the I/O thread, so the devices can be saved and restored. A
+        failure tears down what was built."""
         if self._built or self._started_at:
             raise ConfigError("a Machine is built once; create a new one to boot again")
         try:
@@ -228,103 +278,23 @@ class Machine:
     def _build(self) -> None:
         self._built = True
         config = self.config
-        kvm = self._kvm = Kvm(config.kvm_device)
-        if config.cpus > kvm.max_vcpus():
-            raise ConfigError(
-                f"{config.cpus} vCPUs requested, but this host's KVM allows at most {kvm.max_vcpus()}"
-            )
-        vm = self._vm = kvm.create_vm()
-        if kvm.check_extension(Cap.SET_TSS_ADDR):
-            vm.set_tss_addr(KVM_TSS_ADDRESS)
-        if kvm.check_extension(Cap.SET_IDENTITY_MAP_ADDR):
-            vm.set_identity_map_addr(KVM_IDENTITY_MAP_ADDRESS)
-        has_irqchip = bool(kvm.check_extension(Cap.IRQCHIP))
-        if has_irqchip:
-            vm.create_irqchip()
-            if kvm.check_extension(Cap.PIT2):
-                vm.create_pit2()
-        elif config.cpus > 1:
-            raise ConfigError("more than one vCPU needs an in-kernel irqchip, which this host's KVM lacks")
-        if kvm.check_extension(Cap.EXIT_ON_EMULATION_FAILURE):
-            vm.enable_cap(Cap.EXIT_ON_EMULATION_FAILURE, 1)
-
+        kvm_vm = self._kvm_vm = builder.create_vm(config)
         memory = self.memory = GuestMemory(
             split_around_hole(config.memory_bytes(), MMIO_HOLE_START, MMIO_HOLE_END)
         )
-        memory.register(vm)
-        self._attach_devices(vm, memory, has_irqchip)
-        images = BootImages(
-            Path(config.kernel),
-            Path(config.initrd) if config.initrd is not None else None,
-            self.devices.kernel_cmdline(config.cmdline),  # + what devices announce there
-            kernel_decompress=config.kernel_decompress,
-            kernel_format=config.kernel_format,
-            rsdp_address=build_acpi_tables(
-                config.cpus,
-                power=ACPI_POWER,
-                devices=self.devices.aml(),
-                tables=self.pci.acpi_tables() if self.pci else (),
-            ).write(memory),
-            reserved=self.pci.reserved() if self.pci else (),
+        memory.register(kvm_vm.vm)
+        platform = builder.attach_devices(
+            config, self.devices, kvm_vm, memory, self.io, self.stop, self._console_output
         )
-        self.entry = boot.load(memory, images)
-        log.info("booting %s: %s", images.kernel, self.entry.description or self.entry.mode.value)
-
-        supported_cpuid = kvm.supported_cpuid()
-        supported_msrs = set(kvm.msr_index_list())
-        repair_syscalls = not syscall_reaches_cpl0()
-        if repair_syscalls:
-            log.info("this KVM leaves SYSCALL at CPL 3: pyvmm repairs guest syscalls (lost_syscall)")
-        hypercalls = hypercalls_return()
-        if not hypercalls:
-            log.info("this KVM does not return from hypercalls: KVM PV features that use them are hidden")
-        for vcpu_id in range(config.cpus):
-            vcpu = vm.create_vcpu(vcpu_id)
-            cpu.configure_vcpu(vcpu, supported_cpuid, supported_msrs, config.cpus, hypercalls=hypercalls)
-            if vcpu_id == 0:
-                cpu.enter(vcpu, memory, self.entry)
-            self.runners.append(
-                VcpuRunner(
-                    vcpu, self.ports, self.mmio, self.stop, self.is_stopping,
-                    has_irqchip=has_irqchip, disassemble=_disassemble,
-                    make_emulator=functools.partial(
-                        _emulator, vcpu, memory, self.mmio, vcpu.get_msrs if repair_syscalls else None
-                    ),
-                )
-            )  # fmt: skip
-
-    def _attach_devices(self, vm: Vm, memory: GuestMemory, has_irqchip: bool) -> None:
-        """The PC platform's devices (pyvmm.platform.pc), on the buses."""
-
-        def line(gsi: int) -> InterruptLine:
-            self.devices.resources.gsis.claim(gsi, "a platform device")  # not for virtio-mmio
-            return KvmIrqLine(vm, gsi) if has_irqchip else NoIrqLine()
-
-        context = PlatformContext(memory, self.config.cpus, self.stop, line, self._console_output)
-        self.devices.add_all(row(context) for row in PC_PLATFORM)
-        # PCI (pyvmm.platform.pci) unless virtio goes over MMIO, as on QEMU's PC.
-        self.pci: PciPlatform | None = None
-        if self.config.transport == "pci":
-            # MSI-X vectors: a GSI route + irqfd each (KVM_SIGNAL_MSI where KVM has none)
-            msi = functools.partial(msi_vector, vm, GsiAllocator(vm)) if has_irqchip else None
-            self.pci = PciPlatform(self.devices, memory.ram_ranges(), line, msi)
-            self.devices.add(self.pci)
-        else:
-            self.devices.add(NoPci())  # no host bridge; pci=off tells Linux
-        self.devices.add_all(build_test_devices(self.config.test_devices, self.pci, line))
-        console_input: list[ConsoleInput] = []  # a virtio console, if there is one
-        virtio = VirtioContext(
-            memory, vm, self.io, self.devices.resources, line, self._console_output, self.pci,
-            console_input=console_input.append,
-        )  # fmt: skip
-        self.devices.add_all(virtio_devices(self.config, virtio))  # pyvmm.platform.virtio
+        self.pci = platform.pci
         self.serial = self.devices.model(Serial16550)
         self.rtc = self.devices.model(CmosRtc)
         with self._lock:
-            self._input = console_input[0] if console_input else self.serial
-            if self._pending_input and self._input is not None:
-                self._input.feed(bytes(self._pending_input))
-                self._pending_input.clear()
+            self._input = platform.console_input or self.serial
+            self._release_input()
+        self.entry = builder.load_kernel(config, memory, self.devices, self.pci)
+        self.runners = builder.create_vcpus(config, kvm_vm, memory, self.devices, self.stop, self.is_stopping)
+        builder.enter(self.runners[0], memory, self.entry)
 
     # --- device state -------------------------------------------------------------------
 
@@ -333,10 +303,9 @@ class Machine:
         checked data; no vCPU state, no guest memory, no file (docs/architecture.md,
         "Saved device state").
 
-        The caller has the vCPUs and the I/O thread paused or not started, so no
-        device changes while it is read: today that is between `build()` and `run()`
-        (`Machine` cannot pause its vCPUs yet; `IoThread.pause` parks the I/O thread).
-        `StateError` otherwise, or naming each device that cannot save its state."""
+        The machine is built and not started, or paused (the vCPUs and the I/O thread
+        parked, so no device changes while it is read). `StateError` otherwise, or
+        naming each device that cannot save its state."""
         self._check_devices_still("saved")
         return self.devices.save()
 
@@ -355,38 +324,137 @@ class Machine:
             raise StateError(f"the devices cannot be {done}: the machine is not built yet")
         if self._torn_down:
             raise StateError(f"the devices cannot be {done}: the machine has ended and closed them")
-        if any(runner.thread.is_alive() for runner in self.runners):
+        if any(runner.thread.is_alive() and not runner.parked for runner in self.runners):
             raise StateError(f"the devices cannot be {done} while the vCPUs run")
         if self.io.running and not self.io.parked:
             raise StateError(f"the devices cannot be {done} while the I/O thread runs (pause it first)")
 
-    # --- running ------------------------------------------------------------------------
+    # --- the lifecycle ------------------------------------------------------------------
+
+    def start(self, *, paused: bool = False) -> None:
+        """Build the VM if `build()` was not called, start the I/O thread and the vCPU
+        threads, and return: the machine is running (or, with `paused`, paused before
+        its first instruction, QEMU's `-S`). `LifecycleError` unless created."""
+        with self._control:
+            with self._lock:
+                check_transition(self._state, MachineState.PAUSED if paused else MachineState.RUNNING)
+            self._started_at = time.monotonic()
+            self._stream, self._output = _output_stream(self.config.console)
+            if not self._built:
+                try:
+                    self._build()
+                except BaseException:
+                    self.stop(GuestExit(ExitKind.ERROR, "the machine could not be built"))
+                    self._finish()
+                    raise
+            if paused:
+                self.io.pause()  # the loop starts parked
+            self.io.start()
+            for runner in self.runners:
+                runner.start(parked=paused)
+            with self._lock:
+                if self._state is MachineState.STOPPED:
+                    return  # stopped while starting: wait() tears it down
+                self._enter(MachineState.PAUSED if paused else MachineState.RUNNING)
+            if paused:
+                self._capture_clock()
+
+    def pause(self, timeout: float = PAUSE_SECONDS) -> None:
+        """Stop the guest where it is and quiesce every device (the module docstring's
+        pause order); returns once nothing touches guest memory or a queue. A paused
+        guest's clock does not advance. `LifecycleError` unless running, or when a step
+        does not finish within `timeout` seconds (the machine then runs on)."""
+        with self._control:
+            with self._lock:
+                if self._state is not MachineState.RUNNING:
+                    raise LifecycleError(f"the machine is {self._state.value}: only a running machine pauses")
+            self._park_all(timeout)
+            with self._lock:
+                self._enter(MachineState.PAUSED)
+            self._emit("STOP")
+
+    def resume(self) -> None:
+        """Let a paused guest run on, in the reverse of the pause order."""
+        with self._control:
+            with self._lock:
+                if self._state is not MachineState.PAUSED:
+                    raise LifecycleError(f"the machine is {self._state.value}: only a paused machine resumes")
+                self._enter(MachineState.RUNNING)
+                self._release_input()
+            self._unpark_all()
+            self._emit("RESUME")
+
+    def _park_all(self, timeout: float) -> None:
+        """The pause order, up to the clock; on a step that does not finish in time,
+        what was parked is let go again (`LifecycleError`)."""
+        for runner in self.runners:
+            runner.park()
+        deadline = time.monotonic() + timeout
+        try:
+            for runner in self.runners:
+                if not runner.wait_parked(max(deadline - time.monotonic(), 0.0)):
+                    raise LifecycleError(f"vCPU {runner.vcpu.id} did not stop within {timeout} s")
+            if not self.io.pause(timeout):
+                raise LifecycleError(
+                    f"the I/O thread did not stop within {timeout} s (a device callback is stuck)"
+                )
+            self.devices.pause(timeout)
+        except BaseException:
+            self.devices.resume()
+            self.io.resume()
+            for runner in self.runners:
+                runner.unpark()
+            raise
+        self._capture_clock()
+
+    def _unpark_all(self) -> None:
+        self._restore_clock()
+        self.devices.resume()
+        self.io.resume()
+        for runner in self.runners:
+            runner.unpark()
+
+    def _capture_clock(self) -> None:
+        """The guest's kvmclock as it stopped (QEMU does the same around a stop), so
+        that a resumed guest sees no time pass while it was paused."""
+        if self._kvm_vm is not None and self._kvm_vm.has_irqchip:
+            self._paused_clock = self._kvm_vm.vm.get_clock()
+
+    def _restore_clock(self) -> None:
+        clock, self._paused_clock = self._paused_clock, None
+        if clock is not None and self._kvm_vm is not None:
+            self._kvm_vm.vm.set_clock(kvm_clock_data(clock=clock.clock))
+
+    def on_vcpu(self, index: int, fn: Callable[[Vcpu], T], timeout: float = PAUSE_SECONDS) -> T:
+        """Run `fn(vcpu)` on vCPU `index`'s own thread while the machine is paused (or
+        not started), and return its result: how front ends read and write vCPU state."""
+        if not 0 <= index < len(self.runners):
+            raise LifecycleError(f"there is no vCPU {index}")
+        return self.runners[index].call(fn, timeout)
+
+    def wait(self, timeout: float | None = None) -> RunResult | None:
+        """Wait for the VM to end (at most `timeout` seconds: None if it has not), tear
+        it down in this thread, and return how it ended."""
+        if not self._done.wait(timeout):
+            return None
+        return self._finish()
 
     def run(self) -> RunResult:
-        """Build the VM, run it until the guest ends, tear it down; how it ended."""
+        """Start the VM, run it until the guest ends (or `config.timeout`, counted from
+        here, loading included), tear it down; how it ended."""
         if self._started_at:
             raise ConfigError("a Machine runs once; create a new one to boot again")
         self._started_at = time.monotonic()
-        self._stream, self._output = _output_stream(self.config.console)
         try:
             if not self._stopping:  # stop() before run(): nothing to build (or start)
-                if not self._built:
-                    self._build()
-                self.io.start()
-                for runner in self.runners:
-                    runner.start()
+                self.start()
                 self._wait()
         except KeyboardInterrupt:
             self.stop(GuestExit(ExitKind.STOPPED, "interrupted"))
         finally:
             self.stop(self._outcome)
-            self._ended_at = time.monotonic()
-            self._teardown()
-            if self._stream is not None:
-                self._stream.close()  # flushes while the sink takes it, at most FLUSH_SECONDS
-        assert self._outcome is not None
-        console, dropped = self._console.snapshot()
-        return RunResult(self._outcome, console, self.stats(), dropped)
+            result = self._finish()
+        return result
 
     def _wait(self) -> None:
         """Wait for the guest to end; the timeout counts from `run()`, loading included."""
@@ -394,6 +462,19 @@ class Machine:
         remaining = None if timeout is None else timeout - (time.monotonic() - self._started_at)
         if not self._done.wait(None if remaining is None else max(0.0, remaining)):
             self.stop(GuestExit(ExitKind.STOPPED, f"timed out after {timeout} s"))
+
+    def _finish(self) -> RunResult:
+        """Once ended: tear down (once) and make the result."""
+        with self._control:
+            if self._result is None:
+                self._ended_at = time.monotonic()
+                self._teardown()
+                if self._stream is not None:
+                    self._stream.close()  # flushes while the sink takes it, at most FLUSH_SECONDS
+                assert self._outcome is not None
+                console, dropped = self._console.snapshot()
+                self._result = RunResult(self._outcome, console, self.stats(), dropped)
+            return self._result
 
     def stats(self) -> ExitStats:
         """Exit counters so far (per reason, per vCPU, per device range)."""
@@ -416,12 +497,13 @@ class Machine:
         if not self.io.stop():  # no device callback runs past this point, or one is stuck
             log.error("the I/O thread did not stop; leaving the devices and guest memory to the process exit")
             return
+        self.devices.resume()  # device threads a pause held go on to see the close
         self.devices.close()  # before the VM: device threads (the RTC's timer) must not outlive it
         for runner in self.runners:
             runner.vcpu.close()
-        if self._vm is not None:
-            self._vm.close()
+        if self._kvm_vm is not None:
+            self._kvm_vm.vm.close()
         if self.memory is not None:
             self.memory.close()
-        if self._kvm is not None:
-            self._kvm.close()
+        if self._kvm_vm is not None:
+            self._kvm_vm.kvm.close()

@@ -5,6 +5,14 @@ precompiled `struct` formats straight from the shared page, looks the address up
 the bus, and re-enters the guest; it allocates nothing it does not hand to a device
 and takes no lock. Everything that ends the VM goes through `stop`, which records
 the first outcome and kicks every vCPU out of KVM_RUN (immediate_exit + a signal).
+
+The vCPU thread is also where its commands run (Firecracker's `vstate/vcpu.rs`
+events): `park()` kicks it out of KVM_RUN and it waits, parked, until `unpark()`;
+while parked it runs what `call()` hands it (reading or writing its state) on its own
+thread. It parks only after a KVM_RUN that returned EINTR: the kick set
+immediate_exit, so that KVM_RUN first completed the port or MMIO access of the exit
+before it (api.rst, "kvm_run": the access is complete only once KVM_RUN is entered
+again), and the state read while parked is whole.
 """
 
 from __future__ import annotations
@@ -16,11 +24,13 @@ import os
 import signal
 import struct
 import threading
+from collections import deque
 from collections.abc import Callable
-from typing import Protocol
+from concurrent.futures import Future
+from typing import Protocol, TypeVar
 
 from pyvmm.bus import MmioBus, PortBus
-from pyvmm.errors import VmmError
+from pyvmm.errors import LifecycleError, VmmError
 from pyvmm.kvm import ExitReason, InternalErrorSuberror, KvmError, KvmIoctlError, SystemEvent, Vcpu
 from pyvmm.kvm.ioctls import KVM_RUN as _KVM_RUN
 from pyvmm.kvm.uapi import KVM_EXIT_IO_OUT, KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES
@@ -48,6 +58,7 @@ _REASON_INTR = ExitReason.INTR.value
 _INTERRUPTED = (errno.EINTR, errno.EAGAIN)
 
 Disassembler = Callable[[bytes, int, int], str]
+T = TypeVar("T")
 
 
 class InstructionEmulator(Protocol):
@@ -99,15 +110,69 @@ class VcpuRunner:
         self.counters = VcpuCounters()
         self.thread = threading.Thread(target=self._thread_main, name=f"vcpu{vcpu.id}", daemon=True)
         self._started = threading.Event()
+        # The command path: what the thread should be doing, and what it is doing.
+        self._commands = threading.Condition()
+        self._park_wanted = False
+        self._parked = False
+        self._finished = False
+        self._calls: deque[tuple[Callable[[Vcpu], object], Future[object]]] = deque()
 
     # --- lifecycle ------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, *, parked: bool = False) -> None:
+        """Start the thread; `parked`: it parks before its first KVM_RUN (a machine
+        started paused, or restored, or waiting for a debugger)."""
+        self._park_wanted = parked
         self.thread.start()
         self._started.wait()
 
+    def park(self) -> None:
+        """Ask the thread to leave KVM_RUN and park (`wait_parked` to know it has)."""
+        with self._commands:
+            self._park_wanted = True
+        self.kick()
+
+    def wait_parked(self, timeout: float | None) -> bool:
+        """Whether the thread parked (or ended) within `timeout` seconds."""
+        with self._commands:
+            return self._commands.wait_for(lambda: self._parked or self._finished, timeout)
+
+    def unpark(self) -> None:
+        """Let a parked thread run the guest again."""
+        with self._commands:
+            self._park_wanted = False
+            self._commands.notify_all()
+
+    @property
+    def parked(self) -> bool:
+        return self._parked
+
+    def call(self, fn: Callable[[Vcpu], T], timeout: float | None = None) -> T:
+        """Run `fn(vcpu)` on the vCPU's own thread while it is parked, and return what
+        it returns (or raise what it raised). `LifecycleError` when the thread is not
+        parked, ends first, or `timeout` passes; on a thread that never started (a
+        machine built and not started, or ended) it runs in the caller's thread."""
+        if not self.thread.is_alive():
+            if self._started.is_set():
+                raise LifecycleError(f"vCPU {self.vcpu.id} has ended")
+            return fn(self.vcpu)
+        future: Future[object] = Future()
+        with self._commands:
+            if not self._park_wanted:
+                raise LifecycleError(f"vCPU {self.vcpu.id} is running: pause it first")
+            self._calls.append((fn, future))
+            self._commands.notify_all()
+        try:
+            return future.result(timeout)  # type: ignore[return-value]
+        except TimeoutError:
+            future.cancel()
+            raise LifecycleError(f"vCPU {self.vcpu.id} did not answer within {timeout} s") from None
+
     def kick(self) -> None:
-        """Make the vCPU leave KVM_RUN soon, wherever it is in its loop."""
+        """Make the vCPU leave KVM_RUN soon, wherever it is in its loop; a parked vCPU
+        looks at what it is asked again (the machine may be stopping)."""
+        with self._commands:
+            self._commands.notify_all()
         try:
             self.vcpu.set_immediate_exit(True)
         except ValueError:
@@ -129,7 +194,8 @@ class VcpuRunner:
         finally:
             self._started.set()
         try:
-            self._loop()
+            if not (self._park_wanted and self._park()):
+                self._loop()
         except KvmError as exc:
             self.stop(GuestExit(ExitKind.ERROR, f"vCPU {self.vcpu.id}: {exc}"))
         except Exception as exc:  # a device bug must stop the VM, not hang it
@@ -137,6 +203,40 @@ class VcpuRunner:
             self.stop(GuestExit(ExitKind.ERROR, f"vCPU {self.vcpu.id}: internal error: {exc!r}"))
         finally:
             self.counters.exit_seconds = _thread_user_seconds_outside_guest()
+            with self._commands:
+                self._finished = True
+                calls, self._calls = list(self._calls), deque()
+                self._commands.notify_all()
+            for _, future in calls:
+                future.set_exception(LifecycleError(f"vCPU {self.vcpu.id} has ended"))
+
+    def _park(self) -> bool:
+        """Parked: run the calls handed in until unparked; True when the machine is
+        stopping instead (the thread ends)."""
+        with self._commands:
+            self._parked = True
+            self._commands.notify_all()
+            try:
+                while True:
+                    if self.is_stopping():
+                        return True
+                    if self._calls:
+                        fn, future = self._calls.popleft()
+                        self._commands.release()
+                        try:
+                            if future.set_running_or_notify_cancel():
+                                try:
+                                    future.set_result(fn(self.vcpu))
+                                except BaseException as error:
+                                    future.set_exception(error)
+                        finally:
+                            self._commands.acquire()
+                        continue
+                    if not self._park_wanted:
+                        return False
+                    self._commands.wait()
+            finally:
+                self._parked = False
 
     # --- the exit loop --------------------------------------------------------------------
 
@@ -165,7 +265,7 @@ class VcpuRunner:
                     raise KvmIoctlError("KVM_RUN", exc.errno or errno.EIO, f"vCPU {vcpu.id}") from None
                 exits[_REASON_INTR] += 1
                 self._consume_kick()
-                if self.is_stopping():
+                if self.is_stopping() or (self._park_wanted and self._park()):
                     return
                 continue
             reason = run_state.exit_reason

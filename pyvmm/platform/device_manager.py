@@ -5,18 +5,30 @@ they contribute, and resets, saves and restores them all."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TypeVar
+from typing import Protocol, TypeVar, runtime_checkable
 
 from pyvmm.arch.x86.acpi.aml import Aml
 from pyvmm.boot.entry import encode_text
 from pyvmm.bus import Bus, MmioBus, PortBus
 from pyvmm.devices.device import AddressSpace, Device, DeviceState, PlacedDevice
-from pyvmm.errors import StateError
+from pyvmm.errors import LifecycleError, StateError
 from pyvmm.platform.resources import ResourceAllocator
 
 log = logging.getLogger(__name__)
 _Model = TypeVar("_Model")
+
+
+@runtime_checkable
+class Pausable(Protocol):
+    """A device with threads of its own (block workers, the RTC's timer): `pause`
+    returns once none of them touches guest memory, a queue or an interrupt line (False
+    if that took longer than `timeout` seconds), `resume` lets them go on."""
+
+    def pause(self, timeout: float) -> bool: ...
+
+    def resume(self) -> None: ...
 
 
 class DeviceManager:
@@ -135,6 +147,35 @@ class DeviceManager:
         if len(names) != len(self.devices):
             raise StateError("two devices share a name; their states could not be told apart")
         return names
+
+    def pause(self, timeout: float) -> None:
+        """Quiesce every device that has threads of its own (`Pausable`), the pause
+        order's last step: after it no device touches guest memory, a queue or an
+        interrupt line until `resume()`. `LifecycleError` naming the devices that did
+        not quiesce within `timeout` seconds (the others stay paused: `resume()`)."""
+        deadline = time.monotonic() + timeout
+        stuck = [
+            device.name
+            for device, model in self._pausable()
+            if not model.pause(max(deadline - time.monotonic(), 0.0))
+        ]
+        if stuck:
+            raise LifecycleError(f"devices did not quiesce within {timeout} s: {', '.join(stuck)}")
+
+    def resume(self) -> None:
+        """Let every paused device go on (idempotent: a device not paused ignores it)."""
+        for _, model in reversed(self._pausable()):
+            model.resume()
+
+    def _pausable(self) -> list[tuple[Device, Pausable]]:
+        """The placed devices whose model pauses (a virtio transport passes it on to
+        its device)."""
+        found: list[tuple[Device, Pausable]] = []
+        for device in self.devices:
+            model = device.model if isinstance(device, PlacedDevice) else device
+            if isinstance(model, Pausable):
+                found.append((device, model))
+        return found
 
     def close(self) -> None:
         """Close every device, the last added first; one failing does not stop the rest."""
