@@ -17,6 +17,7 @@ the reverse order.
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
@@ -31,7 +32,7 @@ from pyvmm.devices import CmosRtc, Serial16550
 from pyvmm.devices.device import DeviceState
 from pyvmm.errors import ConfigError, LifecycleError, StateError
 from pyvmm.io.thread import IoThread
-from pyvmm.kvm import Vcpu
+from pyvmm.kvm import Cap, KvmIoctlError, Vcpu
 from pyvmm.kvm.uapi import kvm_clock_data
 from pyvmm.machine import builder
 from pyvmm.machine.console_stream import ConsoleStream
@@ -101,6 +102,14 @@ class RunResult:
     @property
     def console_text(self) -> str:
         return self.console.decode("utf-8", "replace")
+
+
+def _tell_paused(vcpu: Vcpu) -> None:
+    try:
+        vcpu.kvmclock_ctrl()
+    except KvmIoctlError as error:
+        if error.errno != errno.EINVAL:  # EINVAL: this guest does not use kvmclock
+            raise
 
 
 class Machine:
@@ -416,9 +425,17 @@ class Machine:
 
     def _capture_clock(self) -> None:
         """The guest's kvmclock as it stopped (QEMU does the same around a stop), so
-        that a resumed guest sees no time pass while it was paused."""
-        if self._kvm_vm is not None and self._kvm_vm.has_irqchip:
-            self._paused_clock = self._kvm_vm.vm.get_clock()
+        that a resumed guest sees no time pass while it was paused; and each vCPU's
+        kvmclock told it was paused (KVM_KVMCLOCK_CTRL), so that the guest's watchdogs
+        do not take the pause for a lockup."""
+        kvm_vm = self._kvm_vm
+        if kvm_vm is None:
+            return
+        if kvm_vm.has_irqchip:
+            self._paused_clock = kvm_vm.vm.get_clock()
+        if kvm_vm.kvm.check_extension(Cap.KVMCLOCK_CTRL):
+            for runner in self.runners:
+                runner.call(_tell_paused)
 
     def _restore_clock(self) -> None:
         clock, self._paused_clock = self._paused_clock, None
