@@ -109,6 +109,7 @@ class CmosRtc:
         self._irq_level = False
         self._timer: threading.Thread | None = None
         self._closed = False
+        self._paused = False  # the machine is paused: the timer raises nothing
 
         self._ram = bytearray(CMOS_SIZE)
         self._ram[Register.A] = INITIAL_A
@@ -153,6 +154,21 @@ class CmosRtc:
 
     def _put(self, index: int, value: int, size: int) -> None:
         self._ram[index : index + size] = value.to_bytes(size, "little")
+
+    def pause(self, timeout: float) -> bool:
+        """The machine pauses: the interrupt timer raises nothing until `resume()`.
+        Immediate: the timer works only with the lock held, so it is idle once this
+        holds it."""
+        with self._lock:
+            self._paused = True
+        return True
+
+    def resume(self) -> None:
+        """The timer catches up with what became due meanwhile (one interrupt, as for
+        any late tick) and goes on."""
+        with self._lock:
+            self._paused = False
+            self._wake.notify_all()
 
     def close(self) -> None:
         """Stop the interrupt timer thread, if one runs. Register accesses still work."""
@@ -464,6 +480,9 @@ class CmosRtc:
     def _run_timer(self) -> None:
         with self._lock:
             while not self._closed:
+                if self._paused:
+                    self._wake.wait()
+                    continue
                 now = self._now_ns()
                 try:
                     self._advance(now)

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pyvmm.devices import CmosRtc
+from pyvmm.devices.rtc import MAX_TIMER_WAIT
 from pyvmm.devices.rtc_registers import Port, Register, RegisterA, RegisterB, RegisterC
 from pyvmm.errors import ConfigError
 
@@ -367,5 +368,24 @@ def test_no_access_sequence_raises(ops: list[tuple[bool, int, int, int, float]],
                 rtc.device.write(offset, min(size, 2 - offset), value)
             else:
                 assert 0 <= rtc.device.read(offset, min(size, 2 - offset)) < 1 << 16
+    finally:
+        rtc.device.close()
+
+
+def test_a_paused_rtc_raises_no_interrupt_and_catches_up_on_resume() -> None:
+    """The machine's pause: the timer thread raises nothing until resumed."""
+    rtc = Rtc()
+    try:
+        rtc.put(Register.A, 0x20)  # updates only
+        rtc.put(Register.B, BCD_24H | RegisterB.UIE)  # starts the timer thread
+        assert rtc.device.pause(1.0)
+        rtc.clock.advance(1)  # an update is due; only the timer could raise it now
+        time.sleep(MAX_TIMER_WAIT + 0.3)
+        assert not rtc.line.high
+        rtc.device.resume()
+        deadline = time.monotonic() + 5
+        while not rtc.line.high:
+            assert time.monotonic() < deadline, "no interrupt after resume"
+            time.sleep(0.01)
     finally:
         rtc.device.close()
