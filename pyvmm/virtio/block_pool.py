@@ -189,6 +189,13 @@ class RequestPool(VirtioDevice):
             thread.join(max(deadline - time.monotonic(), 0))
         self._close_disk()
 
+    def pause(self, timeout: float) -> bool:
+        """The machine's pause: with the I/O thread parked nothing pops new requests,
+        so waiting for those in flight to end (their used entries and interrupts out)
+        leaves the pool idle until the I/O thread notifies it again."""
+        with self._lock:
+            return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
+
     def _wait_idle(self, timeout: float) -> None:
         """Until no request is in flight; a `StateError` after `timeout` seconds."""
         with self._lock:

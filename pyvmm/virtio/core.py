@@ -244,6 +244,14 @@ class VirtioCore:
         self.device.write_config(offset, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
         self.config_generation = (self.config_generation + 1) & 0xFF
 
+    # --- the machine's pause -----------------------------------------------------------
+
+    def pause(self, timeout: float) -> bool:
+        return self.device.pause(timeout)
+
+    def resume(self) -> None:
+        self.device.resume()
+
     # --- saved state ------------------------------------------------------------------
 
     def save(self) -> CoreState:

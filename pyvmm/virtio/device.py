@@ -106,6 +106,17 @@ class VirtioDevice(abc.ABC):
     def close(self) -> None:
         """The VM is going away: release host resources (files, TAP devices, ...)."""
 
+    # --- the machine's pause (docs/architecture.md, "Lifecycle") -------------------------
+
+    def pause(self, timeout: float) -> bool:
+        """The I/O thread is parked: finish what the device's own threads still do
+        with guest memory and the queues (False if that takes over `timeout` seconds),
+        and start nothing until `resume()`. This default: a device without threads."""
+        return True
+
+    def resume(self) -> None:  # noqa: B027 (a device without threads has nothing to do)
+        """The machine runs again."""
+
     # --- saved state (device_state.py) -------------------------------------------------
 
     def save(self) -> VirtioDeviceState:

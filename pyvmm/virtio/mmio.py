@@ -136,6 +136,13 @@ class VirtioMmio:
 
     # --- reset and saved state -----------------------------------------------------
 
+    def pause(self, timeout: float) -> bool:
+        """The machine's pause, passed on to the device (`VirtioDevice.pause`)."""
+        return self.core.pause(timeout)
+
+    def resume(self) -> None:
+        self.core.resume()
+
     def reset(self) -> None:
         """Power-on: the device reset, as a driver's status 0 (§4.2.2.1), line low."""
         self.core.reset()

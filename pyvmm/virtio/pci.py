@@ -143,6 +143,13 @@ class VirtioPciFunction:
         )  # fmt: skip
         self.function.on_reset(self._reset_device)
 
+    def pause(self, timeout: float) -> bool:
+        """The machine's pause, passed on to the device (`VirtioDevice.pause`)."""
+        return self.core.pause(timeout)
+
+    def resume(self) -> None:
+        self.core.resume()
+
     def reset(self) -> None:
         """Function-level reset (§4.1.5.1.1): the header's guest bits (BARs unassigned,
         decoding off, MSI-X disabled), then the device and the transport's state."""

@@ -285,3 +285,29 @@ def test_a_request_failing_on_a_pool_thread_puts_the_device_in_needs_reset(
     del harness.device.file.read_into  # the bug fixed; the driver resets the device
     harness.restart()
     assert harness.one(T_IN, 0, in_len=512) == (S_OK, 513)
+
+
+# --- the machine's pause ---------------------------------------------------------------------
+
+
+def test_a_pause_waits_for_the_requests_in_flight_to_be_answered(
+    ram: GuestMemory, image: Path, closing_list: list[BlockHarness]
+) -> None:
+    """With the I/O thread parked no request starts; a pause returns once those in
+    flight are answered (used entries and interrupts out), so nothing touches guest
+    RAM or the ring while the machine is paused. A host call that outlives the pause's
+    timeout makes it fail (the machine then runs on), and it goes through afterwards."""
+    harness = make(ram, image, workers=2)
+    closing_list.append(harness)
+    with held(harness.device.file, "read_into") as slow:
+        requests = [harness.post(T_IN, i, in_len=512) for i in range(4)]
+        harness.core.notify(0)
+        slow.wait_calls(2)
+        assert not harness.core.pause(0.2)  # held in the host call
+        assert harness.driver.used_idx() == 0
+        slow.release.set()
+        assert harness.core.pause(10)
+        assert harness.driver.used_idx() == 4  # all answered before the pause returned
+        used_then = harness.memory.read(requests[0].data_in, 512)
+    harness.core.resume()
+    assert harness.memory.read(requests[0].data_in, 512) == used_then
