@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pyvmm.bus import all_ones
 from pyvmm.outcome import ExitKind, GuestExit, StopRequest
 from pyvmm.snapshot.checks import check_type
+from pyvmm.snapshot.registry import saved_state
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +22,7 @@ DEBUG_EXIT_PORT = 0xF4
 DEBUG_EXIT_LENGTH = 4  # QEMU's default iosize
 
 
+@saved_state("debug-exit")
 @dataclass(frozen=True)
 class DebugExitState:
     """The debug-exit port keeps nothing: a write ends the VM. The (empty) state lets

@@ -22,18 +22,9 @@ from typing import Protocol, runtime_checkable
 
 from pyvmm.arch.x86.acpi.aml import Aml
 from pyvmm.bus import BusDevice
-from pyvmm.devices.debug_exit import DebugExitState
-from pyvmm.devices.fw_cfg import FwCfgState
-from pyvmm.devices.i8042_state import I8042State
-from pyvmm.devices.ports import PortSinkState
-from pyvmm.devices.power import PowerControlState, SleepControlState
-from pyvmm.devices.rtc_state import RtcState
-from pyvmm.devices.serial_state import SerialState
-from pyvmm.devices.testdev_state import PciTestdevState, PcTestdevState
 from pyvmm.errors import StateError
-from pyvmm.pci.state import PciHostState
 from pyvmm.snapshot.checks import check_tuple, check_type
-from pyvmm.virtio.transport_state import VirtioMmioState, VirtioPciState
+from pyvmm.snapshot.registry import SavedState, saved_state
 
 
 class AddressSpace(enum.Enum):
@@ -52,22 +43,10 @@ class Region:
     label: str  # shown in --stats, e.g. "serial (COM1)"
 
 
-ModelState = (
-    SerialState
-    | RtcState
-    | I8042State
-    | FwCfgState
-    | PowerControlState
-    | SleepControlState
-    | DebugExitState
-    | PortSinkState
-    | VirtioPciState
-    | VirtioMmioState
-    | PcTestdevState
-    | PciTestdevState
-    | PciHostState
-)
-"""The saved state of one device model."""
+ModelState = SavedState
+"""The saved state of one device model: a frozen dataclass registered with
+`pyvmm.snapshot.registry` beside the model (`@saved_state`), which names no device
+package here; each model's `restore()` checks it is of its own class."""
 
 
 @runtime_checkable
@@ -84,6 +63,7 @@ class Stateful(Protocol):
         the model as it was. Outputs (line levels) follow the restored registers."""
 
 
+@saved_state("device")
 @dataclass(frozen=True)
 class DeviceState:
     """A placed device's saved state: one per model that keeps state, in placement order."""

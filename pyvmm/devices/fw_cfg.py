@@ -27,6 +27,7 @@ from typing import Protocol
 from pyvmm.bus import all_ones
 from pyvmm.errors import ConfigError, GuestMemoryError
 from pyvmm.snapshot.checks import check_int, check_type
+from pyvmm.snapshot.registry import saved_state
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ class DmaMemory(Protocol):
 _U64 = (1 << 64) - 1
 
 
+@saved_state("fw-cfg")
 @dataclass(frozen=True)
 class FwCfgState:
     """What the guest can change in fw_cfg: the selected item, how far it has read it,

@@ -27,6 +27,7 @@ from pyvmm.snapshot.checks import (
     check_type,
     fail,
 )
+from pyvmm.snapshot.registry import saved_state
 
 DEVICE = "i8042"
 OutputByte = tuple[int, bool, bool]  # value, auxiliary data (status bit 5), timeout (bit 6)
@@ -34,6 +35,7 @@ OutputByte = tuple[int, bool, bool]  # value, auxiliary data (status bit 5), tim
 _COMPUTED_OUTPUT_PORT_BITS = OutputPort.KBD_OBF | OutputPort.AUX_OBF
 
 
+@saved_state("i8042")
 @dataclass(frozen=True)
 class I8042State:
     """An `I8042`'s state as plain data, its keyboard's included."""

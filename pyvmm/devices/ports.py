@@ -12,11 +12,13 @@ from dataclasses import dataclass
 from pyvmm.bus import all_ones
 from pyvmm.errors import ConfigError
 from pyvmm.snapshot.checks import check_int, check_type
+from pyvmm.snapshot.registry import saved_state
 
 POST_CODE_PORT = 0x80
 IO_DELAY_PORT = 0xED
 
 
+@saved_state("port-sink")
 @dataclass(frozen=True)
 class PortSinkState:
     """A `PortSink`'s state: the last value written (the fill value is configuration)."""

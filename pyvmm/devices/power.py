@@ -35,6 +35,7 @@ from pyvmm.arch.x86.acpi.fadt import SLEEP_TYPE_MAX
 from pyvmm.bus import all_ones
 from pyvmm.outcome import ExitKind, GuestExit, StopRequest
 from pyvmm.snapshot.checks import check_int, check_mask, check_type, fail
+from pyvmm.snapshot.registry import saved_state
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ class SleepStatusBits(enum.IntFlag):
     WAK_STS = 1 << 7  # write 1 to clear
 
 
+@saved_state("acpi-sleep")
 @dataclass(frozen=True)
 class SleepControlState:
     """A `SleepControl`'s state: the SLP_TYP read back, and the sleep status register."""
@@ -163,6 +165,7 @@ class Pm1Control(enum.IntFlag):
 _WRITE_ONLY = Pm1Control.SLP_EN | Pm1Control.GBL_RLS
 
 
+@saved_state("power-control")
 @dataclass(frozen=True)
 class PowerControlState:
     """A `PowerControl`'s state: the PM1a control register as it reads."""

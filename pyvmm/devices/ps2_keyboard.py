@@ -20,6 +20,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from pyvmm.snapshot.checks import check_bool, check_byte, check_bytes, check_int, check_type, fail
+from pyvmm.snapshot.registry import saved_state
 
 KEYBOARD_BUFFER_SIZE = 16  # bytes a PS/2 keyboard holds for its controller
 
@@ -69,6 +70,7 @@ _SET3_KEY_LISTS = frozenset(
 _DEVICE = "ps2-keyboard"
 
 
+@saved_state("ps2-keyboard")
 @dataclass(frozen=True)
 class KeyboardState:
     """A `PS2Keyboard`'s state as plain data (part of the i8042's)."""

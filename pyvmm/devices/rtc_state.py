@@ -30,6 +30,7 @@ from pyvmm.snapshot.checks import (
     check_type,
     fail,
 )
+from pyvmm.snapshot.registry import saved_state
 
 DEVICE = "cmos-rtc"
 CMOS_SIZE = 128
@@ -42,6 +43,7 @@ FLAGS = RegisterC.PF | RegisterC.AF | RegisterC.UF
 _UNSTORED = frozenset({*CLOCK_REGISTERS, Register.C, Register.D})
 
 
+@saved_state("cmos-rtc")
 @dataclass(frozen=True)
 class RtcState:
     """A `CmosRtc`'s state as plain data."""

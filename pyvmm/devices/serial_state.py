@@ -22,11 +22,13 @@ from pyvmm.snapshot.checks import (
     check_type,
     fail,
 )
+from pyvmm.snapshot.registry import saved_state
 
 DEVICE = "serial"
 FCR_STORED = Fcr.ENABLE | Fcr.DMA_MODE | Fcr.TRIGGER_MASK  # FCR bits the UART keeps
 
 
+@saved_state("serial")
 @dataclass(frozen=True)
 class SerialState:
     """A `Serial16550`'s state as plain data."""

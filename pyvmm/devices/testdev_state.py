@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pyvmm.pci.state import PciFunctionState
+from pyvmm.snapshot.registry import SavedState, saved_state
 
 
+@saved_state("pc-testdev")
 @dataclass(frozen=True)
 class PcTestdevState:
     """pc-testdev: the scratch register behind ports 0xE0 and 0xE8, the 64 KiB iomem,
@@ -18,11 +19,12 @@ class PcTestdevState:
     lines: tuple[bool, ...]  # IRQ_LINES levels
 
 
+@saved_state("pci-testdev")
 @dataclass(frozen=True)
 class PciTestdevState:
     """pci-testdev: its PCI function, the test selected last (0-5, or None) and the
     writes that test has counted (the header's 32-bit count)."""
 
-    function: PciFunctionState
+    function: SavedState  # its `PciFunction`'s (pyvmm.pci.state), which checks it
     selected: int | None
     count: int

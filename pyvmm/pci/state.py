@@ -14,7 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pyvmm.snapshot.registry import saved_state
 
+
+@saved_state("pci-function")
 @dataclass(frozen=True)
 class PciFunctionState:
     """A `PciFunction`'s state as plain data."""
@@ -23,6 +26,7 @@ class PciFunctionState:
     intx_asserted: bool  # the device holds its INTx pin (Status' Interrupt Status)
 
 
+@saved_state("pci-msix")
 @dataclass(frozen=True)
 class MsixState:
     """An `MsixTable`'s state: the vector table and PBA bytes, and the two Message
@@ -34,6 +38,7 @@ class MsixState:
     function_masked: bool
 
 
+@saved_state("pci-host")
 @dataclass(frozen=True)
 class PciHostState:
     """What bus 0's host keeps besides its functions (each saved by its own device):

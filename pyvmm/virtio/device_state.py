@@ -16,7 +16,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pyvmm.snapshot.registry import saved_state
 
+
+@saved_state("virtio-blk")
 @dataclass(frozen=True)
 class BlockState:
     """virtio-blk (§5.2.4): what the guest knows of its disk, checked against the disk
@@ -27,6 +30,7 @@ class BlockState:
     serial: bytes  # the 20-byte GET_ID answer
 
 
+@saved_state("virtio-net")
 @dataclass(frozen=True)
 class NetState:
     """virtio-net (§5.1.4): the MAC address the guest read and the link status."""
@@ -35,11 +39,13 @@ class NetState:
     link_up: bool
 
 
+@saved_state("virtio-rng")
 @dataclass(frozen=True)
 class EntropyState:
     """virtio-rng (§5.4): nothing beyond its queue."""
 
 
+@saved_state("virtio-console")
 @dataclass(frozen=True)
 class ConsoleState:
     """virtio-console (§5.3.4): the console size offered with F_SIZE, and host input

@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 
 from pyvmm.errors import StateError
 from pyvmm.snapshot.checks import check_bool, check_byte, check_int, check_tuple, check_type, fail
+from pyvmm.snapshot.registry import saved_state
 from pyvmm.virtio.device_state import VirtioDeviceState
 from pyvmm.virtio.errors import Fault, VirtqueueError
 from pyvmm.virtio.spec import DeviceStatus, Feature, is_valid_queue_size
@@ -22,6 +23,7 @@ _U16 = 0xFFFF
 _U64 = (1 << 64) - 1
 
 
+@saved_state("virtio-queue")
 @dataclass(frozen=True)
 class QueueState:
     """One virtqueue's state, as `Virtqueue.save` returns it."""
@@ -77,6 +79,7 @@ def check_state(state: object, max_size: int) -> QueueState:
     return state
 
 
+@saved_state("virtio-core")
 @dataclass(frozen=True)
 class CoreState:
     """A `VirtioCore`'s state (§2.1 status, §2.2 features, §4.1.4.3 / §4.2.2 selects):

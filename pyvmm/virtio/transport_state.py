@@ -17,9 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pyvmm.pci.state import MsixState, PciFunctionState
+from pyvmm.snapshot.registry import saved_state
 from pyvmm.virtio.state import CoreState
 
 
+@saved_state("virtio-pci")
 @dataclass(frozen=True)
 class VirtioPciState:
     """A `VirtioPciFunction`'s state."""
@@ -32,6 +34,7 @@ class VirtioPciState:
     isr: int  # bit 0 used buffer, bit 1 configuration change
 
 
+@saved_state("virtio-mmio")
 @dataclass(frozen=True)
 class VirtioMmioState:
     """A `VirtioMmio`'s state."""
