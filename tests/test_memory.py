@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 from guest_code import real_mode_guest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from pyvmm.errors import ConfigError, GuestMemoryError
-from pyvmm.kvm import ExitReason
+from pyvmm.kvm import ExitReason, Kvm
 from pyvmm.memory import PAGE_SIZE, GuestMemory, split_around_hole
 
 MiB = 1 << 20
@@ -135,3 +138,67 @@ def test_fill_sets_exactly_the_range(gpa: int, length: int, byte: int) -> None:
             memory.fill(0, 1, 256)
     finally:
         memory.close()
+
+
+def _file_of_pages(tmp_path: Path, *pages: bytes) -> Path:
+    path = tmp_path / "ram.img"
+    path.write_bytes(b"".join(page.ljust(PAGE_SIZE, b"\0") for page in pages))
+    return path
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_memory_from_a_file_is_a_private_lazy_copy(tmp_path: Path) -> None:
+    path = _file_of_pages(tmp_path, b"header", b"page one", b"page two", b"page three")
+    fds = _open_fds()
+    with open(path, "rb") as image:
+        memory = GuestMemory.from_file(
+            image.fileno(), [(0x10000, PAGE_SIZE, 3 * PAGE_SIZE), (0, 2 * PAGE_SIZE, PAGE_SIZE)]
+        )
+    assert memory.ram_ranges() == [(0, 2 * PAGE_SIZE), (0x10000, 0x10000 + PAGE_SIZE)]
+    assert memory.read(0, 8) == b"page one" and memory.read(PAGE_SIZE, 8) == b"page two"
+    assert memory.read(0x10000, 10) == b"page three"
+    memory.write(0, b"PAGE")
+    memory.fill(0x10000, PAGE_SIZE)  # zeros, not the file's page back (MADV_DONTNEED would)
+    assert memory.read(0, 8) == b"PAGE one" and memory.read(0x10000, PAGE_SIZE) == bytes(PAGE_SIZE)
+    assert path.read_bytes()[PAGE_SIZE : PAGE_SIZE + 8] == b"page one"
+    assert path.read_bytes()[3 * PAGE_SIZE : 3 * PAGE_SIZE + 10] == b"page three"
+    with pytest.raises(GuestMemoryError):
+        memory.read(2 * PAGE_SIZE, 1)
+    memory.close()
+    assert _open_fds() == fds  # the duplicate it kept is closed
+
+
+@pytest.mark.parametrize(
+    ("layout", "message"),
+    [
+        ([(0, PAGE_SIZE, 1)], "page-aligned"),
+        ([(0, 100, 0)], "page-aligned"),
+        ([], "non-empty"),
+        ([(0, 2 * PAGE_SIZE, 0), (PAGE_SIZE, PAGE_SIZE, 0)], "overlap"),
+        ([(0, 4 * PAGE_SIZE, 2 * PAGE_SIZE)], "cannot map"),  # past the end of the file
+    ],
+)
+def test_memory_from_a_file_refuses_bad_layouts(
+    tmp_path: Path, layout: list[tuple[int, int, int]], message: str
+) -> None:
+    path = _file_of_pages(tmp_path, b"a", b"b", b"c", b"d")
+    fds = _open_fds()
+    with open(path, "rb") as image, pytest.raises(ConfigError, match=message):
+        GuestMemory.from_file(image.fileno(), layout)
+    assert _open_fds() == fds
+    with pytest.raises(ConfigError, match="cannot map"):
+        GuestMemory.from_file(-1, [(0, PAGE_SIZE, 0)])
+
+
+@pytest.mark.kvm
+def test_memory_from_a_file_registers_with_kvm(tmp_path: Path) -> None:
+    path = _file_of_pages(tmp_path, b"\x90" * 16, b"x")
+    with open(path, "rb") as image:
+        memory = GuestMemory.from_file(image.fileno(), [(0, 2 * PAGE_SIZE, 0)])
+    with Kvm() as kvm, kvm.create_vm() as vm:
+        memory.register(vm, log_dirty=True)
+        assert list(memory.dirty_pages(vm)) == []
+    memory.close()
