@@ -1,0 +1,167 @@
+"""A small, real, in-memory `MachineController` for the QMP tests: a checked
+lifecycle (pyvmm.machine.lifecycle), events to its listeners as the machine sends
+them, a snapshot that writes a file with progress, and gates a test can close to make
+a command slow."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from pyvmm.api.controller import (
+    BlockDeviceInfo,
+    EventListener,
+    KvmStat,
+    KvmStatsSet,
+    Progress,
+    StatKind,
+    StatsTarget,
+    StatUnit,
+    VcpuInfo,
+)
+from pyvmm.errors import VmmError
+from pyvmm.machine.lifecycle import MachineState, check_transition
+from pyvmm.machine.stats import ExitStats, IoStats, RangeStats
+
+SNAPSHOT_CHUNKS = 4
+SNAPSHOT_CHUNK = b"\xaa" * 4096
+
+VM_STATS = (
+    KvmStat("remote_tlb_flush", StatKind.CUMULATIVE, None, 10, 0, 0, (7,)),
+    KvmStat("pages_4k", StatKind.INSTANT, None, 10, 0, 0, (512,)),
+    KvmStat("max_mmu_page_hash_collisions", StatKind.PEAK, None, 10, 0, 0, (3,)),
+)
+
+
+def vcpu_stats(index: int) -> tuple[KvmStat, ...]:
+    return (
+        KvmStat("exits", StatKind.CUMULATIVE, None, 10, 0, 0, (100 + index,)),
+        KvmStat("halt_wait_ns", StatKind.CUMULATIVE, StatUnit.SECONDS, 10, -9, 0, (5000,)),
+        KvmStat("guest_mode", StatKind.INSTANT, StatUnit.BOOLEAN, 10, 0, 0, (1,)),
+        KvmStat("halt_poll_fail_hist", StatKind.LOG2_HISTOGRAM, StatUnit.SECONDS, 10, -9, 0, (0, 1, 2, 3)),
+        KvmStat("halt_wait_hist", StatKind.LINEAR_HISTOGRAM, StatUnit.SECONDS, 10, -9, 10, (4, 5)),
+    )
+
+
+class FakeMachine:
+    def __init__(self, name: str | None = "guest0", vcpu_count: int = 2) -> None:
+        self._name = name
+        self._state = MachineState.CREATED
+        self._lock = threading.Lock()
+        self._listeners: list[EventListener] = []
+        self.vcpu_count = vcpu_count
+        self.calls: list[str] = []
+        # open: pause() and snapshot() go ahead; a test clears it to hold them
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()  # set when a held call is waiting at the gate
+        self.snapshot_error: Exception | None = None
+
+    # --- lifecycle ---
+
+    @property
+    def name(self) -> str | None:
+        return self._name
+
+    @property
+    def state(self) -> MachineState:
+        return self._state
+
+    def _enter(self, target: MachineState) -> None:
+        with self._lock:
+            check_transition(self._state, target)
+            self._state = target
+
+    def _emit(self, event: str, data: dict[str, object] | None = None) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener(event, data or {})
+
+    def _wait_at_gate(self) -> None:
+        self.entered.set()
+        if not self.gate.wait(10):
+            raise VmmError("the test never opened the gate")
+
+    def pause(self) -> None:
+        self.calls.append("pause")
+        self._wait_at_gate()
+        self._enter(MachineState.PAUSED)
+        self._emit("STOP")
+
+    def resume(self) -> None:
+        self.calls.append("resume")
+        self._enter(MachineState.RUNNING)
+        self._emit("RESUME")
+
+    def reset(self) -> None:
+        self.calls.append("reset")
+        self._emit("RESET", {"guest": False, "reason": "host-qmp-system-reset"})
+
+    def powerdown(self) -> None:
+        self.calls.append("powerdown")
+        self._emit("POWERDOWN")
+
+    def quit(self) -> None:
+        self.calls.append("quit")
+        self._enter(MachineState.STOPPED)
+        self._emit("SHUTDOWN", {"guest": False, "reason": "host-qmp-quit"})
+
+    def snapshot(self, path: str, progress: Progress) -> None:
+        self.calls.append("snapshot")
+        self._wait_at_gate()
+        if self.snapshot_error is not None:
+            raise self.snapshot_error
+        total = SNAPSHOT_CHUNKS * len(SNAPSHOT_CHUNK)
+        with Path(path).open("wb") as file:
+            for chunk in range(SNAPSHOT_CHUNKS):
+                file.write(SNAPSHOT_CHUNK)
+                progress((chunk + 1) * len(SNAPSHOT_CHUNK), total)
+
+    # --- queries ---
+
+    def vcpus(self) -> Sequence[VcpuInfo]:
+        return [VcpuInfo(index, 4000 + index, core=index) for index in range(self.vcpu_count)]
+
+    def block_devices(self) -> Sequence[BlockDeviceInfo]:
+        return [
+            BlockDeviceInfo("disk0", "/var/lib/disk0.img", False, 1 << 30),
+            BlockDeviceInfo("cd0", "/srv/boot.iso", True, 700 << 20, qdev="virtio-blk1"),
+        ]
+
+    def kvm_stats(self, target: StatsTarget) -> Sequence[KvmStatsSet]:
+        if target is StatsTarget.VM:
+            return [KvmStatsSet(None, VM_STATS)]
+        return [KvmStatsSet(index, vcpu_stats(index)) for index in range(self.vcpu_count)]
+
+    def exit_stats(self) -> ExitStats:
+        return ExitStats(
+            run_seconds=2.5,
+            exits={"IO": 30, "HLT": 4},
+            per_vcpu=[{"IO": 20, "HLT": 3}, {"IO": 10, "HLT": 1}],
+            ranges=[RangeStats("pio", "serial0", 0x3F8, 8, 12, 18)],
+            emulated={"movdqa": 2},
+            exit_seconds=0.125,
+            io=IoStats(callbacks=9, busy_seconds=0.01, cpu_seconds=0.02, faults=1),
+        )
+
+    def registers_text(self, vcpu: int) -> str:
+        if not 0 <= vcpu < self.vcpu_count:
+            raise IndexError(vcpu)
+        return f"RAX=000000000000000{vcpu} RBX=0000000000000000\nRIP=000000000010000{vcpu} RFL=00000002"
+
+    # --- events ---
+
+    def add_listener(self, listener: EventListener) -> None:
+        with self._lock:
+            self._listeners.append(listener)
+
+    def remove_listener(self, listener: EventListener) -> None:
+        with self._lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+    @property
+    def listeners(self) -> int:
+        return len(self._listeners)
