@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -38,6 +39,7 @@ from pyvmm.machine import builder
 from pyvmm.machine.console_stream import ConsoleStream
 from pyvmm.machine.console_tail import CONSOLE_TAIL_BYTES, ConsoleTail
 from pyvmm.machine.lifecycle import MachineState, check_transition
+from pyvmm.machine.snapshot import check_shape_of, restore_state, save_state
 from pyvmm.machine.stats import ExitStats, IoStats, collect
 from pyvmm.machine.vcpu import VcpuRunner
 from pyvmm.memory import GuestMemory, split_around_hole
@@ -45,6 +47,7 @@ from pyvmm.outcome import ConsoleInput, ExitKind, GuestExit
 from pyvmm.platform.device_manager import DeviceManager
 from pyvmm.platform.pci import PciPlatform
 from pyvmm.platform.resources import ResourceAllocator
+from pyvmm.snapshot.file import ProgressCallback, SnapshotFile, SnapshotInfo, read_snapshot, write_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -284,13 +287,17 @@ class Machine:
             self._teardown()
             raise
 
-    def _build(self) -> None:
+    def _build(self, saved: SnapshotFile | None = None) -> None:
+        """Build the VM; then boot it (load the kernel), or, with `saved`, take the
+        snapshot's memory (mapped, not read) and put its state back."""
         self._built = True
         config = self.config
         kvm_vm = self._kvm_vm = builder.create_vm(config)
-        memory = self.memory = GuestMemory(
-            split_around_hole(config.memory_bytes(), MMIO_HOLE_START, MMIO_HOLE_END)
-        )
+        if saved is None:
+            memory = GuestMemory(split_around_hole(config.memory_bytes(), MMIO_HOLE_START, MMIO_HOLE_END))
+        else:
+            memory = saved.guest_memory()
+        self.memory = memory
         memory.register(kvm_vm.vm)
         platform = builder.attach_devices(
             config, self.devices, kvm_vm, memory, self.io, self.stop, self._console_output
@@ -301,9 +308,60 @@ class Machine:
         with self._lock:
             self._input = platform.console_input or self.serial
             self._release_input()
-        self.entry = builder.load_kernel(config, memory, self.devices, self.pci)
+        if saved is None:
+            self.entry = builder.load_kernel(config, memory, self.devices, self.pci)
         self.runners = builder.create_vcpus(config, kvm_vm, memory, self.devices, self.stop, self.is_stopping)
-        builder.enter(self.runners[0], memory, self.entry)
+        if saved is None:
+            assert self.entry is not None
+            builder.enter(self.runners[0], memory, self.entry)
+        else:
+            restore_state(saved, self.devices, kvm_vm.vm, [runner.vcpu for runner in self.runners])
+
+    # --- snapshots ----------------------------------------------------------------------
+
+    def snapshot(
+        self, path: str | os.PathLike[str], progress: ProgressCallback | None = None
+    ) -> SnapshotInfo:
+        """Write the whole VM to `path` (`machine/snapshot.py`: devices, then the VM's
+        and each vCPU's KVM state, then memory), atomically. A running machine is
+        paused for it and resumed after; a paused one stays paused. `LifecycleError`
+        unless running or paused; `StateError` when a device cannot be saved."""
+        with self._control:
+            with self._lock:
+                state = self._state
+            if state not in (MachineState.RUNNING, MachineState.PAUSED, MachineState.DEBUG):
+                raise LifecycleError(f"the machine is {state.value}: only a started machine is saved")
+            if state is MachineState.RUNNING:
+                self.pause()
+            try:
+                assert self._kvm_vm is not None and self.memory is not None
+                parts = save_state(self.config, self.devices, self._kvm_vm.vm, self.runners)
+                return write_snapshot(path, parts, self.memory, progress)
+            finally:
+                if state is MachineState.RUNNING:
+                    self.resume()
+
+    @classmethod
+    def restore(cls, path: str | os.PathLike[str], config: MachineConfig, *, paused: bool = False) -> Machine:
+        """A machine built from `config` and filled from the snapshot at `path`, started
+        (or, with `paused`, left paused): the guest goes on exactly where it was saved.
+        `config` gives the disks and TAPs again and must match the snapshot's machine
+        (RAM size, vCPUs, devices, each disk's size); the snapshot is untrusted input:
+        anything that does not fit is one `StateError`, and nothing runs."""
+        machine = cls(config)
+        with read_snapshot(path) as saved:
+            check_shape_of(saved, config)
+            if machine._built:
+                raise ConfigError("a Machine is built once")
+            try:
+                machine._build(saved)
+            except BaseException:
+                machine._started_at = machine._ended_at = time.monotonic()
+                machine.stop(GuestExit(ExitKind.ERROR, "the snapshot could not be restored"))
+                machine._teardown()
+                raise
+        machine.start(paused=paused)
+        return machine
 
     # --- device state -------------------------------------------------------------------
 

@@ -1,0 +1,143 @@
+"""Snapshots of a whole machine on the real /dev/kvm (machine/snapshot.py): a guest
+counting on COM1, saved and restored, goes on with the next number; two clones of one
+snapshot run side by side; a snapshot that does not fit the machine, or is not whole,
+is refused with one `StateError` and nothing runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from guest_code import write
+from machine.test_lifecycle import COUNTER
+
+from pyvmm import Machine, MachineConfig
+from pyvmm.errors import LifecycleError, StateError
+from pyvmm.machine.lifecycle import MachineState
+
+pytestmark = pytest.mark.kvm
+
+
+def sequence(start: int, length: int) -> bytes:
+    """The counter's output from its `start`th byte on."""
+    return bytes(ord("0") + (start + index) % 8 for index in range(length))
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, MachineConfig, int]:
+    """A snapshot of the counter, and how many bytes it had printed when saved."""
+    directory = tmp_path_factory.mktemp("snapshot")
+    config = MachineConfig(
+        kernel=write(directory, "counter.bin", COUNTER), kernel_format="flat", memory="64M"
+    )
+    machine = Machine(config)
+    machine.start()
+    wait_for(lambda: len(machine.console_output) >= 20)
+    machine.pause()
+    printed = len(machine.console_output)
+    info = machine.snapshot(directory / "counter.snap")
+    assert machine.state is MachineState.PAUSED  # a paused machine stays paused
+    machine.stop()
+    assert machine.wait(10) is not None
+    assert info.allocated <= 2 << 20  # the guest touched little of its 64 MiB
+    return directory / "counter.snap", config, printed
+
+
+def test_a_restored_guest_goes_on_with_the_next_number(saved: tuple[Path, MachineConfig, int]) -> None:
+    path, config, printed = saved
+    machine = Machine.restore(path, config)
+    try:
+        assert machine.state is MachineState.RUNNING
+        wait_for(lambda: len(machine.console_output) >= 16)
+        output = machine.console_output
+        assert output == sequence(printed, len(output))
+    finally:
+        machine.stop()
+        machine.wait(10)
+
+
+def test_two_clones_of_one_snapshot_run_side_by_side(saved: tuple[Path, MachineConfig, int]) -> None:
+    path, config, printed = saved
+    clones = [Machine.restore(path, config) for _ in range(2)]
+    try:
+        for clone in clones:
+            wait_for(lambda clone=clone: len(clone.console_output) >= 16)  # type: ignore[misc]
+            output = clone.console_output
+            assert output == sequence(printed, len(output))
+    finally:
+        for clone in clones:
+            clone.stop()
+            clone.wait(10)
+
+
+def test_a_snapshot_of_a_running_machine_resumes_it(tmp_path: Path) -> None:
+    machine = Machine(MachineConfig(kernel=write(tmp_path, "counter.bin", COUNTER), kernel_format="flat"))
+    with pytest.raises(LifecycleError, match="only a started machine is saved"):
+        machine.snapshot(tmp_path / "early.snap")
+    machine.start()
+    try:
+        machine.snapshot(tmp_path / "running.snap")
+        assert machine.state is MachineState.RUNNING
+        before = len(machine.console_output)
+        wait_for(lambda: len(machine.console_output) > before)
+    finally:
+        machine.stop()
+        machine.wait(10)
+
+
+def test_a_restore_paused_runs_nothing_until_resumed(saved: tuple[Path, MachineConfig, int]) -> None:
+    path, config, printed = saved
+    machine = Machine.restore(path, config, paused=True)
+    try:
+        time.sleep(0.2)
+        assert machine.console_output == b""
+        machine.resume()
+        wait_for(lambda: len(machine.console_output) >= 8)
+        assert machine.console_output.startswith(sequence(printed, 8))
+    finally:
+        machine.stop()
+        machine.wait(10)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"memory": "128M"}, "RAM size"),
+        ({"cpus": 2}, "vCPU count"),
+        ({"transport": "mmio"}, "virtio transport"),
+        ({"rng": True}, "entropy device"),
+    ],
+)
+def test_a_different_machine_is_refused(
+    saved: tuple[Path, MachineConfig, int], change: dict[str, object], message: str
+) -> None:
+    path, config, _ = saved
+    other = dataclasses.replace(config, **change)  # type: ignore[arg-type]
+    with pytest.raises(StateError, match=message):
+        Machine.restore(path, other)
+
+
+def test_a_truncated_or_foreign_file_is_refused(
+    saved: tuple[Path, MachineConfig, int], tmp_path: Path
+) -> None:
+    path, config, _ = saved
+    data = path.read_bytes()
+    for length in (0, 10, 4096, len(data) // 2):
+        cut = tmp_path / f"cut{length}.snap"
+        cut.write_bytes(data[:length])
+        with pytest.raises(StateError):
+            Machine.restore(cut, config)
+    foreign = tmp_path / "foreign.snap"
+    foreign.write_bytes(Path(config.kernel).read_bytes())
+    with pytest.raises(StateError):
+        Machine.restore(foreign, config)
