@@ -1,0 +1,84 @@
+"""What this host's KVM_SET_GUEST_DEBUG really does, asked of a throw-away VM.
+
+KVM_CAP_SET_GUEST_DEBUG2 lists the flags KVM accepts, not what it delivers: a host
+that runs guests without hardware virtualization (kvm_pvm) accepts
+KVM_GUESTDBG_USE_SW_BP and data breakpoints in DR7, but its guest takes the int3
+itself and never exits on a data access. So each is tried once, in real mode on one
+vCPU: `int3` with USE_SW_BP must give KVM_EXIT_DEBUG with exception 3, and a write
+watchpoint on a byte the code writes must give KVM_EXIT_DEBUG with its DR6 bit set.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import cache
+
+from pyvmm.gdb.breakpoints import HostSupport
+from pyvmm.gdb.debugregs import Access, GuestDebug, HardwareBreakpoint, debugreg, hit_slots
+from pyvmm.kvm import ExitReason, Kvm, KvmError
+from pyvmm.memory import GuestMemory
+
+log = logging.getLogger(__name__)
+
+_RAM = 0x10000
+_CODE = 0x1000
+_DATA = 0x2000
+_BP_VECTOR = 3
+# int3; hlt
+_INT3 = bytes.fromhex("ccf4")
+# mov byte [0x2000], al; hlt
+_STORE = bytes.fromhex("a20020f4")
+_MAX_EXITS = 4  # an answer comes at the first exit; more means something else went on
+
+
+def _first_debug_exit(code: bytes, control: int, registers: list[int]) -> tuple[int, int] | None:
+    """(exception, dr6) of the first KVM_EXIT_DEBUG running `code` at 0000:1000, else None."""
+    memory = GuestMemory([(0, _RAM)])
+    try:
+        memory.write(_CODE, code)
+        with Kvm() as kvm, kvm.create_vm() as vm:
+            memory.register(vm)
+            vcpu = vm.create_vcpu(0)
+            try:
+                sregs = vcpu.get_sregs()
+                for segment in (sregs.cs, sregs.ds):
+                    segment.base, segment.selector = 0, 0
+                vcpu.set_sregs(sregs)
+                regs = vcpu.get_regs()
+                regs.rip, regs.rflags = _CODE, 2
+                vcpu.set_regs(regs)
+                vcpu.set_guest_debug(control, registers)
+                for _ in range(_MAX_EXITS):
+                    reason = vcpu.run()
+                    if reason == ExitReason.DEBUG:
+                        arch = vcpu.run_state.u.debug.arch
+                        return int(arch.exception), int(arch.dr6)
+                    if reason != ExitReason.INTR:
+                        return None
+                return None
+            finally:
+                vcpu.close()
+    finally:
+        memory.close()
+
+
+@cache
+def probe_host() -> HostSupport:
+    """Whether int3 breakpoints and data watchpoints reach us on this host (cached)."""
+    try:
+        sw = _first_debug_exit(_INT3, GuestDebug.ENABLE | GuestDebug.USE_SW_BP, [0] * 8)
+        watch = HardwareBreakpoint(_DATA, Access.WRITE, 1)
+        slots = [watch, None, None, None]
+        hw = _first_debug_exit(_STORE, GuestDebug.ENABLE | GuestDebug.USE_HW_BP, debugreg(slots))
+    except (KvmError, OSError) as exc:
+        log.warning("gdb: cannot probe KVM's guest debugging (%s): hardware breakpoints only", exc)
+        return HostSupport(software_breakpoints=False, watchpoints=False)
+    support = HostSupport(
+        software_breakpoints=sw is not None and sw[0] == _BP_VECTOR,
+        watchpoints=hw is not None and 0 in hit_slots(hw[1]),
+    )
+    log.debug("gdb: host guest-debug support %s", support)
+    return support
+
+
+__all__ = ["probe_host"]
