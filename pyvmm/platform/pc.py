@@ -7,22 +7,30 @@ the DSDT from that one description. Adding a device is its module plus one row h
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from pyvmm.arch.x86.acpi import PowerRegisters
 from pyvmm.arch.x86.acpi.dsdt import (
+    GENERATION_ID_NAME,
+    POWER_BUTTON_NAME,
     fw_cfg_device,
+    generation_id_device,
+    generic_event_device,
     keyboard_device,
     motherboard_resources,
+    power_button_device,
     rtc_device,
     serial_device,
 )
+from pyvmm.arch.x86.acpi.tables import VMGENID_ADDRESS
 from pyvmm.arch.x86.layout import MMIO_HOLE_START
 from pyvmm.devices import I8042, CmosRtc, DebugExit, FwCfg, PortSink, PowerControl, Serial16550
 from pyvmm.devices.debug_exit import DEBUG_EXIT_LENGTH, DEBUG_EXIT_PORT
 from pyvmm.devices.device import PlacedDevice, ports
 from pyvmm.devices.fw_cfg import FW_CFG_LENGTH, FW_CFG_PORT
+from pyvmm.devices.ged import GED_GSI, GED_LENGTH, GED_PORT, Ged, GedEvent
 from pyvmm.devices.i8042 import AUX_IRQ, I8042_COMMAND_PORT, I8042_DATA_PORT, I8042_PORT_LENGTH, KEYBOARD_IRQ
 from pyvmm.devices.ports import IO_DELAY_PORT, POST_CODE_PORT
 from pyvmm.devices.power import (
@@ -39,11 +47,14 @@ from pyvmm.devices.power import (
 )
 from pyvmm.devices.rtc import RTC_IRQ, RTC_PORT, RTC_PORT_LENGTH
 from pyvmm.devices.serial import COM1_IRQ, COM1_PORT, SERIAL_PORT_LENGTH
+from pyvmm.devices.vmgenid import VmGenId
 from pyvmm.memory import GuestMemory
 from pyvmm.outcome import InterruptLine, StopRequest
 
 
-@dataclass(frozen=True)
+# eq=False: a context is one machine's (compared and hashed by identity), so rows can
+# share a device built once per machine (`_ged`).
+@dataclass(frozen=True, eq=False)
 class PlatformContext:
     """What the rows need from the machine."""
 
@@ -149,6 +160,45 @@ def rtc(context: PlatformContext) -> PlacedDevice:
     )
 
 
+# The GED of each machine (context): the GED row places it, and the VMGENID row
+# notifies through it, whichever row runs first.
+_GEDS: weakref.WeakKeyDictionary[PlatformContext, Ged] = weakref.WeakKeyDictionary()
+
+
+def _ged(context: PlatformContext) -> Ged:
+    ged = _GEDS.get(context)
+    if ged is None:
+        ged = _GEDS[context] = Ged(context.line(GED_GSI))
+    return ged
+
+
+def acpi_events(context: PlatformContext) -> PlacedDevice:
+    """The Generic Event Device (pyvmm.devices.ged) and the control-method power button
+    it notifies; its event port claimed as motherboard resources."""
+    ged = _ged(context)
+    events = (
+        (int(GedEvent.POWER_BUTTON), f"\\_SB.{POWER_BUTTON_NAME}"),
+        (int(GedEvent.GENERATION_ID), f"\\_SB.{GENERATION_ID_NAME}"),
+    )
+    return PlacedDevice(
+        "ged",
+        ged,
+        (ports(GED_PORT, GED_LENGTH, ged, "ged"),),
+        (
+            generic_event_device(GED_PORT, GED_GSI, events),
+            power_button_device(),
+            motherboard_resources("GEDR", [(GED_PORT, GED_LENGTH)], uid=1),
+        ),
+    )
+
+
+def vmgenid(context: PlatformContext) -> PlacedDevice:
+    """The VM generation ID (pyvmm.devices.vmgenid) in the BIOS area's data page, a
+    fresh random one per machine; changes are notified through the GED."""
+    device = VmGenId(context.memory, VMGENID_ADDRESS, _ged(context).notify_generation_id)
+    return PlacedDevice("vmgenid", device, (), (generation_id_device(VMGENID_ADDRESS),))
+
+
 PC_PLATFORM: tuple[Callable[[PlatformContext], PlacedDevice], ...] = (
     serial,
     debug_exit,
@@ -157,4 +207,6 @@ PC_PLATFORM: tuple[Callable[[PlatformContext], PlacedDevice], ...] = (
     port_sinks,
     keyboard,
     rtc,
+    acpi_events,
+    vmgenid,
 )

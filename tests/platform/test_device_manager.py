@@ -33,19 +33,42 @@ def test_every_region_of_the_platform_is_on_its_bus() -> None:
         assert {"serial (COM1)", "cmos-rtc", "fw_cfg", "i8042 data", "acpi-sleep"} <= labels
 
 
+def io_descriptors(dsdt: bytes) -> list[tuple[int, int]]:
+    """(minimum, length) of every IO descriptor (ACPI 6.4 §6.4.2.5: bytes 0x47, decode,
+    min, max, align, length) in the _CRS buffers of `dsdt`, found by walking each
+    template's items (a byte scan also matches AML that merely looks like one)."""
+    found = []
+    for match in re.finditer(rb"\x08_CRS\x11", dsdt):
+        at = match.end()
+        lead = dsdt[at]
+        at += 1 + (lead >> 6)  # PkgLength
+        assert dsdt[at] == 0x0A, "a _CRS buffer's size is a ByteConst here"
+        size, at = dsdt[at + 1], at + 2
+        end = at + size
+        while at < end:
+            tag = dsdt[at]
+            if tag & 0x80:  # large item: 16-bit length
+                at += 3 + int.from_bytes(dsdt[at + 1 : at + 3], "little")
+                continue
+            if tag == 0x47:
+                found.append((int.from_bytes(dsdt[at + 2 : at + 4], "little"), dsdt[at + 7]))
+            if tag >> 3 == 0x0F:  # end tag
+                break
+            at += 1 + (tag & 0x07)
+    return found
+
+
 def test_the_dsdt_describes_the_ports_the_buses_route() -> None:
-    """Each I/O descriptor in the platform's AML (IO(Decode16, min, max, align, len):
-    bytes 0x47, 1, min, max, align, len) names ports a device answers on."""
+    """Each I/O descriptor in the platform's AML names ports a device answers on."""
     with pc_devices() as manager:
         dsdt = build_acpi_tables(1, power=ACPI_POWER, devices=manager.aml()).table("DSDT").data
-        descriptors = re.findall(rb"\x47\x01(..)(..)(.)(.)", dsdt, re.DOTALL)
-        assert len(descriptors) >= 6
-        for minimum, _, _, length in descriptors:
-            base = int.from_bytes(minimum, "little")
+        descriptors = io_descriptors(dsdt)
+        assert len(descriptors) >= 7  # COM1, 2 power, fw_cfg, 2 i8042, RTC, GED
+        for base, length in descriptors:
             entry = manager.ports.find(base, 1)
             assert entry.name != "unclaimed", hex(base)
-            last = manager.ports.find(base + length[0] - 1, 1)
-            assert last.name != "unclaimed", hex(base + length[0] - 1)
+            last = manager.ports.find(base + length - 1, 1)
+            assert last.name != "unclaimed", hex(base + length - 1)
 
 
 def test_the_manager_finds_models_and_refuses_overlaps() -> None:
@@ -110,8 +133,14 @@ def test_save_restore_goes_through_every_device_by_name(clock: FakeClock) -> Non
         assert serial_of(target).read(7, 1) == 0x5A
         target.reset()
         assert serial_of(target).read(7, 1) == 0
+        # A reset keeps the VM generation ID (the same VM boots again); a fresh
+        # machine draws its own.
+        reset_states = dict(target.save())
+        assert reset_states.pop("vmgenid") == states["vmgenid"]
         with pc_devices() as fresh:
-            assert target.save() == fresh.save()
+            fresh_states = dict(fresh.save())
+            assert fresh_states.pop("vmgenid") != states["vmgenid"]
+            assert reset_states == fresh_states
 
 
 def test_restore_needs_exactly_the_devices_names() -> None:

@@ -14,8 +14,12 @@ tables follow, each on a 16-byte boundary:
              extra tables, in the order given (the machine's MCFG, 60 bytes, with PCI)
              DSDT  (about 0.2 KiB + 30 bytes per vCPU; the PCI host bridge adds ~2 KiB)
 
+The area's last page, from `FIRMWARE_DATA_ADDRESS`, holds no table: it is data the
+DSDT points at, as firmware keeps such data in reserved memory (the 16-byte VM
+generation ID at `VMGENID_ADDRESS`, whose ``ADDR`` method names it).
+
 The whole set takes about 0.7 KiB plus 38 bytes per vCPU (46 past 255 vCPUs), so the
-128 KiB area holds it for up to 2883 vCPUs; KVM allows 1024 on most x86 hosts.
+124 KiB before that page hold it for about 2780 vCPUs; KVM allows 1024 on most x86 hosts.
 Past that `build_acpi_tables` raises `AcpiError`; the tables would then have to move
 to the top of RAM below the MMIO hole, reported as E820 type ACPI (3).
 """
@@ -39,6 +43,10 @@ log = logging.getLogger(__name__)
 ACPI_AREA_START = 0xE0000  # the BIOS area: reserved in the memory map
 ACPI_AREA_END = 0x100000  # exclusive
 RSDP_ADDRESS = ACPI_AREA_START
+FIRMWARE_DATA_ADDRESS = ACPI_AREA_END - 0x1000  # the last page: data, not tables
+# The VM generation ID: 16 bytes, 8-byte aligned and inside one page, as Microsoft's
+# specification asks.
+VMGENID_ADDRESS = FIRMWARE_DATA_ADDRESS
 TABLE_ALIGNMENT = 16
 # Tables this module builds itself: an extra one of these would be a second copy.
 _BUILT_HERE = {b"RSD ", b"XSDT", b"RSDT", b"FACP", b"APIC", b"DSDT"}
@@ -100,7 +108,7 @@ def build_acpi_tables(
     timer_gsi: int = TIMER_GSI_KVM_DEFAULT,
     boot_arch: BootArch = DEFAULT_BOOT_ARCH,
     base: int = ACPI_AREA_START,
-    limit: int = ACPI_AREA_END,
+    limit: int = FIRMWARE_DATA_ADDRESS,
 ) -> AcpiTables:
     """All tables for a guest with `cpus` vCPUs, laid out from `base` (the RSDP) to at
     most `limit`. `power`: the platform's sleep and reset registers, for the FADT and
