@@ -239,8 +239,9 @@ def write_snapshot(
     holds the snapshot it held before, and a failure removes the temporary file (a
     killed writer leaves it, hidden as ``.NAME.*.tmp``). Only the pages of `memory`
     that hold something are written (memory_image.py); the rest are holes.
-    `progress(done, total)` is called as the memory is saved, in bytes of guest RAM.
-    The guest must not run meanwhile.
+    `progress(done, total)` is called as the memory is saved, in bytes of guest RAM;
+    `done` reaches `total` once the new snapshot is in place. The guest must not run
+    meanwhile.
     """
     path = os.fspath(path)
     encoded = _encode_names(parts)
@@ -270,6 +271,7 @@ def write_snapshot(
             raise SnapshotError(f"cannot write snapshot {path}: {exc.strerror or exc}") from exc
         raise
     _sync_directory(directory, path)
+    report(memory.size, memory.size)
     log.debug("snapshot %s: %d bytes, %d written, %d allocated", path, layout.file_length, written, allocated)
     return SnapshotInfo(path, layout.file_length, written, allocated)
 
@@ -292,7 +294,8 @@ def _write_contents(
 
 
 def _report_region(report: ProgressCallback, base: int, total: int, done: int) -> None:
-    report(base + done, total)
+    # `total` only once the file is in place: the fsync can be the longest step
+    report(min(base + done, total - 1), total)
 
 
 def _remove(temporary: str) -> None:

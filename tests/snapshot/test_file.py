@@ -274,18 +274,20 @@ def _sample() -> tuple[bytes, int]:
     return data, memory_offset
 
 
-_SCRATCH = Path(tempfile.mkdtemp(prefix="pyvmm-snapshot-test-"))
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the damaged files go (module-scoped: hypothesis reruns a test many times)."""
+    return tmp_path_factory.mktemp("damaged") / "damaged.snap"
 
 
-def _read_back(data: bytes, *, verify_memory: bool = False) -> snapshot_file.SnapshotFile:
-    path = _SCRATCH / "damaged.snap"
+def _read_back(path: Path, data: bytes, *, verify_memory: bool = False) -> snapshot_file.SnapshotFile:
     path.write_bytes(data)
     return read_snapshot(path, verify_memory=verify_memory)
 
 
-def test_the_sample_is_accepted() -> None:
+def test_the_sample_is_accepted(scratch: Path) -> None:
     data, memory_offset = _sample()
-    with _read_back(data, verify_memory=True) as snapshot:
+    with _read_back(scratch, data, verify_memory=True) as snapshot:
         assert snapshot.parts["state"] == b"s" * 300
         restored = snapshot.guest_memory()
     assert restored.read(0x10000 + 3 * PAGE_SIZE + 7, 1) == b"x"
@@ -294,19 +296,19 @@ def test_the_sample_is_accepted() -> None:
 
 
 @given(st.data())
-def test_a_truncated_or_extended_file_is_refused(data: st.DataObject) -> None:
+def test_a_truncated_or_extended_file_is_refused(scratch: Path, data: st.DataObject) -> None:
     sample, _ = _sample()
     length = data.draw(
         st.integers(0, len(sample) - 1) | st.integers(len(sample) + 1, len(sample) + 3 * PAGE_SIZE)
     )
     damaged = sample[:length] + bytes(max(0, length - len(sample)))
     with pytest.raises(SnapshotError):
-        _read_back(damaged)
+        _read_back(scratch, damaged)
 
 
 @settings(max_examples=300)
 @given(st.data())
-def test_flipped_bits_are_refused(data: st.DataObject) -> None:
+def test_flipped_bits_are_refused(scratch: Path, data: st.DataObject) -> None:
     """Any flip before the memory images is refused by the plain read; a flip inside
     them only when memory is verified (it is guest data, not read at restore)."""
     sample, memory_offset = _sample()
@@ -317,11 +319,11 @@ def test_flipped_bits_are_refused(data: st.DataObject) -> None:
         damaged[offset] ^= 1 << data.draw(st.integers(0, 7))
     if in_metadata:
         with pytest.raises(SnapshotError):
-            _read_back(bytes(damaged))
+            _read_back(scratch, bytes(damaged))
     else:
-        _read_back(bytes(damaged)).close()
+        _read_back(scratch, bytes(damaged)).close()
         with pytest.raises(SnapshotError, match="checksum"):
-            _read_back(bytes(damaged), verify_memory=True)
+            _read_back(scratch, bytes(damaged), verify_memory=True)
 
 
 _HEADER_WORDS = st.sampled_from([0, 1, 7, PAGE_SIZE - 1, PAGE_SIZE, 0x10000, 1 << 31, 1 << 52, (1 << 64) - 1])
@@ -329,7 +331,9 @@ _HEADER_WORDS = st.sampled_from([0, 1, 7, PAGE_SIZE - 1, PAGE_SIZE, 0x10000, 1 <
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
-def test_a_header_with_a_recomputed_checksum_is_checked_field_by_field(data: st.DataObject) -> None:
+def test_a_header_with_a_recomputed_checksum_is_checked_field_by_field(
+    scratch: Path, data: st.DataObject
+) -> None:
     """Someone who rewrites header words and recomputes the (unkeyed) digest gets a
     refusal, or a file whose every table entry is in place: it maps as guest memory."""
     sample, memory_offset = _sample()
@@ -344,11 +348,11 @@ def test_a_header_with_a_recomputed_checksum_is_checked_field_by_field(data: st.
         damaged[: header_size - 32], digest_size=32
     ).digest()
     try:
-        snapshot = _read_back(bytes(damaged))
+        snapshot = _read_back(scratch, bytes(damaged))
     except SnapshotError:
         return
     with snapshot:
-        end = os.path.getsize(_SCRATCH / "damaged.snap")
+        end = os.path.getsize(scratch)
         for region in snapshot.regions:
             assert region.gpa % PAGE_SIZE == 0 and region.size % PAGE_SIZE == 0
             assert memory_offset <= region.file_offset and region.file_offset + region.size <= end
@@ -365,12 +369,14 @@ def test_a_header_with_a_recomputed_checksum_is_checked_field_by_field(data: st.
         (24, "<Q", 1 << 40, "out of place"),
     ],
 )
-def test_the_reader_names_what_it_refuses(offset: int, fmt: str, value: int, message: str) -> None:
+def test_the_reader_names_what_it_refuses(
+    scratch: Path, offset: int, fmt: str, value: int, message: str
+) -> None:
     sample, _ = _sample()
     damaged = bytearray(sample)
     struct.pack_into(fmt, damaged, offset, value)
     with pytest.raises(SnapshotError, match=message):
-        _read_back(bytes(damaged))
+        _read_back(scratch, bytes(damaged))
 
 
 def test_other_files_are_refused(tmp_path: Path) -> None:
