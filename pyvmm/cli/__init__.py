@@ -84,6 +84,14 @@ def _file(text: str) -> str:
     return text
 
 
+def _incoming(text: str) -> str:
+    """`file:PATH`, the one migration URI pyvmm takes (QEMU's `-incoming file:PATH`)."""
+    scheme, _, path = text.partition(":")
+    if scheme != "file" or not path:
+        raise argparse.ArgumentTypeError(f"expected file:PATH, got {text!r}")
+    return path
+
+
 def _seconds(text: str) -> float:
     try:
         seconds = float(text)
@@ -192,6 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="one of QEMU's test devices, for test suites written against QEMU; repeatable",
     )
     run.add_argument("--stats", action="store_true", help="print exit statistics when the guest ends")
+    run.add_argument(
+        "--incoming",
+        type=_incoming,
+        metavar="file:PATH",
+        help="resume the guest from the snapshot at PATH instead of booting it (QEMU's -incoming); "
+        "give the same machine options (memory, CPUs, disks, network) as when it was saved",
+    )
     run.set_defaults(handler=_run)
     add_images_command(commands)
     return parser
@@ -256,10 +271,17 @@ class _Run:
     within one deadline for the whole run, and stops it on SIGTERM or SIGHUP. `show`
     prints the console's own messages among the guest's output."""
 
-    def __init__(self, config: MachineConfig, restart: bool, show: Callable[[bytes], None]) -> None:
+    def __init__(
+        self,
+        config: MachineConfig,
+        restart: bool,
+        show: Callable[[bytes], None],
+        incoming: str | None = None,
+    ) -> None:
         self.config = config
         self.restart = restart
         self.show = show
+        self.incoming = incoming  # the first run resumes this snapshot; a reboot boots
         self.deadline = None if config.timeout is None else time.monotonic() + config.timeout
         self.machine: Machine | None = None
         self.signal: str | None = None
@@ -297,6 +319,9 @@ class _Run:
         if self.deadline is not None:  # what is left of the whole run's timeout
             config = dataclasses.replace(config, timeout=max(self.deadline - time.monotonic(), 1e-3))
         machine = self.machine = Machine(config)
+        if self.incoming is not None:
+            incoming, self.incoming = self.incoming, None
+            machine.build(incoming=incoming)
         if self.signal is not None:  # a signal came while the machine was being made
             machine.stop(self._signal_exit())
         if not stdin_is_open():  # started with stdin closed: no input at all
@@ -337,7 +362,8 @@ def _run(args: argparse.Namespace) -> int:
     # the I/O thread, and the timeout with them): it is buffered, and dropped past 1 MiB.
     with ConsoleStream(_stdout, name="pyvmm-stdout") as output:
         config = dataclasses.replace(config, console=output.write)
-        result = _Run(config, restart=args.on_reboot == "restart", show=output.write).run()
+        restart = args.on_reboot == "restart"
+        result = _Run(config, restart=restart, show=output.write, incoming=args.incoming).run()
     if output.dropped:
         _say(_dropped(output))
     if args.stats:

@@ -271,16 +271,23 @@ class Machine:
 
     # --- building -----------------------------------------------------------------------
 
-    def build(self) -> None:
-        """Build the VM without starting it: KVM, guest memory, the devices, the boot
-        image and the vCPUs (`builder.py`). `start()` then starts what was built (it
-        builds the VM itself when this was not called). Between the two nothing runs in
-        the guest or on the I/O thread, so the devices can be saved and restored. A
-        failure tears down what was built."""
+    def build(self, *, incoming: str | os.PathLike[str] | None = None) -> None:
+        """Build the VM without starting it (`builder.py`): KVM, guest memory, the
+        devices and the vCPUs; then the boot image, or, with `incoming`, the snapshot
+        at that path (QEMU's `-incoming`: memory mapped from the file, the saved state
+        put back; the configuration must match it, see `restore`). `start()` then starts
+        what was built (it builds the VM itself when this was not called). Between the
+        two nothing runs in the guest or on the I/O thread, so the devices can be saved
+        and restored. A failure tears down what was built."""
         if self._built or self._started_at:
             raise ConfigError("a Machine is built once; create a new one to boot again")
         try:
-            self._build()
+            if incoming is None:
+                self._build()
+            else:
+                with read_snapshot(incoming) as saved:
+                    check_shape_of(saved, self.config)
+                    self._build(saved)
         except BaseException:
             self._started_at = self._ended_at = time.monotonic()  # it will not run
             self.stop(GuestExit(ExitKind.ERROR, "the machine could not be built"))
@@ -349,17 +356,7 @@ class Machine:
         (RAM size, vCPUs, devices, each disk's size); the snapshot is untrusted input:
         anything that does not fit is one `StateError`, and nothing runs."""
         machine = cls(config)
-        with read_snapshot(path) as saved:
-            check_shape_of(saved, config)
-            if machine._built:
-                raise ConfigError("a Machine is built once")
-            try:
-                machine._build(saved)
-            except BaseException:
-                machine._started_at = machine._ended_at = time.monotonic()
-                machine.stop(GuestExit(ExitKind.ERROR, "the snapshot could not be restored"))
-                machine._teardown()
-                raise
+        machine.build(incoming=path)
         machine.start(paused=paused)
         return machine
 
