@@ -37,7 +37,7 @@ import os
 import stat
 import struct
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Self
@@ -121,9 +121,18 @@ class SnapshotFile:
         self.regions = regions
         self._fd = fd
 
-    def guest_memory(self) -> GuestMemory:
+    def guest_memory(self, layout: Sequence[tuple[int, int]] | None = None) -> GuestMemory:
         """The guest's RAM, mapped MAP_PRIVATE from this file (`GuestMemory.from_file`):
-        nothing is read now, and the guest's writes never reach the file."""
+        nothing is read now, and the guest's writes never reach the file. With
+        `layout` (each RAM range's (gpa, size), as `GuestMemory(layout)` takes: the
+        machine's configuration), a `SnapshotError` unless the file's regions are
+        exactly those: the file's own table is checked, but only the caller knows
+        where RAM may be."""
+        found = [(r.gpa, r.size) for r in self.regions]
+        if layout is not None and sorted(layout) != found:
+            raise SnapshotError(
+                f"{self.path}: guest memory {_ranges(found)}, the machine has {_ranges(layout)}"
+            )
         return GuestMemory.from_file(self._fd, [(r.gpa, r.size, r.file_offset) for r in self.regions])
 
     def verify_memory(self) -> None:
@@ -152,6 +161,10 @@ class SnapshotFile:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _ranges(layout: Sequence[tuple[int, int]]) -> str:
+    return ", ".join(f"{gpa:#x}+{size:#x}" for gpa, size in sorted(layout)) or "none"
 
 
 @dataclass(frozen=True)

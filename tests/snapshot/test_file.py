@@ -88,6 +88,12 @@ def test_round_trip_keeps_parts_and_memory_and_leaves_untouched_pages_holes(tmp_
         restored = snapshot.guest_memory()
         image = snapshot.regions[0].file_offset
     assert _same_memory(memory, restored)
+    with read_snapshot(path) as snapshot:
+        snapshot.guest_memory([(16 * MiB, 4 * MiB), (0, 8 * MiB)]).close()  # in any order
+        with pytest.raises(
+            SnapshotError, match=r"guest memory 0x0\+0x800000, .* the machine has 0x0\+0x1000000"
+        ):
+            snapshot.guest_memory([(0, 16 * MiB)])
     # The pages only read, or zeroed, take no block: no data extent reaches them.
     for page in (0x10000, 0x20000, 0x100000):
         assert not any(
