@@ -18,10 +18,11 @@ and data (QEMU's qapi/run-state.json): "STOP" and "RESUME" ({}), "POWERDOWN" ({}
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from pyvmm.kvm.stats import StatDescriptor
 from pyvmm.machine.lifecycle import MachineState
 from pyvmm.machine.stats import ExitStats
 
@@ -55,46 +56,14 @@ class StatsTarget(enum.Enum):
     VCPU = "vcpu"
 
 
-class StatKind(enum.Enum):
-    """KVM_STATS_TYPE_* (Documentation/virt/kvm/api.rst §4.133) as QEMU's StatsType."""
-
-    CUMULATIVE = "cumulative"
-    INSTANT = "instant"
-    PEAK = "peak"
-    LINEAR_HISTOGRAM = "linear-histogram"
-    LOG2_HISTOGRAM = "log2-histogram"
-
-
-class StatUnit(enum.Enum):
-    """KVM_STATS_UNIT_* as QEMU's StatsUnit; a plain count has no unit (None)."""
-
-    BYTES = "bytes"
-    SECONDS = "seconds"
-    CYCLES = "cycles"
-    BOOLEAN = "boolean"
-
-
-@dataclass(frozen=True)
-class KvmStat:
-    """One statistic of KVM's binary statistics (KVM_GET_STATS_FD, api.rst §4.133):
-    its descriptor and its values (one for a scalar, one per bucket for a histogram).
-    `base` is 10 or 2 and with `exponent` scales the unit (nanoseconds: 10, -9)."""
-
-    name: str
-    kind: StatKind
-    unit: StatUnit | None
-    base: int
-    exponent: int
-    bucket_size: int
-    values: tuple[int, ...]
-
-
 @dataclass(frozen=True)
 class KvmStatsSet:
-    """The statistics of the VM (`vcpu` None) or of one vCPU (its index)."""
+    """The binary statistics of the VM (`vcpu` None) or of one vCPU (its index):
+    `pyvmm.kvm.stats.Stats`' descriptors and what its `read()` returned."""
 
     vcpu: int | None
-    stats: tuple[KvmStat, ...]
+    descriptors: tuple[StatDescriptor, ...]
+    values: Mapping[str, tuple[int, ...]]
 
 
 @dataclass(frozen=True)
@@ -166,7 +135,8 @@ class MachineController(Protocol):
     def block_devices(self) -> Sequence[BlockDeviceInfo]: ...
 
     def kvm_stats(self, target: StatsTarget) -> Sequence[KvmStatsSet]:
-        """KVM's binary statistics: one set for `VM`, one per vCPU for `VCPU`."""
+        """KVM's binary statistics (KVM_GET_STATS_FD): one set for `VM`, one per vCPU
+        for `VCPU`; none where KVM has no binary statistics."""
         ...
 
     def exit_stats(self) -> ExitStats:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import time
 from dataclasses import dataclass
 
@@ -57,6 +58,14 @@ def _no_constant(name: str) -> object:
     raise ValueError(f"invalid literal {name}")
 
 
+def _finite(text: str) -> float:
+    # 1e999 is JSON but its float is not: it could not be echoed back as JSON
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("number out of range")
+    return value
+
+
 def decode(data: bytes) -> object:
     """A frame's JSON value; `QmpError` as QEMU's parser reports (no id yet)."""
     try:
@@ -64,7 +73,7 @@ def decode(data: bytes) -> object:
     except UnicodeDecodeError:
         raise QmpError("JSON parse error, invalid UTF-8 sequence") from None
     try:
-        return json.loads(text, parse_constant=_no_constant)
+        return json.loads(text, parse_constant=_no_constant, parse_float=_finite)
     except RecursionError:
         raise QmpError("JSON nesting depth limit exceeded") from None
     except ValueError as error:
@@ -117,7 +126,10 @@ def _check_members(message: dict[str, object], request_id: object) -> Request:
 def encode(message: dict[str, object]) -> bytes:
     """One line of output: ASCII JSON ending in CRLF (qmp-spec.rst, "General
     Definitions")."""
-    return json.dumps(message, ensure_ascii=True, separators=(", ", ": ")).encode("ascii") + b"\r\n"
+    return (
+        json.dumps(message, ensure_ascii=True, allow_nan=False, separators=(", ", ": ")).encode("ascii")
+        + b"\r\n"
+    )
 
 
 def greeting() -> dict[str, object]:

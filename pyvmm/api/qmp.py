@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import socket
@@ -69,6 +70,13 @@ def _listen(address: QmpAddress) -> socket.socket:
     return sock
 
 
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 class QmpServer:
     def __init__(
         self,
@@ -116,6 +124,8 @@ class QmpServer:
             raise VmmError(f"the QMP server on {self.requested} did not start")
         self.controller.add_listener(self._on_event)
         log.info("QMP listening on %s", self.address)
+        if isinstance(self.requested, TcpAddress) and not _is_loopback(self.requested.host):
+            log.warning("QMP on %s: whoever reaches that address controls the VM", self.address)
 
     def _serve(self) -> None:
         loop = asyncio.new_event_loop()
@@ -170,7 +180,7 @@ class QmpServer:
             else check_struct(command.arguments, request.arguments)
         )
         if command.runs is Runs.LOOP:
-            return command.handler(self.context, arguments)
+            return self._call(command, arguments)
         executor = self._lifecycle if command.runs is Runs.LIFECYCLE else self._queries
         if command.reply_first:
             future = executor.submit(self._call, command, arguments)

@@ -8,8 +8,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from pyvmm.api.arguments import STR, ArrayOf, Enum, Field, Struct, check, check_struct
-from pyvmm.api.controller import KvmStat, KvmStatsSet, MachineController, StatsTarget, StatUnit
+from pyvmm.api.controller import KvmStatsSet, MachineController, StatsTarget
 from pyvmm.api.protocol import QmpError
+from pyvmm.kvm.stats import StatDescriptor
+from pyvmm.kvm.uapi import StatsBase, StatsType, StatsUnit
 from pyvmm.machine.stats import ExitStats
 
 PROVIDER = "kvm"
@@ -24,22 +26,48 @@ def vcpu_qom_path(index: int) -> str:
     return f"/machine/unattached/device[{index}]"
 
 
-def _value(stat: KvmStat) -> object:
-    if stat.unit is StatUnit.BOOLEAN and len(stat.values) == 1:
-        return bool(stat.values[0])
-    if len(stat.values) == 1 and not stat.kind.value.endswith("histogram"):
-        return stat.values[0]
-    return list(stat.values)
+# KVM's descriptor fields as QEMU names them (accel/kvm/kvm-all.c)
+_TYPES = {
+    StatsType.CUMULATIVE: "cumulative",
+    StatsType.INSTANT: "instant",
+    StatsType.PEAK: "peak",
+    StatsType.LINEAR_HIST: "linear-histogram",
+    StatsType.LOG_HIST: "log2-histogram",
+}
+_UNITS = {
+    StatsUnit.NONE: None,
+    StatsUnit.BYTES: "bytes",
+    StatsUnit.SECONDS: "seconds",
+    StatsUnit.CYCLES: "cycles",
+    StatsUnit.BOOLEAN: "boolean",
+}
+_BASES = {StatsBase.POW10: 10, StatsBase.POW2: 2}
 
 
-def _schema(stat: KvmStat) -> dict[str, object]:
-    schema: dict[str, object] = {"name": stat.name, "type": stat.kind.value, "exponent": stat.exponent}
-    if stat.unit is not None:
-        schema["unit"] = stat.unit.value
-    if stat.exponent:
-        schema["base"] = stat.base
-    if stat.kind.value == "linear-histogram":
-        schema["bucket-size"] = stat.bucket_size
+def _value(descriptor: StatDescriptor, values: tuple[int, ...]) -> object:
+    """StatsValue: a boolean, one number, or a histogram's buckets."""
+    if descriptor.unit is StatsUnit.BOOLEAN:
+        return bool(values[0]) if values else False
+    if descriptor.size == 1:
+        return values[0] if values else 0
+    return list(values)
+
+
+def _schema(descriptor: StatDescriptor) -> dict[str, object]:
+    """StatsSchemaValue: `base` only with an exponent, `bucket-size` only for a
+    linear histogram."""
+    schema: dict[str, object] = {
+        "name": descriptor.name,
+        "type": _TYPES[descriptor.type],
+        "exponent": descriptor.exponent,
+    }
+    unit = _UNITS[descriptor.unit]
+    if unit is not None:
+        schema["unit"] = unit
+    if descriptor.exponent:
+        schema["base"] = _BASES[descriptor.base]
+    if descriptor.type is StatsType.LINEAR_HIST:
+        schema["bucket-size"] = descriptor.bucket_size
     return schema
 
 
@@ -77,16 +105,16 @@ def query_stats(controller: MachineController, arguments: dict[str, object]) -> 
                 continue
             result["qom-path"] = path
         result["stats"] = [
-            {"name": stat.name, "value": _value(stat)}
-            for stat in stats_set.stats
-            if names is None or stat.name in names
+            {"name": descriptor.name, "value": _value(descriptor, stats_set.values.get(descriptor.name, ()))}
+            for descriptor in stats_set.descriptors
+            if names is None or descriptor.name in names
         ]
         results.append(result)
     return results
 
 
-def _first(sets: Sequence[KvmStatsSet]) -> tuple[KvmStat, ...]:
-    return sets[0].stats if sets else ()
+def _first(sets: Sequence[KvmStatsSet]) -> tuple[StatDescriptor, ...]:
+    return sets[0].descriptors if sets else ()
 
 
 def query_stats_schemas(
@@ -97,10 +125,10 @@ def query_stats_schemas(
     del arguments  # `provider`, checked: kvm is the only one
     schemas: list[dict[str, object]] = []
     for target in StatsTarget:
-        stats = _first(controller.kvm_stats(target))
-        if stats:
+        descriptors = _first(controller.kvm_stats(target))
+        if descriptors:
             schemas.append(
-                {"provider": PROVIDER, "target": target.value, "stats": [_schema(stat) for stat in stats]}
+                {"provider": PROVIDER, "target": target.value, "stats": [_schema(d) for d in descriptors]}
             )
     return schemas
 

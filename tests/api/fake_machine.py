@@ -9,39 +9,45 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from pyvmm.api.controller import (
-    BlockDeviceInfo,
-    EventListener,
-    KvmStat,
-    KvmStatsSet,
-    Progress,
-    StatKind,
-    StatsTarget,
-    StatUnit,
-    VcpuInfo,
-)
+from pyvmm.api.controller import BlockDeviceInfo, EventListener, KvmStatsSet, Progress, StatsTarget, VcpuInfo
 from pyvmm.errors import VmmError
+from pyvmm.kvm.stats import StatDescriptor
+from pyvmm.kvm.uapi import StatsBase, StatsType, StatsUnit
 from pyvmm.machine.lifecycle import MachineState, check_transition
 from pyvmm.machine.stats import ExitStats, IoStats, RangeStats
 
 SNAPSHOT_CHUNKS = 4
 SNAPSHOT_CHUNK = b"\xaa" * 4096
 
-VM_STATS = (
-    KvmStat("remote_tlb_flush", StatKind.CUMULATIVE, None, 10, 0, 0, (7,)),
-    KvmStat("pages_4k", StatKind.INSTANT, None, 10, 0, 0, (512,)),
-    KvmStat("max_mmu_page_hash_collisions", StatKind.PEAK, None, 10, 0, 0, (3,)),
+
+def _stats(*stats: tuple[str, StatsType, StatsUnit, int, int, tuple[int, ...]]) -> KvmStatsSet:
+    """(name, type, unit, exponent, bucket size, values) → descriptors laid out one after
+    the other, as KVM's data block has them, and their values."""
+    descriptors, offset = [], 0
+    for name, kind, unit, exponent, bucket_size, values in stats:
+        descriptors.append(
+            StatDescriptor(name, kind, unit, StatsBase.POW10, exponent, len(values), offset, bucket_size)
+        )
+        offset += 8 * len(values)
+    return KvmStatsSet(None, tuple(descriptors), {stat[0]: stat[-1] for stat in stats})
+
+
+VM_STATS = _stats(
+    ("remote_tlb_flush", StatsType.CUMULATIVE, StatsUnit.NONE, 0, 0, (7,)),
+    ("pages_4k", StatsType.INSTANT, StatsUnit.NONE, 0, 0, (512,)),
+    ("max_mmu_page_hash_collisions", StatsType.PEAK, StatsUnit.NONE, 0, 0, (3,)),
 )
 
 
-def vcpu_stats(index: int) -> tuple[KvmStat, ...]:
-    return (
-        KvmStat("exits", StatKind.CUMULATIVE, None, 10, 0, 0, (100 + index,)),
-        KvmStat("halt_wait_ns", StatKind.CUMULATIVE, StatUnit.SECONDS, 10, -9, 0, (5000,)),
-        KvmStat("guest_mode", StatKind.INSTANT, StatUnit.BOOLEAN, 10, 0, 0, (1,)),
-        KvmStat("halt_poll_fail_hist", StatKind.LOG2_HISTOGRAM, StatUnit.SECONDS, 10, -9, 0, (0, 1, 2, 3)),
-        KvmStat("halt_wait_hist", StatKind.LINEAR_HISTOGRAM, StatUnit.SECONDS, 10, -9, 10, (4, 5)),
+def vcpu_stats(index: int) -> KvmStatsSet:
+    stats = _stats(
+        ("exits", StatsType.CUMULATIVE, StatsUnit.NONE, 0, 0, (100 + index,)),
+        ("halt_wait_ns", StatsType.CUMULATIVE, StatsUnit.SECONDS, -9, 0, (5000,)),
+        ("guest_mode", StatsType.INSTANT, StatsUnit.BOOLEAN, 0, 0, (1,)),
+        ("halt_poll_fail_hist", StatsType.LOG_HIST, StatsUnit.SECONDS, -9, 0, (0, 1, 2, 3)),
+        ("halt_wait_hist", StatsType.LINEAR_HIST, StatsUnit.SECONDS, -9, 10, (4, 5)),
     )
+    return KvmStatsSet(index, stats.descriptors, stats.values)
 
 
 class FakeMachine:
@@ -132,8 +138,8 @@ class FakeMachine:
 
     def kvm_stats(self, target: StatsTarget) -> Sequence[KvmStatsSet]:
         if target is StatsTarget.VM:
-            return [KvmStatsSet(None, VM_STATS)]
-        return [KvmStatsSet(index, vcpu_stats(index)) for index in range(self.vcpu_count)]
+            return [VM_STATS]
+        return [vcpu_stats(index) for index in range(self.vcpu_count)]
 
     def exit_stats(self) -> ExitStats:
         return ExitStats(

@@ -123,6 +123,7 @@ def test_unknown_command_and_bad_arguments(server: QmpServer) -> None:
         (b'"query-status"\n', "QMP input must be a JSON object"),
         (b"}\n", "JSON parse error, expecting value"),
         (b'{"execute": NaN}\n', "JSON parse error, invalid literal NaN"),
+        (b'{"execute": "query-kvm", "id": 1e999}\n', "JSON parse error, number out of range"),
         (b'{"execute": "a\xff"}\n', "JSON parse error, invalid character"),
         (b'{"execute": "stop"\x01}\n', "JSON parse error, invalid character"),
         (b'{"execute": "\xc3\x28"}\n', "JSON parse error, invalid UTF-8 sequence"),
