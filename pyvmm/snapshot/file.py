@@ -254,13 +254,15 @@ def write_snapshot(
     that hold something are written (memory_image.py); the rest are holes.
     `progress(done, total)` is called as the memory is saved, in bytes of guest RAM;
     `done` reaches `total` once the new snapshot is in place. The guest must not run
-    meanwhile.
+    meanwhile. Errors, from the parts given to a full disk, are `SnapshotError`s.
     """
     path = os.fspath(path)
     encoded = _encode_names(parts)
     regions = memory.regions
-    if not regions or len(regions) > MAX_REGIONS:
-        raise SnapshotError(f"guest memory of {len(regions)} regions: 1 to {MAX_REGIONS} can be saved")
+    if not regions or len(regions) > MAX_REGIONS or regions[-1].end > MAX_GPA:
+        raise SnapshotError(
+            f"guest memory of {len(regions)} regions: a snapshot holds 1 to {MAX_REGIONS} below {MAX_GPA:#x}"
+        )
     layout = _layout([len(data) for _, data in encoded], [r.size for r in regions])
     if layout.metadata_length > MAX_METADATA:
         raise SnapshotError(f"snapshot parts of {layout.metadata_length} bytes, at most {MAX_METADATA}")
