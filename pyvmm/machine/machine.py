@@ -300,10 +300,9 @@ class Machine:
         self._built = True
         config = self.config
         kvm_vm = self._kvm_vm = builder.create_vm(config)
-        if saved is None:
-            memory = GuestMemory(split_around_hole(config.memory_bytes(), MMIO_HOLE_START, MMIO_HOLE_END))
-        else:
-            memory = saved.guest_memory()
+        layout = split_around_hole(config.memory_bytes(), MMIO_HOLE_START, MMIO_HOLE_END)
+        # A snapshot's regions must be exactly this layout (never RAM in the MMIO hole).
+        memory = GuestMemory(layout) if saved is None else saved.guest_memory(layout)
         self.memory = memory
         memory.register(kvm_vm.vm)
         platform = builder.attach_devices(
