@@ -25,7 +25,7 @@ import os
 import socket
 import stat
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 
 from pyvmm.api import protocol
 from pyvmm.api.address import QmpAddress, TcpAddress, UnixAddress, parse_address
@@ -35,6 +35,7 @@ from pyvmm.api.controller import MachineController
 from pyvmm.api.framing import MAX_MESSAGE_BYTES
 from pyvmm.api.protocol import QmpError, Request
 from pyvmm.api.session import Session
+from pyvmm.api.workers import DaemonExecutor
 from pyvmm.errors import ConfigError, VmmError
 
 log = logging.getLogger(__name__)
@@ -95,8 +96,10 @@ class QmpServer:
         self._server: asyncio.AbstractServer | None = None
         self._sessions: set[Session] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._queries = ThreadPoolExecutor(QUERY_WORKERS, thread_name_prefix="qmp-query")
-        self._lifecycle = ThreadPoolExecutor(1, thread_name_prefix="qmp-lifecycle")
+        self._queries = DaemonExecutor(QUERY_WORKERS, "qmp-query")
+        self._lifecycle = DaemonExecutor(1, "qmp-lifecycle")
+        # what is answered first (quit) runs on its own: a stuck pause must not hold it
+        self._urgent = DaemonExecutor(1, "qmp-urgent")
         self._ready = threading.Event()
         self._closed = False
 
@@ -182,12 +185,15 @@ class QmpServer:
         if command.runs is Runs.LOOP:
             return self._call(command, arguments)
         executor = self._lifecycle if command.runs is Runs.LIFECYCLE else self._queries
-        if command.reply_first:
-            future = executor.submit(self._call, command, arguments)
-            future.add_done_callback(self._log_failure)
-            return {}
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(executor, self._call, command, arguments)
+        try:
+            if command.reply_first:
+                future = self._urgent.submit(self._call, command, arguments)
+                future.add_done_callback(self._log_failure)
+                return {}
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(executor, self._call, command, arguments)
+        except RuntimeError:  # the workers are shut down: close() has begun
+            raise QmpError("the QMP server is closing") from None
 
     def _call(self, command: Command, arguments: dict[str, object]) -> object:
         """On a worker: a machine's `VmmError` becomes the client's GenericError."""
@@ -254,8 +260,8 @@ class QmpServer:
             thread.join(CLOSE_SECONDS)
         elif self._sock is not None:
             self._sock.close()
-        self._queries.shutdown(wait=False, cancel_futures=True)
-        self._lifecycle.shutdown(wait=False, cancel_futures=True)
+        for executor in (self._queries, self._lifecycle, self._urgent):
+            executor.shutdown(wait=False, cancel_futures=True)
         if isinstance(self.requested, UnixAddress) and self._sock is not None:
             with contextlib.suppress(OSError):
                 os.unlink(self.requested.path)

@@ -467,3 +467,57 @@ def test_events_from_many_threads_never_block_them(server: QmpServer, machine: F
     assert [raw.event()["event"] for _ in range(200)] == ["POWERDOWN"] * 200
     machine._emit("BAD", {"x": object()})  # not JSON: dropped and logged, the caller is fine
     raw.close()
+
+
+def test_a_client_that_never_reads_is_dropped(server: QmpServer, machine: FakeMachine) -> None:
+    deaf = RawClient(server.address)
+    deaf.negotiate()
+    listening = RawClient(server.address)
+    listening.negotiate()
+    payload = "z" * 4096
+
+    batches = threading.Semaphore(2)
+
+    def emit() -> None:
+        for _ in range(20):  # 8 MiB of events: more than a client may leave unread
+            assert batches.acquire(timeout=10)
+            for _ in range(100):
+                machine._emit("POWERDOWN", {"pad": payload})
+
+    emitter = threading.Thread(target=emit)
+    emitter.start()
+    for _ in range(20):  # the listening client keeps up: at most two batches behind
+        for _ in range(100):
+            assert listening.event()["data"] == {"pad": payload}
+        batches.release()
+    emitter.join()
+    deadline = time.monotonic() + 5
+    while server.clients != 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.clients == 1
+    assert listening.execute("query-kvm")["return"] == {"enabled": True, "present": True}
+    deaf.close()
+    listening.close()
+
+
+def test_quit_is_not_held_by_a_stuck_lifecycle_command(server: QmpServer, machine: FakeMachine) -> None:
+    raw = RawClient(server.address)
+    raw.negotiate()
+    assert raw.execute("cont") == {"return": {}}
+    machine.gate.clear()
+    stuck = RawClient(server.address)
+    stuck.negotiate()
+    stuck.send({"execute": "stop"})
+    assert machine.entered.wait(5)
+    assert raw.execute("quit") == {"return": {}}
+    deadline = time.monotonic() + 5
+    while machine.state is not MachineState.STOPPED and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert machine.state is MachineState.STOPPED
+    machine.gate.set()
+    # the held pause now finds a stopped machine: its client gets the machine's refusal
+    reply = stuck.reply()
+    assert reply["error"]["class"] == "GenericError"
+    assert "stopped" in reply["error"]["desc"]
+    raw.close()
+    stuck.close()
