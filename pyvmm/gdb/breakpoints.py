@@ -62,6 +62,8 @@ class Breakpoints:
     def insert(self, ztype: int, address: int, kind: int, space: AddressSpace) -> None:
         """Insert one Z packet's breakpoint; `BreakpointError` or `TranslationError`
         when it cannot be, `UnsupportedError` when this host has no such thing."""
+        if ztype in (ZType.SOFTWARE, ZType.HARDWARE) and kind != 1:
+            raise BreakpointError(f"an x86 breakpoint has kind 1 (int3's length), not {kind}")
         if ztype == ZType.SOFTWARE and self.host.software_breakpoints:
             if address not in self.software:
                 original = space.read(address, 1)

@@ -87,12 +87,14 @@ def _flags_type(type_id: str, size: int, names: tuple[str, ...]) -> list[str]:
 
 
 def _vec128_types() -> list[str]:
-    vectors = (("v4f", "ieee_single", 4), ("v2d", "ieee_double", 2),
-               ("v16i8", "int8", 16), ("v8i16", "int16", 8), ("v4i32", "int32", 4),
-               ("v2i64", "int64", 2))  # fmt: skip
-    lines = [f'  <vector id="{vid}" type="{element}" count="{count}"/>' for vid, element, count in vectors]
+    """xmm registers as a union of vectors, with the field names gdb users type
+    (`p $xmm0.v4_int32`)."""
+    vectors = (("v4_float", "v4f", "ieee_single", 4), ("v2_double", "v2d", "ieee_double", 2),
+               ("v16_int8", "v16i8", "int8", 16), ("v8_int16", "v8i16", "int16", 8),
+               ("v4_int32", "v4i32", "int32", 4), ("v2_int64", "v2i64", "int64", 2))  # fmt: skip
+    lines = [f'  <vector id="{vid}" type="{element}" count="{count}"/>' for _, vid, element, count in vectors]
     lines.append('  <union id="vec128">')
-    lines += [f'    <field name="{vid}" type="{vid}"/>' for vid, _element, _count in vectors]
+    lines += [f'    <field name="{name}" type="{vid}"/>' for name, vid, _element, _count in vectors]
     lines.append('    <field name="uint128" type="uint128"/>')
     return [*lines, "  </union>"]
 

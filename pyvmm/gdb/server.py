@@ -53,6 +53,8 @@ def parse_gdb_address(text: str) -> GdbAddress:
     host, _, port_text = spec.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]  # an IPv6 literal
+    elif ":" in host:
+        raise ConfigError(f"--gdb {text!r}: only tcp: addresses (tcp::PORT, tcp:HOST:PORT)")
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ConfigError(f"--gdb {text!r}: expected tcp::PORT or tcp:HOST:PORT with a port up to 65535")
     if any(character.isspace() or character in "/," for character in host):
