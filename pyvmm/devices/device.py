@@ -9,8 +9,10 @@ does the same from `legacy.rs`).
 
 Saved state follows Firecracker's `Persist` and vm-superio's `SerialState`: each model
 that keeps state (`Stateful`) saves a frozen dataclass of plain fields and restores one
-only after checking every field, since a saved state is untrusted input. A placed
-device's `DeviceState` holds the states of all its models in placement order.
+only after checking every field, since a saved state is untrusted input. Each state
+class is registered beside its model under a stable tag (`pyvmm.snapshot.registry`),
+which the snapshot codec writes instead of a Python name. A placed device's
+`DeviceState` holds the states of all its models in placement order.
 """
 
 from __future__ import annotations
