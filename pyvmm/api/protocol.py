@@ -47,7 +47,6 @@ class Request:
     command: str
     arguments: dict[str, object]
     id: object
-    oob: bool
 
 
 def has_id(value: object) -> bool:
@@ -102,25 +101,23 @@ class RequestError(QmpError):
 
 
 def _check_members(message: dict[str, object], request_id: object) -> Request:
-    command: object = None
-    oob = False
+    # pyvmm offers no out-of-band execution, so `exec-oob` is a member like any other
+    # unknown one (QEMU with the oob capability off)
     for key, value in message.items():
-        if key in ("execute", "exec-oob"):
+        if key == "execute":
             if not isinstance(value, str):
-                raise QmpError(f"QMP input member '{key}' must be a string")
-            command, oob = value, key == "exec-oob"
+                raise QmpError("QMP input member 'execute' must be a string")
         elif key == "arguments":
             if not isinstance(value, dict):
                 raise QmpError("QMP input member 'arguments' must be an object")
         elif key != "id":
             raise QmpError(f"QMP input member '{key}' is unexpected")
-    if "execute" in message and "exec-oob" in message:
-        raise QmpError("QMP input must not have both 'execute' and 'exec-oob'")
+    command = message.get("execute")
     if not isinstance(command, str):
         raise QmpError("QMP input lacks member 'execute'")
     arguments = message.get("arguments", {})
     assert isinstance(arguments, dict)
-    return Request(command, arguments, request_id, oob)
+    return Request(command, arguments, request_id)
 
 
 def encode(message: dict[str, object]) -> bytes:

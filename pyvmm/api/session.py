@@ -92,8 +92,6 @@ class Session:
         self.send(protocol.success(result, request.id))
 
     async def _dispatch(self, request: Request) -> object:
-        if request.oob:
-            raise QmpError(f"The command {request.command} does not support OOB")
         if request.command == "qmp_capabilities":
             return self._negotiate(request)
         if not self.command_mode:
