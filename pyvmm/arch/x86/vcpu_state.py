@@ -99,12 +99,13 @@ def kernel_bytes(structure: ctypes.Structure | ctypes.Union) -> bytes:
     return bytes(memoryview(structure).cast("B"))
 
 
-def _lapic(vcpu: Vcpu) -> bytes:
-    """The local APIC's registers, or b"" when the VM has no in-kernel irqchip."""
+def read_if_present(read: Callable[[], ctypes.Structure | ctypes.Union]) -> bytes:
+    """The bytes `read` (a KVM_GET_* of an in-kernel device) returns, or b"" when
+    KVM answers ENXIO: the VM has no such device (no KVM_CREATE_IRQCHIP, no PIT)."""
     try:
-        return kernel_bytes(vcpu.get_lapic())
+        return kernel_bytes(read())
     except KvmIoctlError as exc:
-        if exc.errno == errno.ENXIO:  # no KVM_CREATE_IRQCHIP on this VM
+        if exc.errno == errno.ENXIO:
             return b""
         raise
 
@@ -124,7 +125,7 @@ def save_vcpu(vcpu: Vcpu, msr_indices: Sequence[int] | None = None) -> VcpuState
     xsave = kernel_bytes(vcpu.get_xsave()) if has(Cap.XSAVE) else b""
     xcrs = kernel_bytes(vcpu.get_xcrs()) if has(Cap.XCRS) else b""
     debugregs = kernel_bytes(vcpu.get_debugregs()) if has(Cap.DEBUGREGS) else b""
-    lapic = _lapic(vcpu)
+    lapic = read_if_present(vcpu.get_lapic)
     indices = saved_msr_indices(vcpu) if msr_indices is None else tuple(msr_indices)
     values = _read_msrs(vcpu, indices)
     if len(values) != len(indices):
