@@ -36,11 +36,11 @@ from typing import Final
 import msgpack  # type: ignore[import-untyped]  # ships no type information
 
 from pyvmm.errors import StateError
-from pyvmm.snapshot.registry import state_class, tag_of
+from pyvmm.snapshot.registry import MAX_TAG, state_class, tag_of
 
-MAX_ENCODED: Final = 4 << 20  # bytes: a PC with dozens of devices saves about 100 KiB
+MAX_ENCODED: Final = 4 << 20  # bytes: pyvmm's PC with 15 devices saves about 90 KiB
 MAX_DEPTH: Final = 32  # containers within containers: a machine's states nest 7 deep
-MAX_ITEMS: Final = 1 << 16  # entries in one array or map (the longest real tuple: 32 slots)
+MAX_ITEMS: Final = 1 << 16  # entries in one array or map (real ones: a few dozen at most)
 MAX_STR: Final = 1 << 16  # bytes of one str (device names, tags, field names)
 MAX_BIG_INT_BYTES: Final = 32  # 256 bits: far past any register, and short to print
 
@@ -48,10 +48,9 @@ MAX_BIG_INT_BYTES: Final = 32  # 256 bits: far past any register, and short to p
 _BIG_INT: Final = 1
 _TAG: Final = 2
 _INT_LOW, _INT_HIGH = -(1 << 63), (1 << 64) - 1  # msgpack's own int formats
-_MAX_TAG_BYTES: Final = 256
 
 _short = reprlib.Repr()  # untrusted names and values: quoted briefly
-_short.maxstring = _short.maxother = 40
+_short.maxstring = _short.maxother = 80
 
 
 def _fail(message: str) -> StateError:
@@ -82,7 +81,16 @@ def encode(state: object) -> bytes:
 def _plain(value: object, depth: int) -> object:
     """`value` as what msgpack packs (type checks exact: a subclass is refused)."""
     kind = type(value)
-    if value is None or kind in (bool, bytes, str):
+    if value is None or kind in (bool, bytes):
+        return value
+    if kind is str:
+        assert isinstance(value, str)
+        try:
+            size = len(value.encode())
+        except UnicodeEncodeError:
+            raise _fail("a str that UTF-8 cannot hold (a lone surrogate)") from None
+        if size > MAX_STR:
+            raise _fail(f"a str of {size} bytes, more than {MAX_STR}")
         return value
     if kind is int:
         assert isinstance(value, int)
@@ -147,7 +155,7 @@ def decode(data: bytes) -> object:
             max_bin_len=MAX_ENCODED,
             max_array_len=MAX_ITEMS,
             max_map_len=MAX_ITEMS,
-            max_ext_len=max(MAX_BIG_INT_BYTES, _MAX_TAG_BYTES),
+            max_ext_len=max(MAX_BIG_INT_BYTES, MAX_TAG),  # so a tag's length too
         )
     except StateError:
         raise
@@ -171,8 +179,6 @@ def _ext(code: int, payload: bytes) -> object:
             raise _fail(f"an int of {len(payload)} bytes, not 1-{MAX_BIG_INT_BYTES}")
         return int.from_bytes(payload, "big", signed=True)
     if code == _TAG:
-        if len(payload) > _MAX_TAG_BYTES:
-            raise _fail(f"a tag longer than {_MAX_TAG_BYTES} bytes")
         try:
             return _Tag(payload.decode())
         except UnicodeDecodeError:

@@ -13,6 +13,8 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 _State = TypeVar("_State", bound=type)
 
+MAX_TAG = 64  # characters: a tag is a short name, written with every state
+
 
 class SavedState(Protocol):
     """What a device's `save()` returns, as its users see it: an instance of a frozen
@@ -37,8 +39,8 @@ def saved_state(tag: str) -> Callable[[_State], _State]:
             raise TypeError(f"{cls.__name__}: a saved state is a frozen dataclass")
         if hasattr(cls, "__post_init__") or not all(f.init for f in dataclasses.fields(cls)):
             raise TypeError(f"{cls.__name__}: a saved state is built from its fields alone")
-        if not tag or not tag.isascii() or not tag.isprintable():
-            raise TypeError(f"{cls.__name__}: saved-state tag {tag!r} is not printable ASCII")
+        if not 0 < len(tag) <= MAX_TAG or not tag.isascii() or not tag.isprintable():
+            raise TypeError(f"{cls.__name__}: saved-state tag {tag!r} is not 1-{MAX_TAG} printable ASCII")
         known = _BY_TAG.get(tag)
         if known is not None and known is not cls:
             raise TypeError(f"saved-state tag {tag!r} is taken by {known.__qualname__}")

@@ -21,8 +21,8 @@ from pyvmm.devices.device import DeviceState
 from pyvmm.devices.rtc_registers import Register, RegisterB
 from pyvmm.devices.rtc_state import RtcState
 from pyvmm.errors import StateError
-from pyvmm.snapshot.codec import MAX_BIG_INT_BYTES, MAX_DEPTH, MAX_ENCODED, MAX_ITEMS, decode, encode
-from pyvmm.snapshot.registry import SavedState, saved_state
+from pyvmm.snapshot.codec import MAX_BIG_INT_BYTES, MAX_DEPTH, MAX_ENCODED, MAX_ITEMS, MAX_STR, decode, encode
+from pyvmm.snapshot.registry import MAX_TAG, SavedState, saved_state
 
 # The wire format's ext types (codec.py): a format change must show here.
 BIG_INT, TAG = 1, 2
@@ -214,6 +214,8 @@ class Unregistered:
         ([1, 2], "list is not a registered"),
         (1.5, "float is not a registered"),
         (bytearray(b"x"), "bytearray is not a registered"),
+        ("x" * (MAX_STR + 1), f"more than {MAX_STR}"),
+        ("\ud800", "a lone surrogate"),
         ({1: "one"}, "dict key is not a str"),
         (1 << (INT_BITS - 1), f"more than {INT_BITS}"),
         (-(1 << (INT_BITS - 1)) - 1, f"more than {INT_BITS}"),
@@ -249,7 +251,7 @@ NODE_FIELDS: dict[object, object] = {"value": 1, "children": ()}
         (wire(msgpack.ExtType(9, b"")), "unknown ext type 9"),
         (wire(msgpack.ExtType(BIG_INT, b"")), "int of 0 bytes"),
         (wire(msgpack.ExtType(BIG_INT, bytes(MAX_BIG_INT_BYTES + 1))), f"not 1-{MAX_BIG_INT_BYTES}"),
-        (wire(msgpack.ExtType(TAG, b"x" * 300)), "max_ext_len"),
+        (wire(msgpack.ExtType(TAG, b"x" * (MAX_TAG + 1))), "max_ext_len"),
         (wire(msgpack.ExtType(TAG, b"\xff")), "not UTF-8"),
         (wire(msgpack.ExtType(TAG, b"test-codec-node")), "tag outside a state"),
         (wire({"a": (1, msgpack.ExtType(TAG, b"test-codec-empty"))}), "tag outside a state"),

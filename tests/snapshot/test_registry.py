@@ -126,9 +126,10 @@ class Another:
         ("test-derived", Derived, "from its fields alone"),
         ("serial", Another, "taken by SerialState"),
         ("test-serial-again", SerialState, "registered as 'serial'"),
-        ("", Another, "not printable ASCII"),
-        ("tést", Another, "not printable ASCII"),
-        ("a\nb", Another, "not printable ASCII"),
+        ("", Another, "not 1-64 printable ASCII"),
+        ("tést", Another, "not 1-64 printable ASCII"),
+        ("a\nb", Another, "not 1-64 printable ASCII"),
+        ("x" * 65, Another, "not 1-64 printable ASCII"),
     ],
 )
 def test_what_the_codec_could_not_rebuild_is_refused(tag: str, cls: type, message: str) -> None:
