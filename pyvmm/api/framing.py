@@ -24,12 +24,15 @@ MAX_SKIP_BYTES = 16 << 20
 _OPENERS = b"{["
 _CLOSERS = b"}]"
 _WHITESPACE = b" \t\r\n"
-# bytes the lexer rejects anywhere: the spec's resync characters
-_INVALID = frozenset(set(range(0x20)) - {0x09, 0x0A, 0x0D}) | {0xFF}
+# bytes the lexer rejects anywhere (QEMU's qobject/json-lexer.c): ASCII control
+# characters but TAB, LF and CR - inside a string those too - and 0xFE, 0xFF, which
+# are never UTF-8; these are what a client sends to resync (qmp-spec.rst)
+_INVALID = frozenset(set(range(0x20)) - {0x09, 0x0A, 0x0D}) | {0xFE, 0xFF}
+_INVALID_IN_STRING = frozenset(range(0x20)) | {0xFE, 0xFF}
 # the next byte that matters, outside a string and inside one
-_SPECIAL_OUTSIDE = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\xff\"'{}\[\]]")
-_SPECIAL_INSIDE = re.compile(rb"[\x00-\x08\x0a-\x1f\xff\"'\\]")
-_BARE_END = re.compile(rb"[\x00-\x20\xff\"'{}\[\]]")
+_SPECIAL_OUTSIDE = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\xfe\xff\"'{}\[\]]")
+_SPECIAL_INSIDE = re.compile(rb"[\x00-\x1f\xfe\xff\"'\\]")
+_BARE_END = re.compile(rb"[\x00-\x20\xfe\xff\"'{}\[\]]")
 # after a lexical error, where input is worth reading again (as QEMU's lexer recovers:
 # a line end or control character, or the start of the next object or array)
 _RECOVERED = re.compile(rb"[\x00-\x1f\xfe\xff{\[]")
@@ -164,7 +167,7 @@ class JsonSplitter:
         if self._escape:
             self._escape = False
             byte = data[pos]
-            if byte in _INVALID:
+            if byte in _INVALID_IN_STRING:
                 return pos + 1, self._invalid()
             # \' is QEMU's; JSON has no such escape, so it becomes a bare quote
             self._keep(b"'" if byte == 0x27 else bytes((0x5C, byte)))
@@ -175,7 +178,7 @@ class JsonSplitter:
         if match is None:
             return end, None
         byte = data[end]
-        if byte in _INVALID or byte == 0x0A:
+        if byte in _INVALID_IN_STRING:
             return end + 1, self._invalid()
         if byte == 0x5C:
             self._escape = True

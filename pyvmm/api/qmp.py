@@ -7,9 +7,10 @@
     server.close()
 
 Threads: the loop only reads, parses and writes. Commands that touch the machine run
-on worker threads (`commands.Runs`): queries on two, lifecycle changes on one, so a
-slow pause never stalls another client and two lifecycle changes never overlap; a
-migration has its own thread. The machine's events arrive on any thread and are
+on daemon worker threads (`commands.Runs`, `workers.DaemonExecutor`): queries on two,
+lifecycle changes on one, so a slow pause never stalls another client and two
+lifecycle changes never overlap; `quit`, answered first, on its own (a stuck pause
+does not hold it); a migration on its own thread. The machine's events arrive on any thread and are
 handed to the loop without blocking (`call_soon_threadsafe`). Nothing here ever runs
 on, or waits for, a vCPU thread. A client that disconnects mid-command leaves the
 command to finish; its reply goes nowhere.

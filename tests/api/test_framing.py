@@ -76,3 +76,9 @@ def test_garbage_never_raises_and_never_keeps_more_than_the_bound(chunks: list[b
     last = list(splitter.feed(b'\x1b\n{"z": 1}'))[-1]
     assert isinstance(last, Frame)
     assert json.loads(last.data) == {"z": 1}
+
+
+def test_raw_control_characters_inside_a_string_are_lexical_errors() -> None:
+    out = _feed(JsonSplitter(), b'{"a": "x\ry"}\n{"b": "\t"}\n{"c": 1}\xfe{"d": 2}')
+    error = FrameError("JSON parse error, invalid character")
+    assert out == [error, error, {"c": 1}, error, {"d": 2}]
