@@ -12,7 +12,7 @@ from api.clients import RawClient, connect, run
 from api.fake_machine import FakeMachine
 from qemu.qmp import ExecuteError, QMPClient
 
-from pyvmm.api.address import TcpAddress
+from pyvmm.api.address import TcpAddress, UnixAddress
 from pyvmm.api.protocol import PACKAGE, QEMU_VERSION
 from pyvmm.api.qmp import QmpServer
 from pyvmm.errors import ConfigError
@@ -521,3 +521,23 @@ def test_quit_is_not_held_by_a_stuck_lifecycle_command(server: QmpServer, machin
     assert "stopped" in reply["error"]["desc"]
     raw.close()
     stuck.close()
+
+
+def test_the_legacy_synchronous_client(server: QmpServer) -> None:
+    """qemu.qmp's QEMUMonitorProtocol, what QEMU's own test scripts and many tools use."""
+    from qemu.qmp.legacy import QEMUMonitorProtocol
+
+    address = server.address
+    assert isinstance(address, UnixAddress)
+    monitor = QEMUMonitorProtocol(address.path)
+    greeting = monitor.connect()
+    assert greeting is not None
+    assert greeting["QMP"]["version"]["package"] == PACKAGE
+    assert monitor.cmd("cont") == {}
+    assert monitor.cmd("query-status") == {"running": True, "status": "running"}
+    event = monitor.pull_event(wait=5.0)
+    assert event is not None
+    assert event["event"] == "RESUME"
+    reply = monitor.cmd_raw("stop", {"bogus": 1})
+    assert reply["error"]["class"] == "GenericError"
+    monitor.close()
