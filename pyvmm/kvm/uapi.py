@@ -493,4 +493,3 @@ class kvm_run(ctypes.Structure):  # noqa: N801
         ("kvm_dirty_regs", c_uint64),
         ("s", ctypes.c_char * SYNC_REGS_SIZE_BYTES),
     ]
-

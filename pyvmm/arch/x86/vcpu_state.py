@@ -43,7 +43,7 @@ _EVENT_FLAGS = (
     | x86.KVM_VCPUEVENT_VALID_TRIPLE_FAULT
 )
 # Restoring on a host whose TSC runs this close to the saved rate needs no scaling
-# (the tolerance Linux itself allows when it calibrates a TSC: 250 ppm).
+# (Firecracker's tolerance, taken from QEMU's: two calibrations of one rate differ).
 TSC_KHZ_TOLERANCE_PPM = 250
 
 _msr_lists: weakref.WeakKeyDictionary[Vm, tuple[int, ...]] = weakref.WeakKeyDictionary()
@@ -96,6 +96,7 @@ def _read_msrs(vcpu: Vcpu, indices: Sequence[int]) -> dict[int, int]:
 
 
 def kernel_bytes(structure: ctypes.Structure | ctypes.Union) -> bytes:
+    """A kernel structure's bytes, all `sizeof` of them (a saved state's form)."""
     return bytes(memoryview(structure).cast("B"))
 
 

@@ -148,6 +148,31 @@ def test_a_halted_vcpu_stays_halted() -> None:
         assert restored.get_mp_state() is MpState.HALTED
 
 
+def test_an_application_processor_waiting_for_init_keeps_waiting() -> None:
+    """An AP's MP state (set last, after the events) survives the trip."""
+    with Kvm() as kvm:
+        with kvm.create_vm() as vm:
+            vm.create_irqchip()
+            boot, ap = vm.create_vcpu(0), vm.create_vcpu(1)
+            ap.set_mp_state(MpState.INIT_RECEIVED)
+            state = save_vcpu(ap)
+            boot.close()
+            ap.close()
+        with kvm.create_vm() as vm:
+            vm.create_irqchip()
+            boot, ap = vm.create_vcpu(0), vm.create_vcpu(1)
+            assert ap.get_mp_state() is not MpState.INIT_RECEIVED
+            restore_vcpu(ap, state)
+            assert ap.get_mp_state() is MpState.INIT_RECEIVED
+            boot.close()
+            ap.close()
+
+
+def test_an_msr_kvm_cannot_read_is_named_when_asked_for() -> None:
+    with fresh_vcpu() as (vcpu, _), pytest.raises(StateError, match="0x12345678"):
+        save_vcpu(vcpu, [Msr.IA32_TSC, 0x1234_5678])
+
+
 class FakeKvm:
     def __init__(self, listed: list[int]) -> None:
         self.listed = listed
