@@ -26,6 +26,7 @@ from pyvmm.arch.x86.vcpu_state import (
 from pyvmm.errors import StateError
 from pyvmm.kvm import Cap, ExitReason, Kvm, MpState, Vcpu, x86
 from pyvmm.memory import GuestMemory
+from pyvmm.snapshot.codec import decode, encode
 from pyvmm.snapshot.registry import state_class
 
 pytestmark = pytest.mark.kvm
@@ -81,7 +82,7 @@ def test_the_guest_continues_exactly_in_a_new_vm() -> None:
             ram = memory.read(0, REAL_MODE_RAM)
             assert next_out(vcpu) == 4  # the original goes on too
         with fresh_vcpu(COUNT_LOOP, ram) as (restored, _):
-            restore_vcpu(restored, state)
+            restore_vcpu(restored, decode(encode(state)))  # through the snapshot codec
             assert restored.get_regs().rbx == 3
             assert [next_out(restored) for _ in range(3)] == [4, 5, 6]
     finally:

@@ -15,6 +15,7 @@ from pyvmm.arch.x86.vm_state import VmState, restore_vm, save_vm
 from pyvmm.errors import StateError
 from pyvmm.kvm import Cap, Kvm, Vm, uapi, x86
 from pyvmm.kvm.uapi import ClockFlag
+from pyvmm.snapshot.codec import decode, encode
 from pyvmm.snapshot.registry import state_class
 
 pytestmark = pytest.mark.kvm
@@ -55,6 +56,7 @@ def test_pics_ioapic_pit_and_clock_round_trip() -> None:
     assert len(state.pic_master) == ctypes.sizeof(x86.kvm_pic_state)
     assert len(state.ioapic) == ctypes.sizeof(x86.kvm_ioapic_state)
     assert len(state.pit2) == ctypes.sizeof(x86.kvm_pit_state2)
+    assert decode(encode(state)) == state  # the snapshot codec carries it whole
     with new_vm() as restored:
         restore_vm(restored, state)
         assert restored.get_irqchip(uapi.KVM_IRQCHIP_PIC_MASTER).chip.pic.imr == 0xA5
