@@ -14,6 +14,7 @@ class ExitKind(enum.Enum):
     TRIPLE_FAULT = "triple-fault"  # KVM_EXIT_SHUTDOWN
     ERROR = "error"  # the VM cannot go on: internal error, failed entry, ...
     STOPPED = "stopped"  # the user or the host stopped the VM
+    QUIT = "quit"  # a control client asked the VMM to quit (QMP `quit`): status 0, as QEMU's
 
 
 # Exit statuses of `pyvmm run` that are not a debug-exit value.
@@ -39,6 +40,7 @@ class GuestExit:
             return ((self.code << 1) | 1) & 0xFF
         return {
             ExitKind.POWEROFF: STATUS_POWEROFF,
+            ExitKind.QUIT: STATUS_POWEROFF,
             ExitKind.REBOOT: STATUS_REBOOT,
             ExitKind.TRIPLE_FAULT: STATUS_TRIPLE_FAULT,
             ExitKind.ERROR: STATUS_ERROR,

@@ -69,6 +69,7 @@ _SHUTDOWN_CAUSES: dict[ExitKind, tuple[bool, str]] = {
     ExitKind.TRIPLE_FAULT: (True, "guest-reset"),
     ExitKind.ERROR: (False, "host-error"),
     ExitKind.STOPPED: (False, "host-signal"),
+    ExitKind.QUIT: (False, "host-qmp-quit"),
 }
 T = TypeVar("T")
 
@@ -186,9 +187,10 @@ class Machine:
 
     # --- stopping -----------------------------------------------------------------------
 
-    def stop(self, outcome: GuestExit | None = None) -> None:
+    def stop(self, outcome: GuestExit | None = None, *, cause: str | None = None) -> None:
         """End the VM (thread-safe, any state). The first outcome recorded is the one
-        `wait()` returns."""
+        `wait()` returns. Listeners hear RESET for a reboot (the VMM may boot again),
+        else SHUTDOWN, with QEMU's shutdown cause (`cause` overrides the outcome's)."""
         with self._lock:
             if self._outcome is None:
                 self._outcome = outcome or GuestExit(ExitKind.STOPPED, "stopped by the host")
@@ -497,11 +499,23 @@ class Machine:
             self._kvm_vm.vm.set_clock(kvm_clock_data(clock=clock.clock))
 
     def on_vcpu(self, index: int, fn: Callable[[Vcpu], T], timeout: float = PAUSE_SECONDS) -> T:
-        """Run `fn(vcpu)` on vCPU `index`'s own thread while the machine is paused (or
-        not started), and return its result: how front ends read and write vCPU state."""
+        """Run `fn(vcpu)` on vCPU `index`'s own thread and return its result: how front
+        ends read and write vCPU state. A paused machine's vCPU runs it at once; a
+        running machine's parks for it alone and runs on (QEMU's `run_on_cpu`); on a
+        machine not started it runs in the caller's thread."""
         if not 0 <= index < len(self.runners):
             raise LifecycleError(f"there is no vCPU {index}")
-        return self.runners[index].call(fn, timeout)
+        runner = self.runners[index]
+        with self._control:
+            if self._state is not MachineState.RUNNING:
+                return runner.call(fn, timeout)
+            runner.park()
+            try:
+                if not runner.wait_parked(timeout):
+                    raise LifecycleError(f"vCPU {index} did not stop within {timeout} s")
+                return runner.call(fn, timeout)
+            finally:
+                runner.unpark()
 
     def wait(self, timeout: float | None = None) -> RunResult | None:
         """Wait for the VM to end (at most `timeout` seconds: None if it has not), tear

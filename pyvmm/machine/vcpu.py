@@ -58,6 +58,8 @@ _REASON_INTR = ExitReason.INTR.value
 _INTERRUPTED = (errno.EINTR, errno.EAGAIN)
 
 Disassembler = Callable[[bytes, int, int], str]
+# How long unpark() waits for the thread to leave its park: it only has to wake up.
+UNPARK_SECONDS = 1.0
 T = TypeVar("T")
 
 
@@ -138,10 +140,12 @@ class VcpuRunner:
             return self._commands.wait_for(lambda: self._parked or self._finished, timeout)
 
     def unpark(self) -> None:
-        """Let a parked thread run the guest again."""
+        """Let a parked thread run the guest again; returns once it has left its park
+        (so `parked` is False after it)."""
         with self._commands:
             self._park_wanted = False
             self._commands.notify_all()
+            self._commands.wait_for(lambda: not self._parked or self._finished, UNPARK_SECONDS)
 
     @property
     def parked(self) -> bool:
@@ -237,6 +241,7 @@ class VcpuRunner:
                     self._commands.wait()
             finally:
                 self._parked = False
+                self._commands.notify_all()
 
     # --- the exit loop --------------------------------------------------------------------
 

@@ -120,8 +120,13 @@ def test_requests_the_state_does_not_allow_are_refused(counter: Machine) -> None
 def test_vcpu_state_is_read_on_its_own_thread_only_while_paused(counter: Machine) -> None:
     counter.start()
     wait_for(lambda: len(counter.console_output) >= 8)
+    # A running machine's vCPU parks for the call alone, and runs on.
+    assert counter.on_vcpu(0, lambda vcpu: vcpu.get_regs()).rbx > 0
+    assert counter.state is MachineState.RUNNING and not counter.runners[0].parked
     with pytest.raises(LifecycleError, match="running: pause it first"):
-        counter.on_vcpu(0, lambda vcpu: vcpu.get_regs())
+        counter.runners[0].call(lambda vcpu: None)  # the runner itself wants it parked
+    printed = len(counter.console_output)
+    wait_for(lambda: len(counter.console_output) > printed)
     counter.pause()
     threads: list[str] = []
 
