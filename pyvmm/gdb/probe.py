@@ -28,6 +28,8 @@ _BP_VECTOR = 3
 _INT3 = bytes.fromhex("ccf4")
 # mov byte [0x2000], al; hlt
 _STORE = bytes.fromhex("a20020f4")
+_HANDLER = 0x1800  # every interrupt vector leads here: hlt (so an int3 the guest takes ends the run)
+_VECTORS = 256
 _MAX_EXITS = 4  # an answer comes at the first exit; more means something else went on
 
 
@@ -35,6 +37,8 @@ def _first_debug_exit(code: bytes, control: int, registers: list[int]) -> tuple[
     """(exception, dr6) of the first KVM_EXIT_DEBUG running `code` at 0000:1000, else None."""
     memory = GuestMemory([(0, _RAM)])
     try:
+        memory.write(0, _HANDLER.to_bytes(4, "little") * _VECTORS)  # real-mode IVT: 0000:_HANDLER
+        memory.write(_HANDLER, b"\xf4")
         memory.write(_CODE, code)
         with Kvm() as kvm, kvm.create_vm() as vm:
             memory.register(vm)

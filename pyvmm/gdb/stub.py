@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pyvmm.errors import GuestMemoryError
+from pyvmm.errors import GuestMemoryError, VmmError
 from pyvmm.gdb import registers
 from pyvmm.gdb.breakpoints import Breakpoints, HostSupport, UnsupportedError
 from pyvmm.gdb.debugregs import Access, BreakpointError, hit_slots
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 SIGINT = 2
 SIGTRAP = 5
 _ERROR_ARGUMENT = b"E01"
+_ERROR_IO = b"E05"  # EIO
 _ERROR_FAULT = b"E14"  # EFAULT, as gdbserver answers for memory it cannot reach
 _MAX_MEMORY = (MAX_PACKET - 8) // 2  # hex doubles the bytes of an 'm' reply
 _FEATURES = "PacketSize={:x};qXfer:features:read+;vContSupported+;QStartNoAckMode+;hwbreak+"
@@ -96,7 +97,9 @@ class Stub:
         self.breakpoints = Breakpoints(host)
         self.g_vcpu = 0  # Hg: the thread registers and memory are read from
         self.c_vcpu = 0  # Hc: the thread s and c act on
-        self.last_stop = DebugEvent(0, StopReason.REQUESTED)
+        # before any stop is seen (the machine was parked already: --gdb-wait), gdb is
+        # told of a SIGTRAP stop on vCPU 0, as for a fresh attach
+        self.last_stop = DebugEvent(0, StopReason.DEBUG_EXIT)
         self._client_hwbreak = False  # the stop reasons gdb said it understands (qSupported)
         self._client_swbreak = False
 
@@ -113,6 +116,12 @@ class Stub:
             return Reply(_ERROR_FAULT)
         except (PacketError, BreakpointError, ValueError) as exc:
             log.debug("gdb: refused %r: %s", packet[:40], exc)
+            return Reply(_ERROR_ARGUMENT)
+        except KvmError as exc:  # e.g. KVM_SET_SREGS refusing a value gdb wrote
+            log.warning("gdb: %r failed: %s", packet[:40], exc)
+            return Reply(_ERROR_IO)
+        except VmmError as exc:  # the machine could not do it (it stopped meanwhile...)
+            log.warning("gdb: %r failed: %s", packet[:40], exc)
             return Reply(_ERROR_ARGUMENT)
 
     def _dispatch(self, packet: bytes) -> Reply | Resume:
@@ -317,7 +326,7 @@ class Stub:
             space = self._space() if self.breakpoints.software else None
             self.breakpoints.clear(space)
             self.resume(None)
-        except (TranslationError, GuestMemoryError, KvmError) as exc:
+        except (VmmError, KvmError) as exc:
             log.warning("gdb: breakpoints not all removed: %s", exc)
 
     def stop_reply(self, event: DebugEvent) -> bytes:
