@@ -19,9 +19,10 @@ import socket
 import threading
 from dataclasses import dataclass
 
-from pyvmm.errors import ConfigError
+from pyvmm.errors import ConfigError, VmmError
 from pyvmm.gdb.breakpoints import HostSupport
 from pyvmm.gdb.packets import Event, EventKind, PacketReader, frame
+from pyvmm.gdb.probe import probe_host
 from pyvmm.gdb.stub import Action, Reply, Resume, Stub
 from pyvmm.gdb.target import DebugEvent, DebugTarget, StopReason
 from pyvmm.kvm import KvmError
@@ -68,9 +69,10 @@ DEFAULT_ADDRESS = GdbAddress("127.0.0.1", DEFAULT_PORT)  # -s
 class GdbServer:
     """Listens on `address` from `start()` until `close()`."""
 
-    def __init__(self, target: DebugTarget, address: GdbAddress, host: HostSupport) -> None:
+    def __init__(self, target: DebugTarget, address: GdbAddress, host: HostSupport | None = None) -> None:
+        """`host`: what this host's guest debugging delivers; probed when None."""
         self.target = target
-        self.host = host
+        self.host = probe_host() if host is None else host
         self._closing = threading.Event()
         try:
             self._listener = socket.create_server((address.host, address.port), reuse_port=False)
@@ -83,15 +85,21 @@ class GdbServer:
         self.address = GdbAddress(str(bound[0]), int(bound[1]))
         self._thread = threading.Thread(target=self._serve, name="gdb-stub", daemon=True)
         self._busy = threading.Lock()
+        self._session_thread: threading.Thread | None = None
 
     def start(self) -> None:
         log.info("gdb: waiting for a debugger on %s:%d", self.address.host, self.address.port)
         self._thread.start()
 
     def close(self, timeout: float = 2.0) -> None:
+        """Stop listening and end the session (the guest runs on, as after a detach);
+        waits at most `timeout` for each thread."""
         self._closing.set()
         self._thread.join(timeout)
         self._listener.close()
+        session = self._session_thread
+        if session is not None:
+            session.join(timeout)
 
     def _serve(self) -> None:
         while not self._closing.is_set():
@@ -104,9 +112,10 @@ class GdbServer:
             if not self._busy.acquire(blocking=False):
                 self._refuse(connection, peer)
                 continue
-            threading.Thread(
+            self._session_thread = threading.Thread(
                 target=self._session, args=(connection, peer), name="gdb-session", daemon=True
-            ).start()
+            )
+            self._session_thread.start()
 
     def _refuse(self, connection: socket.socket, peer: object) -> None:
         log.warning("gdb: a second debugger from %s refused: one at a time", peer)
@@ -121,7 +130,7 @@ class GdbServer:
         log.info("gdb: debugger connected from %s", peer)
         try:
             _Session(self, connection).run()
-        except (OSError, KvmError) as exc:
+        except (OSError, KvmError, VmmError) as exc:
             log.warning("gdb: session with %s ended: %s", peer, exc)
         finally:
             connection.close()

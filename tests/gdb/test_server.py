@@ -212,3 +212,49 @@ def test_a_second_debugger_is_refused(target: VcpuTarget, server: GdbServer) -> 
     first.close()
     time.sleep(0.3)
     assert target.running()  # the first one went away: the guest runs on
+
+
+@pytest.mark.kvm
+@needs_gdb
+def test_stopped_before_the_first_instruction_and_software_watchpoints() -> None:
+    """--gdb-wait: the machine never ran; gdb starts at the entry point. Where the
+    host has no data breakpoints, `watch` needs gdb's own single-stepping."""
+    target = VcpuTarget(vcpus=1)
+    stub = GdbServer(target, GdbAddress("127.0.0.1", 0), HARDWARE_ONLY)
+    stub.start()
+    try:
+        out = gdb(
+            stub,
+            "x/2i $pc",
+            "stepi",
+            f"hbreak *{INC_RBX_RIP:#x}",
+            "continue",
+            f"watch *(long*){DATA:#x}",
+            "continue",
+            "delete",
+            "set can-use-hw-watchpoints 0",
+            f"watch *(long*){DATA:#x}",
+            "continue",
+            "detach",
+        )
+    finally:
+        stub.close()
+        target.close()
+    assert f"=> {GUEST_ENTRY:#x}:\tinc    %rax" in out, out
+    assert f"{STORE_RIP:#018x} in ??" in out, out  # one instruction later
+    assert f"Breakpoint 1, {INC_RBX_RIP:#018x}" in out, out
+    assert "Could not insert hardware watchpoint 2" in out, out
+    assert "Old value = 1\nNew value = 2" in out, out
+
+
+@pytest.mark.kvm
+def test_a_debugger_that_vanishes_while_the_guest_runs(target: VcpuTarget, server: GdbServer) -> None:
+    client = RawClient(server)
+    client.ask(b"QStartNoAckMode")
+    assert client.ask(b"Z1,%x,1" % INC_RBX_RIP) == b"OK"
+    assert client.ask(b"vCont;c") == b"T05thread:1;"
+    client.send(frame(b"c"))  # and gone
+    client.close()
+    time.sleep(0.5)
+    # the session ended as a detach: running, and the breakpoint no longer stops it
+    assert target.running() and target.wait_debug_event(0.3) is None
