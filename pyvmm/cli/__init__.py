@@ -11,9 +11,11 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from typing import NoReturn, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 from pyvmm import __version__
+from pyvmm.api.address import QmpAddress, parse_address
 from pyvmm.cli.console import STDIN, PipedInput, TerminalConsole, stdin_is_open, write_all
 from pyvmm.cli.signals import stop_on_signals
 from pyvmm.config import (
@@ -33,6 +35,10 @@ from pyvmm.kvm import KvmError
 from pyvmm.machine import Machine, RunResult
 from pyvmm.machine.console_stream import ConsoleStream
 from pyvmm.outcome import ExitKind, GuestExit
+
+if TYPE_CHECKING:
+    from pyvmm.api.machine_control import MachineControl
+    from pyvmm.api.qmp import QmpServer
 
 STATUS_USAGE = 2
 STATUS_FAILURE = 1
@@ -90,6 +96,19 @@ def _incoming(text: str) -> str:
     if scheme != "file" or not path:
         raise argparse.ArgumentTypeError(f"expected file:PATH, got {text!r}")
     return path
+
+
+def _qmp_address(text: str) -> QmpAddress:
+    try:
+        return parse_address(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _name(text: str) -> str:
+    if not text or len(text) > 256 or not text.isprintable():
+        raise argparse.ArgumentTypeError("a name is 1 to 256 printable characters")
+    return text
 
 
 def _seconds(text: str) -> float:
@@ -207,6 +226,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="resume the guest from the snapshot at PATH instead of booting it (QEMU's -incoming); "
         "give the same machine options (memory, CPUs, disks, network) as when it was saved",
     )
+    control = run.add_argument_group("control (QEMU's options of the same names)")
+    control.add_argument(
+        "--qmp",
+        action="append",
+        type=_qmp_address,
+        default=[],
+        metavar="unix:PATH|tcp:HOST:PORT",
+        help="serve QMP there (server=on,wait=off implied: the guest does not wait for a client); repeatable",
+    )
+    control.add_argument("--name", type=_name, help="the VM's name (QMP's query-name)")
+    control.add_argument(
+        "-S",
+        "--paused",
+        action="store_true",
+        help="do not start the guest's CPUs until a client says so (QMP cont)",
+    )
     run.set_defaults(handler=_run)
     add_images_command(commands)
     return parser
@@ -266,6 +301,15 @@ def _disk_root_cmdline(cmdline: str | None) -> str:
     return f"{ROOT_CMDLINE} {cmdline}".rstrip()
 
 
+@dataclass(frozen=True)
+class ControlOptions:
+    """The control front ends `pyvmm run` serves."""
+
+    qmp: tuple[QmpAddress, ...] = ()
+    name: str | None = None
+    paused: bool = False  # -S: the vCPUs wait for QMP's cont
+
+
 class _Run:
     """One `pyvmm run`: boots the guest, boots it again after a reboot when asked,
     within one deadline for the whole run, and stops it on SIGTERM or SIGHUP. `show`
@@ -277,11 +321,16 @@ class _Run:
         restart: bool,
         show: Callable[[bytes], None],
         incoming: str | None = None,
+        control: ControlOptions | None = None,
     ) -> None:
         self.config = config
         self.restart = restart
         self.show = show
         self.incoming = incoming  # the first run resumes this snapshot; a reboot boots
+        self.options = control or ControlOptions()
+        # The control front ends outlive each machine: a reboot keeps the QMP socket.
+        self.control: MachineControl | None = None
+        self.servers: list[QmpServer] = []
         self.deadline = None if config.timeout is None else time.monotonic() + config.timeout
         self.machine: Machine | None = None
         self.signal: str | None = None
@@ -296,10 +345,18 @@ class _Run:
 
     def run(self) -> RunResult:
         with stop_on_signals(self.stop_for_signal):
-            result = self._boot()
-            while result.exit.kind is ExitKind.REBOOT and self.restart and not self._over():
-                _say("the guest rebooted; starting it again")
+            try:
                 result = self._boot()
+                while result.exit.kind is ExitKind.REBOOT and self.restart and not self._over():
+                    _say("the guest rebooted; starting it again")
+                    result = self._boot()
+                if result.exit.kind is ExitKind.REBOOT and self.control is not None:
+                    self.control.emit("SHUTDOWN", {"guest": True, "reason": "guest-reset"})
+            finally:
+                for server in self.servers:
+                    server.close()
+                if self.control is not None:
+                    self.control.close()
         kind = result.exit.kind
         stopped = kind is ExitKind.STOPPED or (kind is ExitKind.REBOOT and self.restart)
         if stopped and self.signal is None and self._over():  # the whole run's timeout
@@ -322,19 +379,37 @@ class _Run:
         if self.incoming is not None:
             incoming, self.incoming = self.incoming, None
             machine.build(incoming=incoming)
+        self._control(machine)
         if self.signal is not None:  # a signal came while the machine was being made
             machine.stop(self._signal_exit())
+        paused = self.options.paused
         if not stdin_is_open():  # started with stdin closed: no input at all
-            return machine.run()
+            return machine.run(paused=paused)
         if not os.isatty(STDIN):
             with PipedInput(machine.send_input, machine.input_room):
-                return machine.run()
+                return machine.run(paused=paused)
 
         def quit_from_console() -> None:
             machine.stop(GuestExit(ExitKind.STOPPED, "quit from the console (C-a x)"))
 
         with TerminalConsole(machine.send_input, quit_from_console, STDIN, self.show):
-            return machine.run()
+            return machine.run(paused=paused)
+
+    def _control(self, machine: Machine) -> None:
+        """The control front ends, on the first machine; later ones are attached."""
+        if self.control is not None:
+            self.control.attach(machine)
+            return
+        if not self.options.qmp:
+            return
+        from pyvmm.api.machine_control import MachineControl  # asyncio and all: only for QMP
+        from pyvmm.api.qmp import QmpServer
+
+        self.control = MachineControl(machine, self.options.name)
+        for address in self.options.qmp:
+            server = QmpServer(self.control, address)
+            server.start()
+            self.servers.append(server)
 
 
 def _say(line: str) -> None:
@@ -363,7 +438,10 @@ def _run(args: argparse.Namespace) -> int:
     with ConsoleStream(_stdout, name="pyvmm-stdout") as output:
         config = dataclasses.replace(config, console=output.write)
         restart = args.on_reboot == "restart"
-        result = _Run(config, restart=restart, show=output.write, incoming=args.incoming).run()
+        control = ControlOptions(tuple(args.qmp), args.name, args.paused)
+        result = _Run(
+            config, restart=restart, show=output.write, incoming=args.incoming, control=control
+        ).run()
     if output.dropped:
         _say(_dropped(output))
     if args.stats:

@@ -17,7 +17,6 @@ the reverse order.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import threading
@@ -28,12 +27,15 @@ from typing import TypeVar
 
 from pyvmm import boot
 from pyvmm.arch.x86.layout import MMIO_HOLE_END, MMIO_HOLE_START
+from pyvmm.arch.x86.vcpu_state import pause_clock
 from pyvmm.config import MachineConfig
 from pyvmm.devices import CmosRtc, Serial16550
 from pyvmm.devices.device import DeviceState
+from pyvmm.devices.ged import Ged
+from pyvmm.devices.vmgenid import VmGenId
 from pyvmm.errors import ConfigError, LifecycleError, StateError
 from pyvmm.io.thread import IoThread
-from pyvmm.kvm import Cap, KvmIoctlError, Vcpu
+from pyvmm.kvm import Vcpu, Vm
 from pyvmm.kvm.uapi import kvm_clock_data
 from pyvmm.machine import builder
 from pyvmm.machine.console_stream import ConsoleStream
@@ -109,11 +111,7 @@ class RunResult:
 
 
 def _tell_paused(vcpu: Vcpu) -> None:
-    try:
-        vcpu.kvmclock_ctrl()
-    except KvmIoctlError as error:
-        if error.errno != errno.EINVAL:  # EINVAL: this guest does not use kvmclock
-            raise
+    pause_clock([vcpu])
 
 
 class Machine:
@@ -155,6 +153,20 @@ class Machine:
         self._ended_at = 0.0
 
     # --- state and events ---------------------------------------------------------------
+
+    @property
+    def vm(self) -> Vm | None:
+        """The KVM VM, once built (its statistics, its in-kernel state)."""
+        return self._kvm_vm.vm if self._kvm_vm is not None else None
+
+    def press_power_button(self) -> None:
+        """The ACPI power button (QMP's system_powerdown): the guest's OS decides what
+        follows; a Linux guest powers off cleanly. `LifecycleError` before the machine
+        is built."""
+        ged = self.devices.model(Ged)
+        if ged is None:
+            raise LifecycleError("the machine has no power button until it is built")
+        ged.press_power_button()
 
     @property
     def state(self) -> MachineState:
@@ -202,10 +214,11 @@ class Machine:
             runner.kick()  # a parked vCPU sees the machine stopping too
         if first:
             assert self._outcome is not None
-            self._emit(
-                "SHUTDOWN",
-                {"guest": self._outcome.kind is not ExitKind.STOPPED, "reason": self._outcome.kind.value},
-            )
+            guest, default_cause = _SHUTDOWN_CAUSES[self._outcome.kind]
+            if cause is not None:
+                guest = cause.startswith("guest-")
+            event = "RESET" if self._outcome.kind is ExitKind.REBOOT else "SHUTDOWN"
+            self._emit(event, {"guest": guest, "reason": cause or default_cause})
 
     def _device_failed(self, source: str, error: BaseException) -> None:
         """An I/O callback registered without a fault handler raised, or a fault
@@ -324,6 +337,11 @@ class Machine:
             builder.enter(self.runners[0], memory, self.entry)
         else:
             restore_state(saved, self.devices, kvm_vm.vm, [runner.vcpu for runner in self.runners])
+            # Every restore is a new generation of the VM: clones of one snapshot must
+            # not go on with the same random numbers (Linux reseeds on the change).
+            generation = self.devices.model(VmGenId)
+            if generation is not None:
+                generation.set_generation_id(os.urandom(16))
 
     # --- snapshots ----------------------------------------------------------------------
 
@@ -489,9 +507,8 @@ class Machine:
             return
         if kvm_vm.has_irqchip:
             self._paused_clock = kvm_vm.vm.get_clock()
-        if kvm_vm.kvm.check_extension(Cap.KVMCLOCK_CTRL):
-            for runner in self.runners:
-                runner.call(_tell_paused)
+        for runner in self.runners:  # on its own thread: the vCPU is parked
+            runner.call(_tell_paused)
 
     def _restore_clock(self) -> None:
         clock, self._paused_clock = self._paused_clock, None
@@ -524,15 +541,16 @@ class Machine:
             return None
         return self._finish()
 
-    def run(self) -> RunResult:
-        """Start the VM, run it until the guest ends (or `config.timeout`, counted from
-        here, loading included), tear it down; how it ended."""
+    def run(self, *, paused: bool = False) -> RunResult:
+        """Start the VM (`paused`: before its first instruction, until `resume()`), run
+        it until the guest ends (or `config.timeout`, counted from here, loading
+        included), tear it down; how it ended."""
         if self._started_at:
             raise ConfigError("a Machine runs once; create a new one to boot again")
         self._started_at = time.monotonic()
         try:
             if not self._stopping:  # stop() before run(): nothing to build (or start)
-                self.start()
+                self.start(paused=paused)
                 self._wait()
         except KeyboardInterrupt:
             self.stop(GuestExit(ExitKind.STOPPED, "interrupted"))
