@@ -43,6 +43,7 @@ class HostSupport:
 
     software_breakpoints: bool
     watchpoints: bool
+    hardware_breakpoints: bool = True
 
 
 class UnsupportedError(PacketError):
@@ -71,6 +72,8 @@ class Breakpoints:
                 self.software[address] = original
             return
         if ztype in (ZType.SOFTWARE, ZType.HARDWARE):
+            if not self.host.hardware_breakpoints:
+                raise UnsupportedError("this KVM has no hardware breakpoints")
             if ztype == ZType.SOFTWARE and not self._said_hardware:
                 log.warning(
                     "gdb: this host's KVM does not report int3: 'break' takes one of the 4 debug registers"

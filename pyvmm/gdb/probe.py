@@ -14,8 +14,16 @@ import logging
 from functools import cache
 
 from pyvmm.gdb.breakpoints import HostSupport
-from pyvmm.gdb.debugregs import Access, GuestDebug, HardwareBreakpoint, debugreg, hit_slots
-from pyvmm.kvm import ExitReason, Kvm, KvmError
+from pyvmm.gdb.debugregs import (
+    CAP_SET_GUEST_DEBUG2,
+    Access,
+    GuestDebug,
+    HardwareBreakpoint,
+    debugreg,
+    hit_slots,
+    unsupported,
+)
+from pyvmm.kvm import Cap, ExitReason, Kvm, KvmError
 from pyvmm.memory import GuestMemory
 
 log = logging.getLogger(__name__)
@@ -68,18 +76,28 @@ def _first_debug_exit(code: bytes, control: int, registers: list[int]) -> tuple[
 
 @cache
 def probe_host() -> HostSupport:
-    """Whether int3 breakpoints and data watchpoints reach us on this host (cached)."""
+    """Whether int3 breakpoints and data watchpoints reach us on this host (cached).
+    What KVM_CAP_SET_GUEST_DEBUG2 says it lacks is not tried."""
+    software_control = GuestDebug.ENABLE | GuestDebug.USE_SW_BP
+    hardware_control = GuestDebug.ENABLE | GuestDebug.USE_HW_BP
     try:
-        sw = _first_debug_exit(_INT3, GuestDebug.ENABLE | GuestDebug.USE_SW_BP, [0] * 8)
-        watch = HardwareBreakpoint(_DATA, Access.WRITE, 1)
-        slots = [watch, None, None, None]
-        hw = _first_debug_exit(_STORE, GuestDebug.ENABLE | GuestDebug.USE_HW_BP, debugreg(slots))
+        with Kvm() as kvm:
+            if not kvm.check_extension(Cap.SET_GUEST_DEBUG):
+                log.warning("gdb: this KVM has no KVM_SET_GUEST_DEBUG: no breakpoints, no single-step")
+                return HostSupport(software_breakpoints=False, watchpoints=False, hardware_breakpoints=False)
+            mask = kvm.check_extension(CAP_SET_GUEST_DEBUG2)
+        software = not unsupported(software_control, mask)
+        sw = _first_debug_exit(_INT3, software_control, [0] * 8) if software else None
+        hardware = not unsupported(hardware_control, mask)
+        slots = [HardwareBreakpoint(_DATA, Access.WRITE, 1), None, None, None]
+        hw = _first_debug_exit(_STORE, hardware_control, debugreg(slots)) if hardware else None
     except (KvmError, OSError) as exc:
         log.warning("gdb: cannot probe KVM's guest debugging (%s): hardware breakpoints only", exc)
         return HostSupport(software_breakpoints=False, watchpoints=False)
     support = HostSupport(
         software_breakpoints=sw is not None and sw[0] == _BP_VECTOR,
         watchpoints=hw is not None and 0 in hit_slots(hw[1]),
+        hardware_breakpoints=hardware,
     )
     log.debug("gdb: host guest-debug support %s", support)
     return support
