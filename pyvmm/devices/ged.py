@@ -47,7 +47,7 @@ class GedEvent(enum.IntFlag):
     GENERATION_ID = 1 << 1  # Notify(VGEN, 0x80)
 
 
-ALL_EVENTS = GedEvent.POWER_BUTTON | GedEvent.GENERATION_ID
+ALL_EVENTS = int(GedEvent.POWER_BUTTON | GedEvent.GENERATION_ID)
 
 
 @saved_state("ged")
@@ -82,7 +82,7 @@ class Ged:
     def raise_event(self, event: GedEvent) -> None:
         """Set `event` in the selector and pulse the interrupt."""
         with self._lock:
-            self._pending |= int(event) & ALL_EVENTS
+            self._pending |= int(event) & ALL_EVENTS  # a plain int: saved as one
             self.events_raised += 1
             # An edge: the IOAPIC latches it; the line must be low again for the next.
             self._line.set_level(True)
@@ -122,7 +122,7 @@ class Ged:
 
     def save(self) -> GedState:
         with self._lock:
-            return GedState(self._pending)
+            return GedState(int(self._pending))
 
     def restore(self, state: object) -> None:
         """Take `state`, checked first (a bad one raises `StateError`, nothing changes).

@@ -141,6 +141,27 @@ def test_dsdt_disassembles_to_the_devices_and_compiles_back(iasl: str, tmp_path:
     assert 'EisaId ("PNP0C02")' in power
     assert "0x0600" in power and "0x0604" in power
 
+    ged = dsl.split("Device (GED0)", 1)[1].split("Device (", 1)[0]
+    assert 'Name (_HID, "ACPI0013"' in ged
+    assert re.search(
+        r"Interrupt \(ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, \)\s*\{\s*0x00000009,", ged
+    )
+    assert "OperationRegion (EREG, SystemIO, 0x0608, 0x04)" in ged
+    assert re.search(r"Field \(EREG, DWordAcc, NoLock, WriteAsZeros\)\s*\{\s*ESEL,\s*32", ged)
+    assert "Method (_EVT, 1, Serialized)" in ged
+    assert re.search(r"If \(\(\(Local0 & One\) == One\)\)\s*\{\s*Notify \(\\_SB.PWRB, 0x80\)", ged)
+    assert re.search(r"If \(\(\(Local0 & 0x02\) == 0x02\)\)\s*\{\s*Notify \(\\_SB.VGEN, 0x80\)", ged)
+    button = dsl.split("Device (PWRB)", 1)[1].split("Device (", 1)[0]
+    assert 'EisaId ("PNP0C0C")' in button
+    generation = dsl.split("Device (VGEN)", 1)[1].split("Device (", 1)[0]
+    assert re.search(
+        r'Name \(_CID, Package \(0x02\).*?"VM_GEN_COUNTER",\s*"VM_Gen_Counter"', generation, re.DOTALL
+    )
+    assert re.search(
+        r"Method \(ADDR, 0, NotSerialized\)\s*\{\s*Return \(Package \(0x02\)\s*\{\s*0x000FF000,\s*Zero",
+        generation,
+    )
+
     assert dsl.count('Name (_HID, "LNRO0005")') == 2
     assert "Memory32Fixed (ReadWrite,\n                    0xD0000200," in dsl
     assert re.search(
