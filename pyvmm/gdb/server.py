@@ -150,6 +150,7 @@ class _Session:
         self.ack = True
         self.last_sent = b""
         self.running = False
+        self.interrupted = False  # Ctrl-C seen while the guest runs
         self.ended = False
         connection.settimeout(_SEND_TIMEOUT)
 
@@ -197,9 +198,14 @@ class _Session:
 
     def _handle_bytes(self, data: bytes) -> Action | None:
         for event in self.reader.feed(data):
+            if self.running:
+                # all-stop: while the guest runs, gdb sends nothing but Ctrl-C (even in
+                # the same segment as the resume that started it)
+                self.interrupted |= event.kind is EventKind.INTERRUPT
+                continue
             action = self._handle_event(event)
-            if action is not None or self.running:
-                return action  # what follows a resume would be Ctrl-C, seen by _watch_run
+            if action is not None:
+                return action
         return None
 
     def _handle_event(self, event: Event) -> Action | None:
@@ -240,11 +246,13 @@ class _Session:
             data = self._receive(0)
             if data is None:
                 raise OSError("the debugger closed the connection while the guest ran")
-            if any(e.kind is EventKind.INTERRUPT for e in self.reader.feed(data)):
+            self._handle_bytes(data)
+            if self.interrupted:
                 self.target.debug_stop()
                 event = self.target.wait_debug_event(0) or DebugEvent(self.stub.c_vcpu, StopReason.REQUESTED)
         if event is not None:
             self.running = False
+            self.interrupted = False  # a Ctrl-C that raced this stop has its answer
             self.ended = event.reason is StopReason.ENDED
             self._send(self.stub.stop_reply(event))
 

@@ -258,3 +258,13 @@ def test_a_debugger_that_vanishes_while_the_guest_runs(target: VcpuTarget, serve
     time.sleep(0.5)
     # the session ended as a detach: running, and the breakpoint no longer stops it
     assert target.running() and target.wait_debug_event(0.3) is None
+
+
+@pytest.mark.kvm
+def test_ctrl_c_in_the_same_segment_as_continue(target: VcpuTarget, server: GdbServer) -> None:
+    client = RawClient(server)
+    client.ask(b"QStartNoAckMode")
+    client.send(frame(b"vCont;c") + b"\x03")
+    assert client.reply().startswith(b"T02thread:")
+    assert not target.running()
+    client.close()
