@@ -101,6 +101,10 @@ class GdbServer:
         if session is not None:
             session.join(timeout)
 
+    @property
+    def closing(self) -> bool:
+        return self._closing.is_set()
+
     def _serve(self) -> None:
         while not self._closing.is_set():
             try:
@@ -153,6 +157,9 @@ class _Session:
         self.interrupted = False  # Ctrl-C seen while the guest runs
         self.ended = False
         connection.settimeout(_SEND_TIMEOUT)
+        # poll, not select: a VMM's descriptors easily pass select's FD_SETSIZE of 1024
+        self.poll = select.poll()
+        self.poll.register(connection, select.POLLIN)
 
     def run(self) -> None:
         self.target.debug_stop()
@@ -162,7 +169,7 @@ class _Session:
             self.ended = event.reason is StopReason.ENDED
         action: Action | None = None
         try:
-            while action is None and not self.server._closing.is_set():
+            while action is None and not self.server.closing:
                 if self.running:
                     self._watch_run()
                     continue
@@ -186,8 +193,7 @@ class _Session:
 
     def _receive(self, timeout: float) -> bytes | None:
         """Bytes from gdb; b"" when none came within `timeout`, None at end of stream."""
-        ready, _, _ = select.select([self.connection], [], [], timeout)
-        if not ready:
+        if not self.poll.poll(timeout * 1000):
             return b""
         data = self.connection.recv(4096)
         return data or None
