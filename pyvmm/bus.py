@@ -187,15 +187,26 @@ class PortBus(Bus):
     def __init__(self) -> None:
         super().__init__("port", PORT_SPACE)
         # port -> range, read by vCPU threads without a lock; the list object never
-        # changes (the exit loop keeps a reference), its contents are replaced whole.
+        # changes (the exit loop keeps a reference), each changed range's slice is
+        # replaced whole.
         self.table: list[BusRange] = [self.unclaimed] * PORT_SPACE
 
     def _publish(self, ranges: tuple[BusRange, ...]) -> None:
+        # Only the ports whose range changed are rewritten (a full 64 Ki-entry table
+        # per insert made building a machine take milliseconds): freed ranges first,
+        # then the new ones, each one slice assignment, atomic under the GIL. A reader
+        # between the two sees a moved range briefly unclaimed, never a stale one.
+        old = self._lookup.ranges
+        kept = {id(entry) for entry in old}
+        staying = {id(entry) for entry in ranges}
         super()._publish(ranges)
-        table = [self.unclaimed] * PORT_SPACE
+        table = self.table
+        for entry in old:
+            if id(entry) not in staying:
+                table[entry.base : entry.end] = [self.unclaimed] * entry.length
         for entry in ranges:
-            table[entry.base : entry.end] = [entry] * entry.length
-        self.table[:] = table  # one slice assignment: atomic under the GIL
+            if id(entry) not in kept:
+                table[entry.base : entry.end] = [entry] * entry.length
 
     def find(self, address: int, size: int) -> BusRange:
         entry = self.table[address & 0xFFFF]

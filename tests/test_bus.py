@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pyvmm.bus import BusConflictError, BusRange, MmioBus, PortBus
 from pyvmm.errors import ConfigError
@@ -128,3 +130,27 @@ def test_lookups_during_moves_see_the_range_before_or_after(bus_type: type[PortB
         thread.join()
     assert not errors
     assert seen == {"bar", "unclaimed"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from(["insert", "remove", "move"]), st.integers(0, 63), st.integers(1, 8)))
+)
+def test_the_port_table_always_agrees_with_the_ranges(operations: list[tuple[str, int, int]]) -> None:
+    """The O(1) port table, updated range by range, says what the sorted ranges say."""
+    bus = PortBus()
+    entries: list[BusRange] = []
+    for operation, slot, length in operations:
+        try:
+            if operation == "insert":
+                entries.append(bus.insert(slot * 8, length, Recorder(), f"r{slot}"))
+            elif entries and operation == "remove":
+                bus.remove(entries.pop(slot % len(entries)))
+            elif entries:
+                index = slot % len(entries)
+                entries[index] = bus.move(entries[index], (slot * 5 % 64) * 8)
+        except BusConflictError:
+            continue
+    for port in range(0, 64 * 8 + 8):
+        owner = next((entry for entry in entries if entry.base <= port < entry.end), bus.unclaimed)
+        assert bus.table[port] is owner, port
