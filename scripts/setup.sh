@@ -16,6 +16,7 @@ command -v iasl >/dev/null 2>&1 || need_apt+=(acpica-tools)  # ACPI table tests
 command -v cpio >/dev/null 2>&1 || need_apt+=(cpio)  # initramfs tests
 [ -x /bin/busybox ] || need_apt+=(busybox-static)  # the guest userland
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)  # network namespaces and TAPs in the net tests
+command -v gdb >/dev/null 2>&1 || need_apt+=(gdb)  # the gdb stub's tests drive the real gdb
 PATH=$PATH:/usr/sbin:/sbin command -v mkfs.ext4 debugfs e2fsck >/dev/null 2>&1 ||
     need_apt+=(e2fsprogs)  # the guest's root disk (pyvmm images build) and its tests
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -39,6 +39,8 @@ from pyvmm.outcome import ExitKind, GuestExit
 if TYPE_CHECKING:
     from pyvmm.api.machine_control import MachineControl
     from pyvmm.api.qmp import QmpServer
+    from pyvmm.gdb.machine_target import MachineTarget
+    from pyvmm.gdb.server import GdbServer
 
 STATUS_USAGE = 2
 STATUS_FAILURE = 1
@@ -103,6 +105,17 @@ def _qmp_address(text: str) -> QmpAddress:
         return parse_address(text)
     except ConfigError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _gdb_address(text: str) -> str:
+    """Checked now, parsed where the server starts (the stub loads only with --gdb)."""
+    from pyvmm.gdb.server import parse_gdb_address
+
+    try:
+        parse_gdb_address(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _name(text: str) -> str:
@@ -240,7 +253,21 @@ def build_parser() -> argparse.ArgumentParser:
         "-S",
         "--paused",
         action="store_true",
-        help="do not start the guest's CPUs until a client says so (QMP cont)",
+        help="do not start the guest's CPUs until a client says so (QMP cont, or gdb's continue)",
+    )
+    control.add_argument(
+        "--gdb",
+        type=_gdb_address,
+        metavar="tcp:[HOST]:PORT",
+        help="serve the gdb remote protocol there (tcp::1234 binds 127.0.0.1; name a host to open it wider)",
+    )
+    control.add_argument(
+        "-s", dest="gdb", action="store_const", const="tcp::1234", help="the same as --gdb tcp::1234"
+    )
+    control.add_argument(
+        "--gdb-wait",
+        action="store_true",
+        help="stop before the guest's first instruction until gdb continues it",
     )
     run.set_defaults(handler=_run)
     add_images_command(commands)
@@ -308,6 +335,8 @@ class ControlOptions:
     qmp: tuple[QmpAddress, ...] = ()
     name: str | None = None
     paused: bool = False  # -S: the vCPUs wait for QMP's cont
+    gdb: str | None = None  # where the gdb stub listens
+    gdb_wait: bool = False  # the first instruction waits for gdb
 
 
 class _Run:
@@ -331,6 +360,9 @@ class _Run:
         # The control front ends outlive each machine: a reboot keeps the QMP socket.
         self.control: MachineControl | None = None
         self.servers: list[QmpServer] = []
+        self.debug: MachineTarget | None = None
+        self.gdb: GdbServer | None = None
+        self.booted = False
         self.deadline = None if config.timeout is None else time.monotonic() + config.timeout
         self.machine: Machine | None = None
         self.signal: str | None = None
@@ -350,9 +382,14 @@ class _Run:
                 while result.exit.kind is ExitKind.REBOOT and self.restart and not self._over():
                     _say("the guest rebooted; starting it again")
                     result = self._boot()
-                if result.exit.kind is ExitKind.REBOOT and self.control is not None:
-                    self.control.emit("SHUTDOWN", {"guest": True, "reason": "guest-reset"})
+                if result.exit.kind is ExitKind.REBOOT:
+                    if self.control is not None:
+                        self.control.emit("SHUTDOWN", {"guest": True, "reason": "guest-reset"})
+                    if self.debug is not None:
+                        self.debug.end(result.status)
             finally:
+                if self.gdb is not None:
+                    self.gdb.close()
                 for server in self.servers:
                     server.close()
                 if self.control is not None:
@@ -379,10 +416,14 @@ class _Run:
         if self.incoming is not None:
             incoming, self.incoming = self.incoming, None
             machine.build(incoming=incoming)
+        elif self.options.gdb is not None:
+            machine.build()  # the debugger attaches to the vCPUs before they run
         self._control(machine)
         if self.signal is not None:  # a signal came while the machine was being made
             machine.stop(self._signal_exit())
-        paused = self.options.paused
+        # -S and --gdb-wait hold the first boot only, as QEMU's.
+        paused = not self.booted and (self.options.paused or self.options.gdb_wait)
+        self.booted = True
         if not stdin_is_open():  # started with stdin closed: no input at all
             return machine.run(paused=paused)
         if not os.isatty(STDIN):
@@ -397,6 +438,7 @@ class _Run:
 
     def _control(self, machine: Machine) -> None:
         """The control front ends, on the first machine; later ones are attached."""
+        self._debugger(machine)
         if self.control is not None:
             self.control.attach(machine)
             return
@@ -410,6 +452,22 @@ class _Run:
             server = QmpServer(self.control, address)
             server.start()
             self.servers.append(server)
+
+    def _debugger(self, machine: Machine) -> None:
+        """The gdb stub, on the first machine; a reboot's machine keeps the debugger."""
+        if self.debug is not None:
+            self.debug.attach(machine)
+            return
+        if self.options.gdb is None:
+            return
+        from pyvmm.gdb.machine_target import MachineTarget  # the stub loads only with --gdb
+        from pyvmm.gdb.server import GdbServer, parse_gdb_address
+
+        self.debug = MachineTarget(machine)
+        self.gdb = GdbServer(self.debug, parse_gdb_address(self.options.gdb))
+        self.gdb.start()
+        if self.options.gdb_wait:
+            _say(f"gdb: waiting for a debugger on {self.gdb.address.host}:{self.gdb.address.port}")
 
 
 def _say(line: str) -> None:
@@ -438,7 +496,7 @@ def _run(args: argparse.Namespace) -> int:
     with ConsoleStream(_stdout, name="pyvmm-stdout") as output:
         config = dataclasses.replace(config, console=output.write)
         restart = args.on_reboot == "restart"
-        control = ControlOptions(tuple(args.qmp), args.name, args.paused)
+        control = ControlOptions(tuple(args.qmp), args.name, args.paused, args.gdb, args.gdb_wait)
         result = _Run(
             config, restart=restart, show=output.write, incoming=args.incoming, control=control
         ).run()

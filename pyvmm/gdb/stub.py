@@ -85,10 +85,6 @@ def _copy(state: CpuState) -> CpuState:
     )
 
 
-def _set_guest_debug(control: int, debugreg: list[int]) -> Callable[[Vcpu], None]:
-    return lambda vcpu: vcpu.set_guest_debug(control, debugreg)
-
-
 class Stub:
     """The debugger's view of a parked machine."""
 
@@ -317,7 +313,7 @@ class Stub:
         """Arm every vCPU's guest debugging for the run that follows."""
         for index in range(self.target.vcpu_count):
             control, debugreg = self.breakpoints.guest_debug(step=index == step_vcpu)
-            self.target.run_on_vcpu(index, _set_guest_debug(control, debugreg))
+            self.target.set_guest_debug(index, control, debugreg)
         return Resume(step_vcpu)
 
     def release(self) -> None:

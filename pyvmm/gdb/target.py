@@ -15,10 +15,13 @@ Packets" and "All-Stop Mode"):
   parked, and returns what it returns (or raises what it raises). A port or MMIO exit
   the vCPU was in has been completed first, so its registers are at an instruction
   boundary.
+- `set_guest_debug(i, control, debugreg)` sets vCPU i's KVM_SET_GUEST_DEBUG (while
+  parked). The target keeps it: a machine that replaces its vCPUs (a guest reboot
+  the VMM restarts) gives the new ones the same, so breakpoints outlive a reboot.
 - `debug_continue(step_vcpu)` lets the machine run again: every vCPU, or, with
   `step_vcpu`, only that one (the others stay parked) until its next event. The stub
-  has set each vCPU's KVM_SET_GUEST_DEBUG beforehand (`run_on_vcpu`), SINGLESTEP for a
-  step; the machine does not change it.
+  has set each vCPU's guest debugging beforehand, SINGLESTEP for a step; the machine
+  does not change it.
 - `wait_debug_event(timeout)` returns the next event, or None after `timeout` seconds.
 - `kill()` stops the machine for good (gdb's `k`); it reports `ENDED`.
 """
@@ -67,6 +70,8 @@ class DebugTarget(Protocol):
     def memory(self) -> GuestMemory: ...
 
     def run_on_vcpu(self, index: int, fn: Callable[[Vcpu], T]) -> T: ...
+
+    def set_guest_debug(self, index: int, control: int, debugreg: list[int]) -> None: ...
 
     def debug_stop(self) -> None: ...
 

@@ -448,24 +448,55 @@ class Machine:
         guest's clock does not advance. `LifecycleError` unless running, or when a step
         does not finish within `timeout` seconds (the machine then runs on)."""
         with self._control:
-            with self._lock:
-                if self._state is not MachineState.RUNNING:
-                    raise LifecycleError(f"the machine is {self._state.value}: only a running machine pauses")
-            self._park_all(timeout)
-            with self._lock:
-                self._enter(MachineState.PAUSED)
+            self.stop_the_world(MachineState.PAUSED, timeout)
             self._emit("STOP")
 
     def resume(self) -> None:
         """Let a paused guest run on, in the reverse of the pause order."""
         with self._control:
+            self.restart_the_world(MachineState.PAUSED)
+            self._emit("RESUME")
+
+    def stop_the_world(self, into: MachineState, timeout: float = PAUSE_SECONDS) -> None:
+        """Running → `into` (paused, or the debugger's stop) in the pause order: the one
+        place that parks a running machine (`pause` and the debugger use it)."""
+        with self._control:
             with self._lock:
-                if self._state is not MachineState.PAUSED:
-                    raise LifecycleError(f"the machine is {self._state.value}: only a paused machine resumes")
+                if self._state is not MachineState.RUNNING:
+                    raise LifecycleError(f"the machine is {self._state.value}: only a running machine pauses")
+                check_transition(self._state, into)
+            self._park_all(timeout)
+            with self._lock:
+                self._enter(into)
+
+    def restart_the_world(self, source: MachineState, only: int | None = None) -> None:
+        """`source` (paused, or the debugger's stop) → running, the reverse of the pause
+        order; `only`: just that vCPU runs (a debugger's single step), the others stay
+        parked until the world stops and restarts again."""
+        with self._control:
+            with self._lock:
+                if self._state is not source:
+                    verb = "resumes" if source is MachineState.PAUSED else "continues"
+                    now = self._state.value
+                    raise LifecycleError(f"the machine is {now}: only a {source.value} machine {verb}")
                 self._enter(MachineState.RUNNING)
                 self._release_input()
-            self._unpark_all()
-            self._emit("RESUME")
+            self._restore_clock()
+            self.devices.resume()
+            self.io.resume()
+            for index, runner in enumerate(self.runners):
+                if only is None or index == only:
+                    runner.unpark()
+
+    def debug_hold(self) -> None:
+        """Paused → the debugger's stop (a machine started paused for a debugger)."""
+        with self._control, self._lock:
+            self._enter(MachineState.DEBUG)
+
+    @property
+    def outcome(self) -> GuestExit | None:
+        """How the machine ended, once it has (the first outcome recorded)."""
+        return self._outcome
 
     def _park_all(self, timeout: float) -> None:
         """The pause order, up to the clock; on a step that does not finish in time,
@@ -489,13 +520,6 @@ class Machine:
                 runner.unpark()
             raise
         self._capture_clock()
-
-    def _unpark_all(self) -> None:
-        self._restore_clock()
-        self.devices.resume()
-        self.io.resume()
-        for runner in self.runners:
-            runner.unpark()
 
     def _capture_clock(self) -> None:
         """The guest's kvmclock as it stopped (QEMU does the same around a stop), so

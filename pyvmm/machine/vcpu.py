@@ -27,6 +27,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from pyvmm.bus import MmioBus, PortBus
@@ -51,10 +52,12 @@ _FAIL_ENTRY = struct.Struct("<QI")  # hardware_entry_failure_reason, cpu
 _INTERNAL = struct.Struct("<II16Q")  # suberror, ndata, data[16]
 _EMULATION_FAILURE = struct.Struct("<IIQB15s")  # suberror, ndata, flags, insn_size, insn_bytes
 _SYSTEM_EVENT = struct.Struct("<II")  # type, ndata
+_DEBUG = struct.Struct("<IIQQQ")  # kvm_debug_exit_arch: exception, pad, pc, dr6, dr7
 
 _REASON_IO = ExitReason.IO.value
 _REASON_MMIO = ExitReason.MMIO.value
 _REASON_INTR = ExitReason.INTR.value
+_REASON_DEBUG = ExitReason.DEBUG.value
 _INTERRUPTED = (errno.EINTR, errno.EAGAIN)
 
 Disassembler = Callable[[bytes, int, int], str]
@@ -63,8 +66,22 @@ UNPARK_SECONDS = 1.0
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class DebugExit:
+    """A KVM_EXIT_DEBUG (api.rst, `kvm_debug_exit_arch`): the exception vector (1: #DB,
+    3: #BP), the guest's RIP, DR6 and DR7."""
+
+    vcpu: int
+    exception: int
+    pc: int
+    dr6: int
+    dr7: int
+
+
 class InstructionEmulator(Protocol):
     """Emulates the instruction at RIP that KVM could not (pyvmm.arch.x86.emulator)."""
+
+    run_ahead: int
 
     def emulate(self, insn_bytes: bytes | None = None) -> list[str]: ...
 
@@ -96,6 +113,7 @@ class VcpuRunner:
         has_irqchip: bool,
         disassemble: Disassembler | None = None,
         make_emulator: Callable[[], InstructionEmulator] | None = None,
+        on_debug: Callable[[DebugExit], None] | None = None,
     ) -> None:
         self.vcpu = vcpu
         self.ports = ports
@@ -104,6 +122,12 @@ class VcpuRunner:
         self.is_stopping = is_stopping
         self.has_irqchip = has_irqchip
         self.disassemble = disassemble
+        # A debugger's KVM_EXIT_DEBUG goes there, and the vCPU parks (gdb's all-stop);
+        # without one such an exit is unhandled.
+        self.on_debug = on_debug
+        # Under a debugger the emulator runs no vector instruction ahead of the one KVM
+        # could not: a step or breakpoint must not be passed over.
+        self.debugged = False
         # Built at the first emulation failure: many guests never have one, and the
         # emulator (with iced-x86) is a large part of pyvmm's start-up time.
         self._make_emulator = make_emulator
@@ -304,11 +328,25 @@ class VcpuRunner:
                 else:
                     value = target.read(address, length).to_bytes(length, "little")
                     page[RUN_EXIT_DATA + 8 : RUN_EXIT_DATA + 8 + length] = value
+            elif reason == _REASON_DEBUG and self.on_debug is not None:
+                if self._debug_exit():
+                    return
             else:
                 outcome = self._other_exit(reason)
                 if outcome is not None:
                     self.stop(outcome)
                     return
+
+    def _debug_exit(self) -> bool:
+        """A breakpoint, watchpoint or single step the debugger set: tell it, then park
+        until it lets this vCPU go (KVM_EXIT_DEBUG completes nothing on re-entry). True
+        when the machine is stopping instead."""
+        assert self.on_debug is not None
+        exception, _, pc, dr6, dr7 = _DEBUG.unpack_from(self.vcpu.run_mapping, RUN_EXIT_DATA)
+        with self._commands:
+            self._park_wanted = True
+        self.on_debug(DebugExit(self.vcpu.id, exception, pc, dr6, dr7))
+        return self._park()
 
     def _string_io(self, direction: int, size: int, port: int, count: int, offset: int) -> None:
         """`rep ins/outs`: KVM hands over up to a page of `count` items at `offset`."""
@@ -372,6 +410,8 @@ class VcpuRunner:
         assert self._make_emulator is not None
         if self.emulator is None:
             self.emulator = self._make_emulator()
+        if self.debugged:
+            self.emulator.run_ahead = 0
         page = self.vcpu.run_mapping
         suberror, _, flags, size, insn = _EMULATION_FAILURE.unpack_from(page, RUN_EXIT_DATA)
         if suberror != InternalErrorSuberror.EMULATION:

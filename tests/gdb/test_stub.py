@@ -54,6 +54,9 @@ class FakeTarget:
         self.vcpu_count = vcpus
         self.vcpus = [FakeVcpu() for _ in range(vcpus)]
 
+    def set_guest_debug(self, index: int, control: int, debugreg: list[int]) -> None:
+        self.run_on_vcpu(index, lambda vcpu: vcpu.set_guest_debug(control, debugreg))
+
     def run_on_vcpu(self, index: int, fn: Callable[[Any], T]) -> T:
         return fn(self.vcpus[index])
 

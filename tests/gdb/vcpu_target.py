@@ -125,6 +125,9 @@ class VcpuTarget:
                     self.events.put(self._pending)
                 self._lock.notify_all()
 
+    def set_guest_debug(self, index: int, control: int, debugreg: list[int]) -> None:
+        self.run_on_vcpu(index, lambda vcpu: vcpu.set_guest_debug(control, debugreg))
+
     def run_on_vcpu(self, index: int, fn: Callable[[Vcpu], T]) -> T:
         with self._lock:
             if index in self._running:
