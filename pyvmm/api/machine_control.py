@@ -22,6 +22,7 @@ from pyvmm.kvm import KvmError, Vcpu
 from pyvmm.kvm.stats import Stats, open_stats
 from pyvmm.kvm.x86 import kvm_regs, kvm_sregs
 from pyvmm.machine import Machine
+from pyvmm.machine.events import Listeners
 from pyvmm.machine.lifecycle import MachineState
 from pyvmm.machine.stats import ExitStats
 from pyvmm.outcome import ExitKind, GuestExit
@@ -37,7 +38,7 @@ class MachineControl:
     def __init__(self, machine: Machine, name: str | None = None) -> None:
         self._name = name
         self._lock = threading.Lock()
-        self._listeners: list[EventListener] = []
+        self._listeners = Listeners()
         self._machine = machine
         self._stats: dict[int | None, Stats | None] = {}  # KVM statistics fds, opened once
         machine.add_listener(self._forward)
@@ -64,24 +65,18 @@ class MachineControl:
     # --- events ---------------------------------------------------------------------------
 
     def add_listener(self, listener: EventListener) -> None:
-        with self._lock:
-            self._listeners.append(listener)
+        self._listeners.add(listener)
 
     def remove_listener(self, listener: EventListener) -> None:
-        with self._lock:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
+        self._listeners.remove(listener)
 
     def _forward(self, event: str, data: dict[str, object]) -> None:
-        with self._lock:
-            listeners = list(self._listeners)
-        for listener in listeners:
-            listener(event, data)
+        self._listeners.emit(event, data)
 
     def emit(self, event: str, data: dict[str, object] | None = None) -> None:
         """An event of the control plane's own (the CLI's SHUTDOWN after a reboot it
         does not restart)."""
-        self._forward(event, data or {})
+        self._listeners.emit(event, data)
 
     # --- MachineController ----------------------------------------------------------------
 

@@ -40,6 +40,7 @@ from pyvmm.kvm.uapi import kvm_clock_data
 from pyvmm.machine import builder
 from pyvmm.machine.console_stream import ConsoleStream
 from pyvmm.machine.console_tail import CONSOLE_TAIL_BYTES, ConsoleTail
+from pyvmm.machine.events import Listener, Listeners
 from pyvmm.machine.lifecycle import MachineState, check_transition
 from pyvmm.machine.snapshot import check_shape_of, restore_state, save_state
 from pyvmm.machine.stats import ExitStats, IoStats, collect
@@ -61,7 +62,6 @@ INPUT_ROOM_AFTER_END = 1 << 20
 # threads) before it gives up and puts the machine back as it was.
 PAUSE_SECONDS = 5.0
 
-Listener = Callable[[str, dict[str, object]], None]
 
 # QMP's SHUTDOWN event says whether the guest asked and why (QEMU's ShutdownCause).
 _SHUTDOWN_CAUSES: dict[ExitKind, tuple[bool, str]] = {
@@ -147,7 +147,7 @@ class Machine:
         self._done = threading.Event()
         self._lock = threading.Lock()  # state, outcome, input; never held while waiting
         self._control = threading.RLock()  # one lifecycle change at a time (pause, resume, wait)
-        self._listeners: list[Listener] = []
+        self._listeners = Listeners()
         self._paused_clock: kvm_clock_data | None = None  # KVM_GET_CLOCK at pause, put back at resume
         self._started_at = 0.0
         self._ended_at = 0.0
@@ -173,24 +173,14 @@ class Machine:
         return self._state
 
     def add_listener(self, listener: Listener) -> None:
-        """Call `listener(event, data)` on every lifecycle event (QMP's names: STOP,
-        RESUME, SHUTDOWN, ...), from whichever thread made it: it must not block."""
-        with self._lock:
-            self._listeners.append(listener)
+        """Call `listener(event, data)` on every lifecycle event (`events.py`)."""
+        self._listeners.add(listener)
 
     def remove_listener(self, listener: Listener) -> None:
-        with self._lock:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
+        self._listeners.remove(listener)
 
     def _emit(self, event: str, data: dict[str, object] | None = None) -> None:
-        with self._lock:
-            listeners = list(self._listeners)
-        for listener in listeners:
-            try:
-                listener(event, data or {})
-            except Exception:  # a front end's bug must not stop the machine
-                log.exception("event listener failed on %s", event)
+        self._listeners.emit(event, data)
 
     def _enter(self, target: MachineState) -> None:
         """With `_lock`: the checked transition (`lifecycle.check_transition`)."""
