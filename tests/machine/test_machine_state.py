@@ -23,6 +23,7 @@ from net.netns import Namespace, namespace
 from pyvmm import Machine, MachineConfig
 from pyvmm.device_config import DiskConfig, NetConfig
 from pyvmm.devices.device import DeviceState, PlacedDevice
+from pyvmm.devices.rtc_state import RtcState
 from pyvmm.devices.testdev_state import PcTestdevState
 from pyvmm.errors import ConfigError, ImageError, StateError
 from pyvmm.outcome import ExitKind
@@ -106,6 +107,16 @@ def case(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[MachineConfig,
     return machine_config(tmp_path, transport, net), namespace
 
 
+def settled(states: dict[str, DeviceState]) -> dict[str, DeviceState]:
+    """`states` with the RTC's interrupt flags cleared: register C's PF and UF rise with
+    host time, so a save a moment after a restore may hold more of them."""
+
+    def model(state: object) -> object:
+        return replace(state, flags=0) if isinstance(state, RtcState) else state
+
+    return {name: DeviceState(tuple(model(part) for part in state.models)) for name, state in states.items()}
+
+
 def test_every_device_saves_and_a_second_machine_takes_the_states(
     case: tuple[MachineConfig, Namespace | None],
 ) -> None:
@@ -123,7 +134,7 @@ def test_every_device_saves_and_a_second_machine_takes_the_states(
         fresh = second.save_devices()
         assert fresh != states and fresh.keys() == states.keys()
         second.restore_devices(states)
-        assert second.save_devices() == states
+        assert settled(second.save_devices()) == settled(states)
         # The guest-visible registers, read back on the second machine's buses.
         assert second.ports.read(0x3FF, 1) == 0x5A and second.ports.read(0xE0, 4) == 0xDEAD_BEEF
         if second.pci is not None:

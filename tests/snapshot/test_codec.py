@@ -14,15 +14,14 @@ import pytest
 from devices.rtc_harness import BINARY_24H, Rtc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from machine.test_machine_state import built, machine_config, use_devices
+from machine.test_machine_state import built, machine_config, settled, use_devices
 
 from pyvmm import Machine
 from pyvmm.devices.device import DeviceState
 from pyvmm.devices.rtc_registers import Register, RegisterB
-from pyvmm.devices.rtc_state import RtcState
 from pyvmm.errors import StateError
 from pyvmm.snapshot.codec import MAX_BIG_INT_BYTES, MAX_DEPTH, MAX_ENCODED, MAX_ITEMS, MAX_STR, decode, encode
-from pyvmm.snapshot.registry import MAX_TAG, SavedState, saved_state
+from pyvmm.snapshot.registry import MAX_TAG, saved_state
 
 # The wire format's ext types (codec.py): a format change must show here.
 BIG_INT, TAG = 1, 2
@@ -58,16 +57,6 @@ def state_wire(tag: str, fields: object, *more: object) -> bytes:
 
 
 # --- real states ------------------------------------------------------------------------
-
-
-def settled(states: dict[str, DeviceState]) -> dict[str, DeviceState]:
-    """`states` with the RTC's interrupt flags cleared: register C's PF and UF rise with
-    host time, so a save a moment after a restore may hold more of them."""
-
-    def model(state: SavedState) -> SavedState:
-        return dataclasses.replace(state, flags=0) if isinstance(state, RtcState) else state
-
-    return {name: DeviceState(tuple(model(part) for part in state.models)) for name, state in states.items()}
 
 
 @pytest.fixture(scope="module", params=["pci", "mmio"])
