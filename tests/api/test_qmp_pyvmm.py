@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from guest_code import write
-from machine.test_lifecycle import COUNTER
+from machine.counter_guest import COUNTER, counted
 from qemu.qmp import QMPClient
 
 pytestmark = pytest.mark.kvm
@@ -53,10 +53,6 @@ class Pyvmm:
         self._reader.join(5)
         assert self.process.stderr is not None
         return status, self.process.stderr.read().decode()
-
-
-def counted_from(output: bytes, start: int) -> bool:
-    return output == bytes(ord("0") + (start + i) % 8 for i in range(len(output)))
 
 
 @pytest.fixture
@@ -132,10 +128,10 @@ def test_a_qmp_client_drives_pyvmm(counter: tuple[Path, Path], tmp_path: Path) -
     printed = asyncio.run(drive())
     status, stderr = vm.close()
     assert status == 0, stderr  # quit: as QEMU's
-    assert counted_from(bytes(vm.output), 0)
+    assert counted(bytes(vm.output), 0)
 
     # The snapshot resumes in a new process with the next number.
     resumed = Pyvmm("--kernel", str(kernel), "--kernel-format", "flat", "--memory", "64M",
                     "--incoming", f"file:{snapshot}", "--timeout", "1")  # fmt: skip
     resumed.close()
-    assert len(resumed.output) >= 8 and counted_from(bytes(resumed.output), printed)
+    assert len(resumed.output) >= 8 and counted(bytes(resumed.output), printed)

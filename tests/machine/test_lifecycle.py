@@ -6,43 +6,18 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from guest_code import write
+from machine.counter_guest import COUNTER, counted, wait_for
 
 from pyvmm import ExitKind, Machine, MachineConfig
 from pyvmm.errors import LifecycleError
 from pyvmm.machine.lifecycle import MachineState, check_transition
 
 pytestmark = pytest.mark.kvm
-
-# Real mode, flat: print "01234567" on COM1 over and over, a short delay between bytes.
-COUNTER = bytes.fromhex(
-    "31db"  # xor bx, bx
-    "baf803"  # loop: mov dx, 0x3f8
-    "88d8"  # mov al, bl
-    "2407"  # and al, 7
-    "0430"  # add al, '0'
-    "ee"  # out dx, al
-    "43"  # inc bx
-    "b90001"  # mov cx, 0x100
-    "e2fe"  # delay: loop delay
-    "ebee"  # jmp loop
-)
-
-
-def counted(output: bytes) -> bool:
-    """Whether `output` is the counter's sequence from its start, with no gap."""
-    return output == bytes(ord("0") + index % 8 for index in range(len(output)))
-
-
-def wait_for(condition: Callable[[], bool], seconds: float = 30.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 @pytest.fixture

@@ -7,50 +7,17 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from guest_code import write
-from machine.test_lifecycle import COUNTER
+from machine.counter_guest import COUNTER, sequence, wait_for
 
 from pyvmm import Machine, MachineConfig
 from pyvmm.errors import LifecycleError, StateError
 from pyvmm.machine.lifecycle import MachineState
 
 pytestmark = pytest.mark.kvm
-
-
-def sequence(start: int, length: int) -> bytes:
-    """The counter's output from its `start`th byte on."""
-    return bytes(ord("0") + (start + index) % 8 for index in range(length))
-
-
-def wait_for(condition: Callable[[], bool], seconds: float = 30.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, MachineConfig, int]:
-    """A snapshot of the counter, and how many bytes it had printed when saved."""
-    directory = tmp_path_factory.mktemp("snapshot")
-    config = MachineConfig(
-        kernel=write(directory, "counter.bin", COUNTER), kernel_format="flat", memory="64M"
-    )
-    machine = Machine(config)
-    machine.start()
-    wait_for(lambda: len(machine.console_output) >= 20)
-    machine.pause()
-    printed = len(machine.console_output)
-    info = machine.snapshot(directory / "counter.snap")
-    assert machine.state is MachineState.PAUSED  # a paused machine stays paused
-    machine.stop()
-    assert machine.wait(10) is not None
-    assert info.allocated <= 2 << 20  # the guest touched little of its 64 MiB
-    return directory / "counter.snap", config, printed
 
 
 def test_a_restored_guest_goes_on_with_the_next_number(saved: tuple[Path, MachineConfig, int]) -> None:
