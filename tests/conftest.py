@@ -6,8 +6,12 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from linux_snapshot import GuestSnapshot
 
 ROOT = Path(__file__).resolve().parent.parent
 GUESTS = ROOT / "build" / "guests"
@@ -52,6 +56,15 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 def pytest_sessionfinish(session: pytest.Session) -> None:
     for module in _background_modules:
         module.stop_boots()  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def default_guest(tmp_path_factory: pytest.TempPathFactory) -> GuestSnapshot:
+    """The default Linux guest booted once for the session and saved
+    (tests/linux_snapshot.py): `.restore()` gives each test a running clone."""
+    from linux_snapshot import take_snapshot
+
+    return take_snapshot(tmp_path_factory.mktemp("default-guest"))
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -575,17 +575,23 @@ def test_the_stock_kernel_loads_its_virtio_modules_and_uses_the_devices() -> Non
 
 @pytest.fixture(params=["ttyS0"])
 def shell(request: pytest.FixtureRequest) -> Iterator[Terminal]:
-    """`pyvmm run` of the default bzImage on a pty, at the guest shell's prompt; the
-    shell is on COM1 (ttyS0), or on the virtio console over virtio-pci (hvc0), as the
-    test's `shell` parameter says."""
+    """`pyvmm run` on a pty with the guest shell's prompt up: on COM1 (ttyS0), a clone
+    of the session's booted default guest (`--incoming`, tests/linux_snapshot.py);
+    on the virtio console over virtio-pci (hvc0), a boot of the default bzImage, as
+    the test's `shell` parameter says."""
     console = request.param
-    command = run_command(SCENARIOS[0], cmdline="" if console == "ttyS0" else f"console={console}")
-    if console == "hvc0":  # the last console= is /dev/console, where init's shell runs
-        command += ["--console", "virtio"]
+    if console == "ttyS0":
+        from linux_snapshot import CLI_OPTIONS  # (it imports this module)
+
+        snapshot = request.getfixturevalue("default_guest")
+        command = [*PYVMM, "run", *CLI_OPTIONS, "--incoming", f"file:{snapshot.path}"]
+    else:  # the last console= is /dev/console, where init's shell runs
+        command = [*run_command(SCENARIOS[0], cmdline=f"console={console}"), "--console", "virtio"]
     terminal = Terminal(command, ROOT)
     try:
-        assert terminal.expect(b"pyvmm-init: ready", BOOT_SECONDS), bytes(terminal.seen[-3000:])
-        assert terminal.expect(b"/ # ", 120), bytes(terminal.seen[-3000:])
+        if console != "ttyS0":  # a clone's prompt was printed before it was saved
+            assert terminal.expect(b"pyvmm-init: ready", BOOT_SECONDS), bytes(terminal.seen[-3000:])
+            assert terminal.expect(b"/ # ", 120), bytes(terminal.seen[-3000:])
         yield terminal
     finally:
         terminal.close()
