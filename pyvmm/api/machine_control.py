@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from pyvmm.api.controller import (
     BlockDeviceInfo,
@@ -26,6 +26,7 @@ from pyvmm.machine.events import Listeners
 from pyvmm.machine.lifecycle import MachineState
 from pyvmm.machine.stats import ExitStats
 from pyvmm.outcome import ExitKind, GuestExit
+from pyvmm.snapshot.progress import SnapshotProgress
 
 
 def _registers(vcpu: Vcpu) -> tuple[kvm_regs, kvm_sregs]:
@@ -35,8 +36,15 @@ def _registers(vcpu: Vcpu) -> tuple[kvm_regs, kvm_sregs]:
 class MachineControl:
     """The lifecycle and queries QMP asks for, on the machine attached last."""
 
-    def __init__(self, machine: Machine, name: str | None = None) -> None:
+    def __init__(
+        self,
+        machine: Machine,
+        name: str | None = None,
+        shown_progress: Callable[[], SnapshotProgress] | None = None,
+    ) -> None:
         self._name = name
+        # A snapshot's progress on the terminal as well (the CLI's, when stderr is one).
+        self._shown_progress = shown_progress
         self._lock = threading.Lock()
         self._listeners = Listeners()
         self._machine = machine
@@ -108,7 +116,19 @@ class MachineControl:
         self._machine.stop(GuestExit(ExitKind.QUIT, "quit from QMP"))
 
     def snapshot(self, path: str, progress: Progress) -> None:
-        self._machine.snapshot(path, progress)
+        shown = self._shown_progress() if self._shown_progress is not None else None
+
+        def report(done: int, total: int) -> None:
+            progress(done, total)
+            if shown is not None:
+                shown(done, total)
+
+        try:
+            self._machine.snapshot(path, report)
+        except BaseException:
+            if shown is not None:
+                shown.close()
+            raise
 
     def vcpus(self) -> Sequence[VcpuInfo]:
         return [

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from pyvmm.api.qmp import QmpServer
     from pyvmm.gdb.machine_target import MachineTarget
     from pyvmm.gdb.server import GdbServer
+    from pyvmm.snapshot.progress import SnapshotProgress
 
 STATUS_USAGE = 2
 STATUS_FAILURE = 1
@@ -447,7 +448,8 @@ class _Run:
         from pyvmm.api.machine_control import MachineControl  # asyncio and all: only for QMP
         from pyvmm.api.qmp import QmpServer
 
-        self.control = MachineControl(machine, self.options.name)
+        shown = _terminal_progress if sys.stderr.isatty() else None
+        self.control = MachineControl(machine, self.options.name, shown)
         for address in self.options.qmp:
             server = QmpServer(self.control, address)
             server.start()
@@ -468,6 +470,14 @@ class _Run:
         self.gdb.start()
         if self.options.gdb_wait:
             _say(f"gdb: waiting for a debugger on {self.gdb.address.host}:{self.gdb.address.port}")
+
+
+def _terminal_progress() -> SnapshotProgress:
+    """A snapshot's progress drawn on stderr, a terminal (`pyvmm/snapshot/progress.py`)."""
+    from pyvmm.images.progress import Progress
+    from pyvmm.snapshot.progress import SnapshotProgress
+
+    return SnapshotProgress(Progress(sys.stderr, live=True, prefix="pyvmm"))
 
 
 def _say(line: str) -> None:

@@ -5,6 +5,7 @@ process resumes, statistics, quit."""
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
 import threading
@@ -16,8 +17,11 @@ import pytest
 from guest_code import write
 from machine.counter_guest import COUNTER, counted
 from qemu.qmp import QMPClient
+from terminal import Terminal
 
 pytestmark = pytest.mark.kvm
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Pyvmm:
@@ -135,3 +139,28 @@ def test_a_qmp_client_drives_pyvmm(counter: tuple[Path, Path], tmp_path: Path) -
                     "--incoming", f"file:{snapshot}", "--timeout", "1")  # fmt: skip
     resumed.close()
     assert len(resumed.output) >= 8 and counted(bytes(resumed.output), printed)
+
+
+def test_a_snapshot_shows_its_progress_on_the_terminal(counter: tuple[Path, Path], tmp_path: Path) -> None:
+    """pyvmm on a terminal draws the migration's progress on it (stderr)."""
+    kernel, short = counter
+    socket = short / "qmp.sock"
+    command = [sys.executable, "-m", "pyvmm", "run", "--kernel", str(kernel), "--kernel-format", "flat"]
+    terminal = Terminal([*command, "--memory", "64M", "--qmp", f"unix:{socket}"], ROOT)
+
+    async def migrate() -> None:
+        client = await connected(socket)
+        await client.execute("migrate", {"uri": f"file:{tmp_path / 'vm.snap'}"})
+        while (await client.execute("query-migrate")).get("status") != "completed":  # type: ignore[union-attr]
+            await asyncio.sleep(0.05)
+        await client.execute("quit")
+        await client.disconnect()
+
+    try:
+        asyncio.run(migrate())
+        assert terminal.wait(30) == 0
+        assert re.search(rb"snapshot: done in [\d.]+s \(64 MiB\)", bytes(terminal.seen)), bytes(
+            terminal.seen
+        )[-500:]
+    finally:
+        terminal.close()
