@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from pyvmm.errors import LifecycleError
+from pyvmm.gdb.debugregs import GuestDebug
 from pyvmm.gdb.target import DebugEvent, StopReason
 from pyvmm.kvm import Vcpu
 from pyvmm.machine import Machine
@@ -60,6 +61,7 @@ class MachineTarget:
         for index, (control, debugreg) in self._guest_debug.items():
             if index < len(machine.runners):
                 machine.on_vcpu(index, _guest_debug(control, debugreg))
+                machine.runners[index].single_stepping = bool(control & GuestDebug.SINGLESTEP)
 
     def end(self, status: int) -> None:
         """The VMM will not run the guest again (a reboot it does not restart)."""
@@ -83,6 +85,7 @@ class MachineTarget:
     def set_guest_debug(self, index: int, control: int, debugreg: list[int]) -> None:
         self._machine.on_vcpu(index, _guest_debug(control, debugreg))
         self._guest_debug[index] = (control, list(debugreg))
+        self._machine.runners[index].single_stepping = bool(control & GuestDebug.SINGLESTEP)
 
     def debug_stop(self) -> None:
         """Running: stop the world, one REQUESTED event. Paused (`--gdb-wait`, or by

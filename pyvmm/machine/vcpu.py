@@ -53,6 +53,8 @@ _INTERNAL = struct.Struct("<II16Q")  # suberror, ndata, data[16]
 _EMULATION_FAILURE = struct.Struct("<IIQB15s")  # suberror, ndata, flags, insn_size, insn_bytes
 _SYSTEM_EVENT = struct.Struct("<II")  # type, ndata
 _DEBUG = struct.Struct("<IIQQQ")  # kvm_debug_exit_arch: exception, pad, pc, dr6, dr7
+_DB_VECTOR = 1  # #DB
+_DR6_SINGLE_STEP = 0xFFFF4FF0  # DR6 after a single step: BS (bit 14) and the reserved ones
 
 _REASON_IO = ExitReason.IO.value
 _REASON_MMIO = ExitReason.MMIO.value
@@ -128,6 +130,9 @@ class VcpuRunner:
         # Under a debugger the emulator runs no vector instruction ahead of the one KVM
         # could not: a step or breakpoint must not be passed over.
         self.debugged = False
+        # The debugger asked for single steps (KVM_GUESTDBG_SINGLESTEP): an instruction
+        # the emulator runs is a step KVM never sees, so the runner reports it itself.
+        self.single_stepping = False
         # Built at the first emulation failure: many guests never have one, and the
         # emulator (with iced-x86) is a large part of pyvmm's start-up time.
         self._make_emulator = make_emulator
@@ -329,23 +334,28 @@ class VcpuRunner:
                     value = target.read(address, length).to_bytes(length, "little")
                     page[RUN_EXIT_DATA + 8 : RUN_EXIT_DATA + 8 + length] = value
             elif reason == _REASON_DEBUG and self.on_debug is not None:
-                if self._debug_exit():
+                exception, _, pc, dr6, dr7 = _DEBUG.unpack_from(page, RUN_EXIT_DATA)
+                if self._debug_exit(DebugExit(vcpu.id, exception, pc, dr6, dr7)):
                     return
             else:
                 outcome = self._other_exit(reason)
                 if outcome is not None:
                     self.stop(outcome)
                     return
+                if reason == ExitReason.INTERNAL_ERROR and self.single_stepping and self.on_debug is not None:
+                    # The emulator took the step: #DB with DR6.BS, as KVM reports one.
+                    step = DebugExit(vcpu.id, _DB_VECTOR, vcpu.get_regs().rip, _DR6_SINGLE_STEP, 0)
+                    if self._debug_exit(step):
+                        return
 
-    def _debug_exit(self) -> bool:
+    def _debug_exit(self, hit: DebugExit) -> bool:
         """A breakpoint, watchpoint or single step the debugger set: tell it, then park
         until it lets this vCPU go (KVM_EXIT_DEBUG completes nothing on re-entry). True
         when the machine is stopping instead."""
         assert self.on_debug is not None
-        exception, _, pc, dr6, dr7 = _DEBUG.unpack_from(self.vcpu.run_mapping, RUN_EXIT_DATA)
         with self._commands:
             self._park_wanted = True
-        self.on_debug(DebugExit(self.vcpu.id, exception, pc, dr6, dr7))
+        self.on_debug(hit)
         return self._park()
 
     def _string_io(self, direction: int, size: int, port: int, count: int, offset: int) -> None:
