@@ -38,15 +38,14 @@ from pyvmm.io.thread import IoThread
 from pyvmm.kvm import Vcpu, Vm
 from pyvmm.kvm.uapi import kvm_clock_data
 from pyvmm.machine import builder
-from pyvmm.machine.console_stream import ConsoleStream
-from pyvmm.machine.console_tail import CONSOLE_TAIL_BYTES, ConsoleTail
+from pyvmm.machine.console import MachineConsole
 from pyvmm.machine.events import Listener, Listeners
 from pyvmm.machine.lifecycle import MachineState, check_transition
 from pyvmm.machine.snapshot import check_shape_of, restore_state, save_state
 from pyvmm.machine.stats import ExitStats, IoStats, collect
 from pyvmm.machine.vcpu import VcpuRunner
 from pyvmm.memory import GuestMemory, split_around_hole
-from pyvmm.outcome import ConsoleInput, ExitKind, GuestExit
+from pyvmm.outcome import ExitKind, GuestExit
 from pyvmm.platform.device_manager import DeviceManager
 from pyvmm.platform.pci import PciPlatform
 from pyvmm.platform.resources import ResourceAllocator
@@ -55,9 +54,6 @@ from pyvmm.snapshot.file import ProgressCallback, SnapshotFile, SnapshotInfo, re
 log = logging.getLogger(__name__)
 
 _JOIN_SECONDS = 5.0
-# Input typed before the console exists waits, up to what a console's host buffer holds.
-PENDING_INPUT_BYTES = 64 * 1024
-INPUT_ROOM_AFTER_END = 1 << 20
 # How long pause() waits for each step (a vCPU to park, the I/O thread, a device's
 # threads) before it gives up and puts the machine back as it was.
 PAUSE_SECONDS = 5.0
@@ -74,21 +70,6 @@ _SHUTDOWN_CAUSES: dict[ExitKind, tuple[bool, str]] = {
     ExitKind.QUIT: (False, "host-qmp-quit"),
 }
 T = TypeVar("T")
-
-
-def _output_stream(
-    console: Callable[[bytes], object] | None,
-) -> tuple[ConsoleStream | None, Callable[[bytes], object] | None]:
-    """Where the guest's console output goes: the caller's sink behind a
-    `ConsoleStream` of the machine's own, so that a sink that blocks (a pipe nobody
-    reads) never holds a vCPU or the I/O thread; a stream's own `write` (the CLI's,
-    shared across reboots) already never blocks and is used as it is."""
-    if console is None:
-        return None, None
-    if isinstance(getattr(console, "__self__", None), ConsoleStream):
-        return None, console
-    stream = ConsoleStream(console, name="pyvmm-console")
-    return stream, stream.write
 
 
 @dataclass(frozen=True)
@@ -127,17 +108,12 @@ class Machine:
         self.mmio = self.devices.mmio
         self.runners: list[VcpuRunner] = []
         self.serial: Serial16550 | None = None
-        self._input: ConsoleInput | None = None  # the interactive console's input
         self.rtc: CmosRtc | None = None
         self.pci: PciPlatform | None = None
         self.memory: GuestMemory | None = None
         self.entry: boot.EntryPoint | None = None
         self._kvm_vm: builder.KvmVm | None = None
-        self._console = ConsoleTail(CONSOLE_TAIL_BYTES)
-        # Made when the machine starts (a machine that never runs has no writer thread).
-        self._stream: ConsoleStream | None = None
-        self._output: Callable[[bytes], object] | None = None
-        self._pending_input = bytearray()  # before the console exists, or while paused
+        self.console = MachineConsole(config.console)
         self._built = False
         self._torn_down = False
         self._state = MachineState.CREATED
@@ -221,14 +197,7 @@ class Machine:
     def is_stopping(self) -> bool:
         return self._stopping
 
-    # --- console ------------------------------------------------------------------------
-
-    def _console_output(self, data: bytes) -> None:
-        """From a vCPU thread (COM1) or the I/O thread (virtio-console), with the
-        device's lock held: never waits for the caller's sink (`_output_stream`)."""
-        self._console.append(data)
-        if self._output is not None:
-            self._output(data)
+    # --- console (console.py) -------------------------------------------------------------
 
     def send_input(self, data: bytes) -> None:
         """Type `data` on the guest's interactive console (COM1, or hvc0 with
@@ -239,40 +208,19 @@ class Machine:
         the console's host buffer (64 KiB) has no room for: a sender that must lose
         nothing asks `input_room()` first.
         """
-        with self._lock:
-            if self._torn_down:
-                return
-            if self._input is None or self._holds_input():
-                self._pending_input += data[: max(PENDING_INPUT_BYTES - len(self._pending_input), 0)]
-                return
-            self._input.feed(data)
+        self.console.send(data)
 
     def input_room(self) -> int:
         """How many bytes `send_input` takes now without dropping any (QEMU's
         `can_read`): the console's free host buffer; before the console exists or while
         paused, what is left of as much; after the end, unbounded (it drops everything)."""
-        with self._lock:
-            if self._torn_down:
-                return INPUT_ROOM_AFTER_END
-            if self._input is None or self._holds_input():
-                return max(PENDING_INPUT_BYTES - len(self._pending_input), 0)
-            return self._input.input_room()
-
-    def _holds_input(self) -> bool:
-        """With `_lock`: whether input waits (paused: the console must not change)."""
-        return self._state in (MachineState.PAUSED, MachineState.DEBUG)
-
-    def _release_input(self) -> None:
-        """With `_lock`: hand what waited to the console."""
-        if self._pending_input and self._input is not None and not self._holds_input():
-            self._input.feed(bytes(self._pending_input))
-            self._pending_input.clear()
+        return self.console.room()
 
     @property
     def console_output(self) -> bytes:
         """What the guest has printed on its serial console so far: the last
         `CONSOLE_TAIL_BYTES` of it (`MachineConfig.console` streams all of it)."""
-        return self._console.bytes()
+        return self.console.printed()
 
     # --- building -----------------------------------------------------------------------
 
@@ -311,14 +259,12 @@ class Machine:
         self.memory = memory
         memory.register(kvm_vm.vm)
         platform = builder.attach_devices(
-            config, self.devices, kvm_vm, memory, self.io, self.stop, self._console_output
+            config, self.devices, kvm_vm, memory, self.io, self.stop, self.console.write
         )
         self.pci = platform.pci
         self.serial = self.devices.model(Serial16550)
         self.rtc = self.devices.model(CmosRtc)
-        with self._lock:
-            self._input = platform.console_input or self.serial
-            self._release_input()
+        self.console.attach(platform.console_input or self.serial)
         if saved is None:
             self.entry = builder.load_kernel(config, memory, self.devices, self.pci)
         self.runners = builder.create_vcpus(config, kvm_vm, memory, self.devices, self.stop, self.is_stopping)
@@ -412,7 +358,7 @@ class Machine:
             with self._lock:
                 check_transition(self._state, MachineState.PAUSED if paused else MachineState.RUNNING)
             self._started_at = time.monotonic()
-            self._stream, self._output = _output_stream(self.config.console)
+            self.console.start_output()
             if not self._built:
                 try:
                     self._build()
@@ -455,7 +401,12 @@ class Machine:
                 if self._state is not MachineState.RUNNING:
                     raise LifecycleError(f"the machine is {self._state.value}: only a running machine pauses")
                 check_transition(self._state, into)
-            self._park_all(timeout)
+            self.console.hold()  # first: no keystroke reaches a device being quiesced
+            try:
+                self._park_all(timeout)
+            except BaseException:
+                self.console.release()
+                raise
             with self._lock:
                 self._enter(into)
 
@@ -470,7 +421,7 @@ class Machine:
                     now = self._state.value
                     raise LifecycleError(f"the machine is {now}: only a {source.value} machine {verb}")
                 self._enter(MachineState.RUNNING)
-                self._release_input()
+            self.console.release()
             self._restore_clock()
             self.devices.resume()
             self.io.resume()
@@ -586,10 +537,8 @@ class Machine:
             if self._result is None:
                 self._ended_at = time.monotonic()
                 self._teardown()
-                if self._stream is not None:
-                    self._stream.close()  # flushes while the sink takes it, at most FLUSH_SECONDS
                 assert self._outcome is not None
-                console, dropped = self._console.snapshot()
+                console, dropped = self.console.finish_output()
                 self._result = RunResult(self._outcome, console, self.stats(), dropped)
             return self._result
 
@@ -602,7 +551,8 @@ class Machine:
 
     def _teardown(self) -> None:
         with self._lock:
-            self._torn_down = True  # no more input: the UART's interrupt line goes away
+            self._torn_down = True
+        self.console.end()  # no more input: the UART's interrupt line goes away
         deadline = time.monotonic() + _JOIN_SECONDS
         for runner in self.runners:
             while runner.thread.is_alive() and time.monotonic() < deadline:

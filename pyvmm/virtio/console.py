@@ -3,7 +3,7 @@
 Without VIRTIO_CONSOLE_F_MULTIPORT the device has port 0 only and two queues
 (§5.3.2): receiveq 0 carries host input to the guest (the keystrokes), transmitq 1
 the guest's output to the host. The output goes to the callback given at
-construction: the machine's console stream (`Machine._console_output`, which COM1
+construction: the machine's console stream (`MachineConsole.write`, which COM1
 uses too: the bounded console tail, and `MachineConfig.console`). Input comes from
 `feed()`, from any thread; the terminal front end (pyvmm/cli/console.py) handles the
 Ctrl-A escape keys before it gets here, as it does for the serial console.

@@ -43,7 +43,7 @@ def console_device(output: Callable[[bytes], None], *, size: tuple[int, int] | N
     """virtio-console (§5.3), one port: the guest's hvc0 (`MachineConfig.console_device
     == "virtio"`, with `console=hvc0` on the guest's command line).
 
-    `output` is the machine's console stream (`Machine._console_output`, as COM1's);
+    `output` is the machine's console stream (`MachineConsole.write`, as COM1's);
     the machine's `send_input` should hand keystrokes to the device's `feed(bytes)`
     (`ConsoleDevice.feed`, safe from any thread). `size` is (columns, rows), offered
     with VIRTIO_CONSOLE_F_SIZE when given.

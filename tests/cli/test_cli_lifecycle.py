@@ -208,10 +208,10 @@ def test_a_debug_exit_says_so_when_its_status_collides(tmp_path: Path, value: in
 def test_the_console_keeps_a_bounded_tail_of_a_flood(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A guest printing without end: the VMM keeps only the tail, and says how much
     went by."""
-    from pyvmm.machine import machine
+    from pyvmm.machine import console
     from pyvmm.machine.machine import Machine, MachineConfig
 
-    monkeypatch.setattr(machine, "CONSOLE_TAIL_BYTES", 4096)
+    monkeypatch.setattr(console, "CONSOLE_TAIL_BYTES", 4096)
     kernel = write(tmp_path, "flood.img", multiboot_image(FLOOD))
     streamed = bytearray()
     result = Machine(MachineConfig(kernel=kernel, timeout=5, console=streamed.extend)).run()

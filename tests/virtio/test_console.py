@@ -34,7 +34,7 @@ RX_DATA, TX_DATA = 0x10000, 0x80000
 
 
 class Output:
-    """The console stream: what the machine's `_console_output` would get."""
+    """The console stream: what the machine's `MachineConsole.write` would get."""
 
     def __init__(self, keep: bool = True) -> None:
         self.chunks: list[bytes] = []
