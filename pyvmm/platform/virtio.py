@@ -165,7 +165,8 @@ def place_on_mmio(
 def _place_one(
     index: int, device: VirtioDevice, candidates: Sequence[int], context: VirtioContext, acpi: bool
 ) -> PlacedDevice:
-    label = f"virtio-mmio {index} ({device.name})"
+    label = f"virtio-mmio {index} ({device.name})"  # for people: the stats, the logs
+    name = f"virtio-mmio {index} ({device.kind})"  # keys the saved state: no host detail
     gsi = context.resources.gsis.allocate(candidates, label)
     base = context.resources.mmio32.allocate(WINDOW_SIZE, WINDOW_ALIGN)
     transport = VirtioMmio(device, context.memory, context.line(gsi))
@@ -179,7 +180,7 @@ def _place_one(
         device.close()
 
     return PlacedDevice(
-        label,
+        name,
         transport,
         (mmio(base, WINDOW_SIZE, transport, label),),
         (virtio_mmio_aml(index, base, gsi),) if acpi else (),

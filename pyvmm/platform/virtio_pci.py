@@ -82,11 +82,12 @@ def _place_one(
     except BaseException:
         doorbells.close()
         raise
-    label = f"virtio-pci 00:{slot:02x}.0 ({device.name})"
-    log.info("%s", label)
+    log.info("virtio-pci 00:%02x.0 (%s)", slot, device.name)
 
     def close() -> None:
         doorbells.close()  # no notification reaches the device past this point
         device.close()
 
-    return PlacedDevice(label, transport, (), on_close=close)
+    # Named by its place and type only: the name keys the saved state, and a restore
+    # may give the device another disk file or TAP.
+    return PlacedDevice(f"virtio-pci 00:{slot:02x}.0 ({device.kind})", transport, (), on_close=close)

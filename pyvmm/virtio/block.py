@@ -127,11 +127,12 @@ class BlockDevice(RequestPool):
     """
 
     device_type = DeviceType.BLOCK
+    kind = "virtio-blk"
 
     def __init__(self, disk: DiskConfig, *, workers: int = WORKERS, queue_size: int = QUEUE_SIZE) -> None:
         super().__init__(workers=workers, thread_name=f"pyvmm-blk-{disk.path}")
         self.disk = disk
-        self.name = f"virtio-blk {disk.path}"
+        self.name = f"{self.kind} {disk.path}"
         self.file = DiskFile(disk.path, disk.readonly)
         self.capacity = self.file.size // SECTOR  # a partial last sector is not exposed
         self._queue_size = queue_size

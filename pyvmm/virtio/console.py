@@ -84,6 +84,7 @@ class ConsoleDevice(VirtioDevice):
     """
 
     device_type = DeviceType.CONSOLE
+    kind = "virtio-console"
     name = "virtio-console"
 
     def __init__(

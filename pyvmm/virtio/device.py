@@ -68,7 +68,10 @@ class VirtioDevice(abc.ABC):
     """
 
     device_type: DeviceType
-    name: str
+    name: str  # for people: with the host side (the disk's path, the TAP)
+    # The type alone (e.g. "virtio-blk"): with its place, it names the placed device,
+    # which keys its saved state, so a restore may give it another disk file or TAP.
+    kind: str
 
     @property
     @abc.abstractmethod

@@ -113,6 +113,7 @@ class NetDevice(VirtioDevice):
     the VM's I/O thread `io`. It owns the TAP: `close()` closes it."""
 
     device_type = DeviceType.NET
+    kind = "virtio-net"
 
     def __init__(self, tap: Tap, mac: bytes, io: IoThread, name: str = "virtio-net") -> None:
         if len(mac) != 6:

@@ -71,6 +71,7 @@ class EntropyDevice(VirtioDevice):
     """
 
     device_type = DeviceType.ENTROPY
+    kind = "virtio-rng"
     name = "virtio-rng"
 
     def __init__(self, source: str = URANDOM, *, max_request_bytes: int = MAX_REQUEST_BYTES) -> None:

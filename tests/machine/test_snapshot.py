@@ -6,6 +6,7 @@ is refused with one `StateError` and nothing runs."""
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from guest_code import write
 from machine.counter_guest import COUNTER, sequence, wait_for
 
 from pyvmm import Machine, MachineConfig
+from pyvmm.device_config import DiskConfig
 from pyvmm.errors import LifecycleError, StateError
 from pyvmm.machine.lifecycle import MachineState
 
@@ -108,3 +110,30 @@ def test_a_truncated_or_foreign_file_is_refused(
     foreign.write_bytes(Path(config.kernel).read_bytes())
     with pytest.raises(StateError):
         Machine.restore(foreign, config)
+
+
+def test_a_clone_takes_its_own_copy_of_the_disk(tmp_path: Path) -> None:
+    """Devices are named by place and type, not by the host file behind them: a clone
+    restores onto a copy of the disk at another path (and a disk of another size is
+    refused)."""
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(bytes(1 << 20))
+    kernel = write(tmp_path, "counter.bin", COUNTER)
+    config = MachineConfig(kernel=kernel, kernel_format="flat", memory="64M", disks=(DiskConfig(str(disk)),))
+    machine = Machine(config)
+    machine.start()
+    wait_for(lambda: len(machine.console_output) >= 8)
+    machine.snapshot(tmp_path / "vm.snap")
+    machine.stop()
+    machine.wait(10)
+    copy = tmp_path / "clone.img"
+    shutil.copyfile(disk, copy)
+    clone = Machine.restore(tmp_path / "vm.snap", dataclasses.replace(config, disks=(DiskConfig(str(copy)),)))
+    try:
+        wait_for(lambda: len(clone.console_output) >= 8)
+    finally:
+        clone.stop()
+        clone.wait(10)
+    copy.write_bytes(bytes(2 << 20))
+    with pytest.raises(StateError, match="disk 0 was 1048576 bytes"):
+        Machine.restore(tmp_path / "vm.snap", dataclasses.replace(config, disks=(DiskConfig(str(copy)),)))

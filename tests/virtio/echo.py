@@ -14,6 +14,7 @@ class Echo(VirtioDevice):
     """Copies what each chain's readable part says into its writable part."""
 
     device_type = DeviceType.ENTROPY
+    kind = "test-device"
     name = "echo"
 
     def __init__(self) -> None:

@@ -43,6 +43,7 @@ class Echo(VirtioDevice):
     """Two queues; copies each chain's readable bytes into its writable part."""
 
     device_type = DeviceType.ENTROPY
+    kind = "test-device"
     name = "echo"
 
     def __init__(self) -> None:
