@@ -57,13 +57,11 @@ class Vm:
     def __init__(
         self, namespace: Namespace, qmp: Path, disk: Path, *extra: str, copy: Path | None = None
     ) -> None:
-        # A restore's own copy of the disk is bind-mounted over the path the snapshot
-        # names, in the mount namespace `ip netns exec` makes: pyvmm keys a disk's
-        # saved state by its path (pyvmm/virtio/block.py, BlockDevice.name).
-        over = [] if copy is None else ["sh", "-c", 'mount --bind "$1" "$2" && shift 2 && exec "$@"', "sh"]
+        # A restore gets its own copy of the disk, at a path of its own: pyvmm names a
+        # placed disk by its place and type, so the snapshot fits any copy.
         command = [
-            "ip", "netns", "exec", namespace.name, *over, *([] if copy is None else [str(copy), str(disk)]),
-            sys.executable, "-m", "pyvmm", "run", *OPTIONS, "--disk", str(disk),
+            "ip", "netns", "exec", namespace.name,
+            sys.executable, "-m", "pyvmm", "run", *OPTIONS, "--disk", str(copy or disk),
             "--net", f"tap={TAP}", "--qmp", f"unix:{qmp}",
             "--timeout", str(BOOT_SECONDS), *extra,
         ]  # fmt: skip
