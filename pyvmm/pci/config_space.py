@@ -145,11 +145,19 @@ class ConfigSpace:
         read-only bit the guest could not have changed and the device did not."""
         if len(image) != self.size:
             return f"{len(image)} bytes of configuration space, not {self.size}"
-        for index, (old, new) in enumerate(zip(self._data, image, strict=True)):
-            fixed = ~(self._writable[index] | self._w1c[index] | self._device_owned[index]) & 0xFF
-            if (old ^ new) & fixed:
-                return f"read-only bits of byte {index:#x} are {new & fixed:#04x}, not {old & fixed:#04x}"
-        return None
+        # All bytes at once, as integers: a byte-by-byte loop cost a restore 2 ms a function.
+        changeable = (
+            int.from_bytes(self._writable, "little")
+            | int.from_bytes(self._w1c, "little")
+            | int.from_bytes(self._device_owned, "little")
+        )
+        differing = (int.from_bytes(self._data, "little") ^ int.from_bytes(image, "little")) & ~changeable
+        if not differing:
+            return None
+        index = ((differing & -differing).bit_length() - 1) // 8  # the first byte that differs
+        fixed = ~(self._writable[index] | self._w1c[index] | self._device_owned[index]) & 0xFF
+        saved, current = image[index] & fixed, self._data[index] & fixed
+        return f"read-only bits of byte {index:#x} are {saved:#04x}, not {current:#04x}"
 
     def restore(self, image: bytes) -> None:
         """Take a saved image (`mismatch` must find nothing), then tell every watcher,
